@@ -1,0 +1,99 @@
+"""The driver contract: desired state in, kernel made to match, failures reported.
+
+A driver never sees add/remove events. netd.calc computes the complete desired state of
+this host for the driver's networks (a HostState) and the reconciler hands it to
+`apply`, again and again: after every store change and on a periodic resync. `apply`
+must be idempotent ("already exists" is success, "not found" on delete is success),
+must only touch objects it owns (DESIGN §4), and must report, per item, what it could
+not do instead of raising: the reconciler retries failed items while the rest proceeds.
+
+Item ids in an ApplyReport: "network:<name>" and "endpoint:<network>/<endpoint>".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Protocol, runtime_checkable
+
+from netd.errors import InvalidInput
+from netd.model import Endpoint, Host, Network
+
+
+@dataclass(frozen=True)
+class NetworkState:
+    network: Network
+    local: tuple[Endpoint, ...]  # endpoints attached on this host
+    remote: tuple[Endpoint, ...]  # endpoints on other live hosts
+    peers: tuple[Host, ...]  # other live hosts with endpoints on this network
+    secret: str | None = None  # per-network key, when the network is encrypted
+
+
+@dataclass(frozen=True)
+class HostState:
+    host: Host  # this host
+    networks: Mapping[str, NetworkState]  # networks of one driver that this host serves
+    hosts: Mapping[str, Host]  # every live host, this one included
+
+    def endpoint_ids(self) -> set[str]:
+        return {
+            endpoint_id(ep) for ns in self.networks.values() for ep in ns.local
+        }
+
+
+def endpoint_id(ep: Endpoint) -> str:
+    return f"endpoint:{ep.network}/{ep.name}"
+
+
+def network_id(net: Network) -> str:
+    return f"network:{net.name}"
+
+
+@dataclass
+class ApplyReport:
+    errors: dict[str, str] = field(default_factory=dict)  # item id -> message
+    changed: int = 0  # kernel objects created, changed or removed
+
+    def fail(self, item: str, message: str) -> None:
+        self.errors[item] = message
+
+    def merge(self, other: ApplyReport) -> None:
+        self.errors.update(other.errors)
+        self.changed += other.changed
+
+
+@runtime_checkable
+class Driver(Protocol):
+    name: str
+
+    def setup(self, host: Host) -> dict[str, Any]:
+        """Prepare host-wide pieces; returns this driver's data for the host registry."""
+        ...
+
+    def apply(self, desired: HostState, sweep: bool) -> ApplyReport:
+        """Make the kernel match `desired`. With sweep, also remove owned leftovers
+        that `desired` does not name (only after the first full sync)."""
+        ...
+
+    def observe(self) -> dict[str, Any]:
+        """What this driver currently has in the kernel, for `netctl status`."""
+        ...
+
+    def teardown(self) -> None:
+        """Remove everything this driver owns on this host."""
+        ...
+
+    def close(self) -> None:
+        """Stop the driver's threads; leave the datapath in place."""
+        ...
+
+
+def load_driver(name: str, **kwargs: Any) -> Driver:
+    """Instantiate the driver registered under entry point group netd.plugins."""
+    for ep in entry_points(group="netd.plugins"):
+        if ep.name == name:
+            cls = ep.load()
+            driver: Driver = cls(**kwargs)
+            return driver
+    raise InvalidInput(f"no netd driver named {name!r} is installed")
