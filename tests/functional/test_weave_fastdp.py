@@ -1,0 +1,382 @@
+"""The weave driver's kernel datapath, driven directly with hand-built HostStates.
+
+Single-host tests run the driver in this process, so its bridge and vxlan live in the
+root netns under a random high VNI (unique names) and are removed by name afterwards;
+they never sweep (sweep would touch other tests' netd links in the root netns).
+The multi-host test runs one driver process per simulated host namespace (nsenter),
+joined by a veth underlay, and sends real packets across the VXLAN overlay.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from netd.model import Endpoint, Host, Network, mac_from_ip
+from netd.netlink import ROUTE_PROTO, Netlink
+from netd.plugin import ApplyReport, HostState, NetworkState, endpoint_id
+from plugins.weave.driver import WeaveDriver
+from plugins.weave.names import bridge_name, host_veth_name, vxlan_name
+from tests.functional.conftest import in_netns, netns_path, unique
+
+pytestmark = pytest.mark.root
+
+MTU = 1400
+LOCAL = Host(name="twh-local", underlay_ip="127.0.0.1")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def network(vni: int, backend: str = "fastdp", mtu: int = MTU) -> Network:
+    third = vni % 200
+    return Network(
+        name=f"twnet{vni}",
+        subnet=f"10.{third}.7.0/24",
+        gateway=f"10.{third}.7.1",
+        vni=vni,
+        mtu=mtu,
+        backend=backend,
+    )
+
+
+def endpoint(net: Network, name: str, host: str, netns: str, last: int) -> Endpoint:
+    ip = net.subnet.rsplit(".", 1)[0] + f".{last}"
+    return Endpoint(
+        network=net.name,
+        name=name,
+        container=name,
+        netns=netns,
+        host=host,
+        ifname="eth0",
+        ip=ip,
+        mac=mac_from_ip(ip),
+    )
+
+
+def state(
+    net: Network,
+    local: list[Endpoint],
+    remote: tuple[Endpoint, ...] = (),
+    peers: tuple[Host, ...] = (),
+    host: Host = LOCAL,
+) -> HostState:
+    ns = NetworkState(network=net, local=tuple(local), remote=remote, peers=peers)
+    hosts = {h.name: h for h in (host, *peers)}
+    return HostState(host=host, networks={net.name: ns}, hosts=hosts)
+
+
+def link_names() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+
+
+def ifindexes(nl: Netlink, names: list[str]) -> dict[str, int]:
+    return {name: link.index for name in names if (link := nl.get_link(name)) is not None}
+
+
+def ping(ns: str, ip: str, size: int | None = None) -> bool:
+    cmd = ["ping", "-c1", "-W1", "-n"]
+    if size is not None:
+        cmd += ["-M", "do", "-s", str(size)]
+    # up to three tries: the first echo can race a freshly created port
+    return any(in_netns(ns, *cmd, ip, check=False).returncode == 0 for _ in range(3))
+
+
+def ok(report: ApplyReport) -> ApplyReport:
+    assert report.errors == {}
+    return report
+
+
+@pytest.fixture
+def vni() -> int:
+    return 16_000_000 + secrets.randbelow(700_000)
+
+
+@pytest.fixture
+def driver(vni: int) -> Iterator[WeaveDriver]:
+    """A driver whose links (this VNI's bridge/vxlan and tw* endpoints' veths) are
+    removed by name at teardown, whatever the test did."""
+    drv = WeaveDriver()
+    yield drv
+    drv.close()
+    nl = Netlink()
+    for name in sorted(link_names()):
+        if name.startswith("ndh") and name in drv._named:
+            nl.delete_link(name)
+    nl.delete_link(vxlan_name(vni))
+    nl.delete_link(bridge_name(vni))
+    nl.close()
+
+
+@pytest.fixture
+def nl() -> Iterator[Netlink]:
+    sockets = Netlink()
+    yield sockets
+    sockets.close()
+
+
+def test_two_local_endpoints_talk_and_reapply_changes_nothing(
+    driver: WeaveDriver, make_netns: Callable[[str], str], nl: Netlink, vni: int
+) -> None:
+    net = network(vni)
+    a, b = make_netns("twc"), make_netns("twc")
+    ep_a = endpoint(net, "a", LOCAL.name, netns_path(a), 10)
+    ep_b = endpoint(net, "b", LOCAL.name, netns_path(b), 11)
+    desired = state(net, [ep_a, ep_b])
+
+    assert ok(driver.apply(desired, sweep=False)).changed > 0
+    assert ping(a, ep_b.ip) and ping(b, ep_a.ip)
+    assert ping(a, ep_b.ip, size=MTU - 28)
+
+    veths = [host_veth_name(net.name, e.name) for e in (ep_a, ep_b)]
+    names = [bridge_name(vni), vxlan_name(vni), *veths]
+    for name in names:
+        link = nl.get_link(name)
+        assert link is not None and link.mtu == MTU and link.up, name
+    bridge = nl.get_link(bridge_name(vni))
+    assert bridge is not None
+    assert all(nl.get_link(n).master == bridge.index for n in names[1:])  # type: ignore[union-attr]
+    brlink = subprocess.run(
+        ["bridge", "-d", "link", "show", "dev", vxlan_name(vni)], capture_output=True, text=True
+    ).stdout
+    assert "learning off" in brlink and "neigh_suppress on" in brlink
+    for ns, ep in ((a, ep_a), (b, ep_b)):
+        inside = nl.get_link("eth0", netns_path(ns))
+        assert inside is not None and inside.mtu == MTU and inside.mac == ep.mac and inside.up
+        addrs = in_netns(ns, "ip", "-o", "-4", "addr", "show", "dev", "eth0").stdout
+        assert f"{ep.ip}/24" in addrs
+        routes = in_netns(ns, "ip", "route", "show", "default").stdout
+        assert f"default via {net.gateway} dev eth0 proto {ROUTE_PROTO}" in routes
+
+    before = ifindexes(nl, names)
+    assert ok(driver.apply(desired, sweep=False)).changed == 0
+    restarted = WeaveDriver()  # a restarted daemon adopts instead of recreating
+    try:
+        assert ok(restarted.apply(desired, sweep=False)).changed == 0
+    finally:
+        restarted.close()
+    assert ifindexes(nl, names) == before
+
+
+def test_detach_removes_veth_and_last_one_removes_network(
+    driver: WeaveDriver, make_netns: Callable[[str], str], nl: Netlink, vni: int
+) -> None:
+    net = network(vni)
+    a, b = make_netns("twc"), make_netns("twc")
+    ep_a = endpoint(net, "a", LOCAL.name, netns_path(a), 10)
+    ep_b = endpoint(net, "b", LOCAL.name, netns_path(b), 11)
+    ok(driver.apply(state(net, [ep_a, ep_b]), sweep=False))
+    veth_b = host_veth_name(net.name, "b")
+    assert nl.get_link(veth_b) is not None
+
+    assert ok(driver.apply(state(net, [ep_a]), sweep=False)).changed == 1
+    assert nl.get_link(veth_b) is None
+    assert nl.get_link("eth0", netns_path(b)) is None
+    assert nl.get_link("eth0", netns_path(a)) is not None
+
+    ok(driver.apply(HostState(host=LOCAL, networks={}, hosts={}), sweep=False))
+    assert not {bridge_name(vni), vxlan_name(vni), host_veth_name(net.name, "a")} & link_names()
+    assert nl.get_link("eth0", netns_path(a)) is None
+
+
+def test_bad_container_fails_only_its_endpoint_and_leaks_nothing(
+    driver: WeaveDriver, make_netns: Callable[[str], str], nl: Netlink, vni: int
+) -> None:
+    net = network(vni)
+    a, b, c = make_netns("twc"), make_netns("twc"), make_netns("twc")
+    ep_a = endpoint(net, "a", LOCAL.name, netns_path(a), 10)
+    ep_b = endpoint(net, "b", LOCAL.name, netns_path(b), 11)
+    gone = endpoint(net, "gone", LOCAL.name, netns_path(unique("twc")), 12)
+    # c already has an eth0 that netd did not make
+    in_netns(c, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "twother")
+    taken = endpoint(net, "taken", LOCAL.name, netns_path(c), 13)
+    ok(driver.apply(state(net, [ep_a, ep_b]), sweep=False))
+
+    subprocess.run(["ip", "netns", "del", b], check=True)  # container b goes away
+    report = driver.apply(state(net, [ep_a, ep_b, gone, taken]), sweep=False)
+    assert set(report.errors) == {endpoint_id(ep_b), endpoint_id(gone), endpoint_id(taken)}
+    assert "does not exist" in report.errors[endpoint_id(gone)]
+    assert "already exists" in report.errors[endpoint_id(taken)]
+    assert nl.get_link("eth0", netns_path(a)) is not None
+    leaked = {host_veth_name(net.name, e.name) for e in (ep_b, gone, taken)}
+    deadline = time.monotonic() + 5  # a deleted netns is destroyed asynchronously
+    while leaked & link_names() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not leaked & link_names()
+    assert "twother" in in_netns(c, "ip", "-o", "link").stdout
+
+
+def test_remote_endpoints_program_fdb_neigh_and_flood(
+    driver: WeaveDriver, make_netns: Callable[[str], str], vni: int
+) -> None:
+    net = network(vni)
+    a = make_netns("twc")
+    ep_a = endpoint(net, "a", LOCAL.name, netns_path(a), 10)
+    h2 = Host(name="twh2", underlay_ip="127.0.0.2")
+    h3 = Host(name="twh3", underlay_ip="127.0.0.3")
+    r2 = endpoint(net, "r2", h2.name, "/proc/1/ns/net", 20)
+    r3 = endpoint(net, "r3", h3.name, "/proc/1/ns/net", 30)
+    vx = vxlan_name(vni)
+
+    def fdb() -> str:
+        return subprocess.run(
+            ["bridge", "fdb", "show", "dev", vx], capture_output=True, text=True
+        ).stdout
+
+    def neigh() -> str:
+        return subprocess.run(
+            ["ip", "neigh", "show", "dev", vx], capture_output=True, text=True
+        ).stdout
+
+    full = state(net, [ep_a], remote=(r2, r3), peers=(h2, h3))
+    ok(driver.apply(full, sweep=False))
+    for ep, h in ((r2, h2), (r3, h3)):
+        assert f"{ep.mac} dst {h.underlay_ip} self permanent" in fdb()
+        assert f"00:00:00:00:00:00 dst {h.underlay_ip} self permanent" in fdb()
+        assert f"{ep.ip} lladdr {ep.mac} PERMANENT" in neigh()
+    assert fdb().count("dst ") == 4
+    seen = driver.observe()["networks"][str(vni)]
+    assert (seen["bridge"], seen["fdb"], seen["neighbours"]) == (bridge_name(vni), 4, 2)
+    assert ok(driver.apply(full, sweep=False)).changed == 0
+
+    # the vxlan device answers ARP for remote endpoints itself (the echo that follows
+    # goes to 127.0.0.2 over loopback and gets no reply)
+    ping(a, r2.ip)
+    assert r2.mac in in_netns(a, "ip", "neigh", "show", r2.ip).stdout
+
+    # r3 moves to h2, h3 leaves the network
+    moved = endpoint(net, "r3", h2.name, "/proc/1/ns/net", 30)
+    ok(driver.apply(state(net, [ep_a], remote=(r2, moved), peers=(h2,)), sweep=False))
+    assert f"{r3.mac} dst 127.0.0.2 self permanent" in fdb()
+    assert "127.0.0.3" not in fdb()
+    assert fdb().count("dst ") == 3
+
+    ok(driver.apply(state(net, [ep_a]), sweep=False))
+    assert "dst " not in fdb()
+    assert "PERMANENT" not in neigh()
+
+
+def test_vni_used_by_a_foreign_link_fails_the_network(
+    driver: WeaveDriver, make_netns: Callable[[str], str], vni: int
+) -> None:
+    net = network(vni)
+    a = make_netns("twc")
+    ep_a = endpoint(net, "a", LOCAL.name, netns_path(a), 10)
+    foreign = unique("twv")
+    subprocess.run(
+        ["ip", "link", "add", foreign, "type", "vxlan", "id", str(vni), "dstport", "4789"],
+        check=True,
+    )
+    try:
+        report = driver.apply(state(net, [ep_a]), sweep=False)
+        assert f"link {foreign} already uses VNI {vni}" in report.errors[f"network:{net.name}"]
+        assert endpoint_id(ep_a) in report.errors
+        assert foreign in link_names()
+        assert host_veth_name(net.name, "a") not in link_names()
+    finally:
+        subprocess.run(["ip", "link", "del", foreign], check=False)
+
+
+def test_sleeve_networks_are_reported_not_built(driver: WeaveDriver, vni: int) -> None:
+    net = network(vni, backend="sleeve")
+    ep = endpoint(net, "a", LOCAL.name, "/run/netns/twnothere", 10)
+    report = driver.apply(state(net, [ep]), sweep=False)
+    assert report.errors == {f"network:{net.name}": "sleeve backend not available yet"}
+    assert report.changed == 0
+    assert bridge_name(vni) not in link_names()
+
+
+# -- two hosts ----------------------------------------------------------------------
+
+_APPLY = """
+import json, sys
+from netd.model import Endpoint, Host, Network
+from netd.plugin import HostState, NetworkState
+from plugins.weave.driver import WeaveDriver
+spec = json.load(sys.stdin)
+host = Host.from_dict(spec["host"])
+networks = {}
+for n in spec["networks"]:
+    net = Network.from_dict(n["network"])
+    networks[net.name] = NetworkState(
+        network=net,
+        local=tuple(Endpoint.from_dict(e) for e in n["local"]),
+        remote=tuple(Endpoint.from_dict(e) for e in n["remote"]),
+        peers=tuple(Host.from_dict(h) for h in n["peers"]),
+    )
+hosts = {h["name"]: Host.from_dict(h) for h in spec["hosts"]}
+driver = WeaveDriver()
+report = driver.apply(HostState(host=host, networks=networks, hosts=hosts), spec["sweep"])
+driver.close()
+print(json.dumps({"errors": report.errors, "changed": report.changed}))
+"""
+
+
+def apply_in(host_ns: str, desired: HostState, sweep: bool) -> dict[str, object]:
+    """Run one driver apply as its own process inside `host_ns`."""
+    spec = {
+        "host": desired.host.to_dict(),
+        "hosts": [h.to_dict() for h in desired.hosts.values()],
+        "sweep": sweep,
+        "networks": [
+            {
+                "network": ns.network.to_dict(),
+                "local": [e.to_dict() for e in ns.local],
+                "remote": [e.to_dict() for e in ns.remote],
+                "peers": [h.to_dict() for h in ns.peers],
+            }
+            for ns in desired.networks.values()
+        ],
+    }
+    done = subprocess.run(
+        ["nsenter", f"--net={netns_path(host_ns)}", sys.executable, "-c", _APPLY],
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+def test_two_hosts_talk_over_vxlan_and_sweep_cleans_a_host(
+    make_netns: Callable[[str], str],
+) -> None:
+    ha, hb = make_netns("twh"), make_netns("twh")
+    ua, ub = unique("twu"), unique("twu")
+    subprocess.run(
+        ["ip", "link", "add", ua, "netns", ha, "type", "veth", "peer", "name", ub, "netns", hb],
+        check=True,
+    )
+    for ns, dev, ip in ((ha, ua, "172.31.254.1"), (hb, ub, "172.31.254.2")):
+        in_netns(ns, "ip", "addr", "add", f"{ip}/24", "dev", dev)
+        in_netns(ns, "ip", "link", "set", dev, "up")
+    host_a = Host(name="twA", underlay_ip="172.31.254.1")
+    host_b = Host(name="twB", underlay_ip="172.31.254.2")
+    net = network(4242, mtu=1450)
+    ca, cb = make_netns("twc"), make_netns("twc")
+    ep_a = endpoint(net, "a", host_a.name, netns_path(ca), 10)
+    ep_b = endpoint(net, "b", host_b.name, netns_path(cb), 11)
+    on_a = state(net, [ep_a], remote=(ep_b,), peers=(host_b,), host=host_a)
+    on_b = state(net, [ep_b], remote=(ep_a,), peers=(host_a,), host=host_b)
+
+    assert apply_in(ha, on_a, sweep=True)["errors"] == {}
+    assert apply_in(hb, on_b, sweep=True)["errors"] == {}
+    assert ping(ca, ep_b.ip) and ping(cb, ep_a.ip)
+    assert ping(ca, ep_b.ip, size=1450 - 28)  # full network MTU fits the 1500 underlay
+    assert apply_in(ha, on_a, sweep=True) == {"errors": {}, "changed": 0}
+
+    empty = HostState(host=host_a, networks={}, hosts={})
+    assert apply_in(ha, empty, sweep=True)["errors"] == {}
+    left = in_netns(ha, "ip", "-o", "link").stdout
+    assert "ndb" not in left and "ndv" not in left and "ndh" not in left
+    assert ua in left  # not netd's: untouched
+    assert not ping(cb, ep_a.ip)
