@@ -289,10 +289,7 @@ def validate_network(
     if gw_addr not in net or gw_addr in (net.network, net.broadcast):
         raise InvalidInput(f"gateway {gw} is not a usable address of {net.cidr}")
     vni_value = 0 if vni is None else check_vni(vni)
-    if mtu is None:
-        mtu_value = network_mtu(backend, underlay_mtu, encrypt)
-    else:
-        mtu_value = check_mtu(mtu)
+    mtu_value = network_mtu(backend, underlay_mtu, encrypt) if mtu is None else check_mtu(mtu)
     opts = dict(options or {})
     for key, value in opts.items():
         if not key or not isinstance(value, str):

@@ -1,0 +1,277 @@
+"""`netctl`: a thin client of the netd socket API (DESIGN §5).
+
+It parses arguments, sends one request, and prints a table (or JSON with --json).
+Errors print one line to stderr and exit non-zero; all logic lives in the daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from netd.config import DEFAULT_SOCKET
+
+EXIT_ERROR = 1
+EXIT_UNREACHABLE = 3
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+class Client:
+    def __init__(self, socket_path: Path, timeout: float = 60.0) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        conn = _UnixConnection(str(self.socket_path), self.timeout)
+        try:
+            payload = None if body is None else json.dumps(body)
+            headers = {"Content-Type": "application/json"} if payload else {}
+            conn.request(method, path, body=payload, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise CliError(
+                f"netd is not running (no socket at {self.socket_path}); start it with `netd`",
+                EXIT_UNREACHABLE,
+            ) from None
+        except PermissionError:
+            raise CliError(f"permission denied on {self.socket_path}; run as root") from None
+        except (TimeoutError, OSError) as exc:
+            raise CliError(f"talking to netd at {self.socket_path} failed: {exc}") from None
+        finally:
+            conn.close()
+        try:
+            value = json.loads(data) if data else None
+        except ValueError:
+            raise CliError(f"netd sent a response that is not JSON (HTTP {resp.status})") from None
+        if resp.status >= 400:
+            message = (value or {}).get("error", {}).get("message") or f"HTTP {resp.status}"
+            raise CliError(message)
+        return value
+
+
+# --- output -----------------------------------------------------------------------
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
+
+
+def _print_networks(value: list[dict[str, Any]]) -> str:
+    return table(
+        [
+            (n["name"], n["tenant"], n["subnet"], n["gateway"], f"{n['driver']}/{n['backend']}",
+             n["vni"], n["mtu"], "yes" if n.get("encrypt") else "")
+            for n in value
+        ],
+        ["NAME", "TENANT", "SUBNET", "GATEWAY", "DRIVER", "VNI", "MTU", "ENCRYPT"],
+    )
+
+
+def _print_endpoints(value: list[dict[str, Any]]) -> str:
+    return table(
+        [
+            (e["network"], e["name"], e["host"], e["ifname"], e["ip"], e["mac"],
+             ",".join(e.get("security_groups") or ()))
+            for e in value
+        ],
+        ["NETWORK", "CONTAINER", "HOST", "IFNAME", "IP", "MAC", "SG"],
+    )
+
+
+def _print_network(value: dict[str, Any]) -> str:
+    lines = [f"{k}: {value[k]}" for k in
+             ("name", "tenant", "subnet", "gateway", "driver", "backend", "vni", "mtu", "encrypt")]
+    if value.get("options"):
+        lines.append("options: " + ", ".join(f"{k}={v}" for k, v in value["options"].items()))
+    lines.append("endpoints:")
+    eps = value.get("endpoints") or []
+    lines.append(_print_endpoints(eps) if eps else "  (none)")
+    return "\n".join(lines)
+
+
+def _print_endpoint(e: dict[str, Any]) -> str:
+    return f"{e['name']} on {e['network']}: {e['ifname']} {e['ip']} {e['mac']} (host {e['host']})"
+
+
+def _print_hosts(value: list[dict[str, Any]]) -> str:
+    return table(
+        [(h["name"], h.get("underlay_ip", ""), "alive" if h.get("alive") else "dead",
+          h.get("underlay_mtu", "")) for h in value],
+        ["HOST", "UNDERLAY", "STATE", "MTU"],
+    )
+
+
+def _print_status(s: dict[str, Any]) -> str:
+    store = s["store"]
+    lines = [
+        f"host: {s['host']['name']} ({s['host']['underlay_ip']}, underlay mtu "
+        f"{s['host']['underlay_mtu']})",
+        f"store: {'reachable' if store['reachable'] else 'UNREACHABLE ' + store['error']} "
+        f"(revision {store['revision']})",
+        f"networks: {s['networks']}  local endpoints: {s['endpoints']}",
+        f"last sync: applied revision {s['applied_revision']}, {s['syncs']} syncs",
+    ]
+    if s["errors"]:
+        lines.append("errors:")
+        lines += [f"  {item}: {msg}" for item, msg in sorted(s["errors"].items())]
+    else:
+        lines.append("errors: none")
+    return "\n".join(lines)
+
+
+# --- commands -----------------------------------------------------------------------
+def _parse_opts(values: list[str] | None) -> dict[str, str]:
+    opts: dict[str, str] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"invalid option {item!r}: expected KEY=VALUE")
+        opts[key] = value
+    return opts
+
+
+def cmd_network_create(c: Client, a: argparse.Namespace) -> tuple[Any, Callable[[Any], str]]:
+    body = {
+        "name": a.name, "subnet": a.subnet, "tenant": a.tenant, "driver": a.driver,
+        "backend": a.backend, "vni": a.vni, "gateway": a.gateway, "mtu": a.mtu,
+        "encrypt": a.encrypt or None, "options": _parse_opts(a.opt) or None,
+    }
+    value = c.request("POST", "/v1/networks", {k: v for k, v in body.items() if v is not None})
+    return value, lambda n: (
+        f"network {n['name']} created: {n['subnet']} vni {n['vni']} mtu {n['mtu']}"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="netctl", description="Control the netd daemon on this host.")
+    p.add_argument("--socket", type=Path, default=DEFAULT_SOCKET,
+                   help=f"netd API socket (default {DEFAULT_SOCKET})")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    net = sub.add_parser("network", help="create, list, inspect and remove networks")
+    nsub = net.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = nsub.add_parser("create", help="create a network")
+    create.add_argument("name")
+    create.add_argument("--subnet", required=True, help="CIDR, e.g. 10.1.0.0/24")
+    create.add_argument("--tenant", help="owning tenant (default: default)")
+    create.add_argument("--driver", choices=["weave", "flannel", "openflow"],
+                        help="overlay driver (default weave)")
+    create.add_argument("--backend",
+                        choices=["fastdp", "sleeve", "vxlan", "udp", "host-gw", "gre"],
+                        help="driver backend (weave: fastdp|sleeve, flannel: vxlan|udp|host-gw, "
+                        "openflow: gre|vxlan)")
+    create.add_argument("--vni", type=int, help="VNI / segment id (default: lowest free)")
+    create.add_argument("--gateway", help="gateway address (default: first usable)")
+    create.add_argument("--mtu", type=int, help="MTU (default: underlay MTU less overhead)")
+    create.add_argument("--encrypt", action="store_true", help="encrypt (weave sleeve)")
+    create.add_argument("-o", "--opt", action="append", metavar="KEY=VALUE",
+                        help="driver option, repeatable")
+    create.set_defaults(run=cmd_network_create)
+    ls = nsub.add_parser("ls", help="list networks")
+    ls.set_defaults(run=lambda c, a: (c.request("GET", "/v1/networks"), _print_networks))
+    inspect = nsub.add_parser("inspect", help="show one network and its endpoints")
+    inspect.add_argument("name")
+    inspect.set_defaults(
+        run=lambda c, a: (c.request("GET", f"/v1/networks/{quote(a.name, safe='')}"),
+                          _print_network))
+    rm = nsub.add_parser("rm", help="remove a network (refused while endpoints are attached)")
+    rm.add_argument("name")
+    rm.set_defaults(
+        run=lambda c, a: (c.request("DELETE", f"/v1/networks/{quote(a.name, safe='')}"),
+                          lambda v: f"network {v['removed']} removed"))
+
+    attach = sub.add_parser("attach", help="attach a container to a network")
+    attach.add_argument("container", help="netns name, netns path or PID")
+    attach.add_argument("--network", required=True)
+    attach.add_argument("--ip", help="fixed address (default: allocated)")
+    attach.add_argument("--mac", help="MAC address (default: derived from the IP)")
+    attach.add_argument("--ifname", help="interface name in the container (default eth0, "
+                        "or the next free ethN)")
+    attach.add_argument("--sg", action="append", metavar="GROUP", help="security group, repeatable")
+    attach.set_defaults(run=lambda c, a: (c.request("POST", "/v1/attach", {
+        k: v for k, v in {"container": a.container, "network": a.network, "ip": a.ip,
+                          "mac": a.mac, "ifname": a.ifname, "sg": a.sg}.items() if v is not None
+    }), _print_endpoint))
+
+    detach = sub.add_parser("detach", help="detach a container from a network")
+    detach.add_argument("container")
+    detach.add_argument("--network", required=True)
+    detach.set_defaults(run=lambda c, a: (c.request(
+        "POST", "/v1/detach", {"container": a.container, "network": a.network}),
+        lambda e: f"{e['name']} detached from {e['network']} (address {e['ip']} released)"))
+
+    endpoint = sub.add_parser("endpoint", help="list endpoints")
+    esub = endpoint.add_subparsers(dest="action", required=True, metavar="ACTION")
+    els = esub.add_parser("ls", help="list endpoints")
+    els.add_argument("--network")
+    els.set_defaults(run=lambda c, a: (c.request(
+        "GET", "/v1/endpoints" + (f"?{urlencode({'network': a.network})}" if a.network else "")),
+        _print_endpoints))
+
+    host = sub.add_parser("host", help="list hosts")
+    hsub = host.add_subparsers(dest="action", required=True, metavar="ACTION")
+    hls = hsub.add_parser("ls", help="hosts, underlay address, liveness")
+    hls.set_defaults(run=lambda c, a: (c.request("GET", "/v1/hosts"), _print_hosts))
+
+    status = sub.add_parser("status", help="this daemon: store, networks, endpoints, last sync")
+    status.set_defaults(run=lambda c, a: (c.request("GET", "/v1/status"), _print_status))
+
+    demo = sub.add_parser("demo", help="build simulated hosts on this machine and show "
+                          "container connectivity across them")
+    demo.add_argument("--keep", action="store_true", help="leave the demo up to explore")
+    demo.add_argument("--hosts", type=int, default=3, help="number of simulated hosts")
+    demo.add_argument("--down", action="store_true", help="remove a demo left up by --keep")
+    demo.set_defaults(run=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from netd import demo
+
+        if args.down:
+            sys.exit(demo.down())
+        sys.exit(demo.run_demo(keep=args.keep, hosts=args.hosts, as_json=args.json))
+    client = Client(args.socket)
+    try:
+        value, render = args.run(client, args)
+    except CliError as exc:
+        print(f"netctl: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    if args.json:
+        print(json.dumps(value, indent=2, sort_keys=True))
+    else:
+        print(render(value))
+
+
+if __name__ == "__main__":
+    main()

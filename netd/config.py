@@ -1,0 +1,93 @@
+"""Daemon configuration: defaults, then the TOML config file, then command-line flags."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from netd.errors import InvalidInput
+from netd.model import check_name, parse_ip
+
+DEFAULT_SOCKET = Path("/run/netd/netd.sock")
+DEFAULT_STATE_DIR = Path("/var/lib/netd")
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = ""
+    underlay_ip: str = ""
+    store: str = ""
+    socket: Path = DEFAULT_SOCKET
+    state_dir: Path = DEFAULT_STATE_DIR
+    host_ttl: int = 30
+    resync_interval: float = 30.0
+    log_level: str = "info"
+    log_format: str = "json"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="netd",
+        description="netd: the per-host overlay networking daemon. Runs in the foreground; "
+        "its socket exists once it is ready to serve.",
+    )
+    p.add_argument("--config", type=Path, help="TOML file with the settings below")
+    p.add_argument("--host", help="this host's name (default: the hostname)")
+    p.add_argument("--underlay-ip", help="address peers reach this host on "
+                   "(default: the address of the default route's interface)")
+    p.add_argument("--store", help="etcd://h1:2379,h2:2379 or sqlite:///PATH "
+                   "(default: embedded SQLite in the state dir)")
+    p.add_argument("--socket", type=Path, help=f"API socket (default {DEFAULT_SOCKET})")
+    p.add_argument("--state-dir", type=Path, help=f"state directory (default {DEFAULT_STATE_DIR})")
+    p.add_argument("--host-ttl", type=int, help="seconds before a silent host counts as dead "
+                   "(default 30)")
+    p.add_argument("--resync-interval", type=float, help="seconds between full resyncs "
+                   "(default 30)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["json", "text"])
+    return p
+
+
+def load(argv: list[str] | None = None) -> Config:
+    args = parser().parse_args(argv)
+    config = Config()
+    if args.config is not None:
+        config = _from_file(config, args.config)
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in fields(Config)
+        if getattr(args, f.name, None) is not None
+    }
+    config = replace(config, **overrides)
+    return _finish(config)
+
+
+def _from_file(config: Config, path: Path) -> Config:
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise InvalidInput(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"config file {path} is not valid TOML: {exc}") from None
+    known = {f.name: f for f in fields(Config)}
+    values: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        key = raw_key.replace("-", "_")
+        if key not in known:
+            raise InvalidInput(f"config file {path}: unknown setting {raw_key!r}")
+        values[key] = Path(value) if key in ("socket", "state_dir") else value
+    return replace(config, **values)
+
+
+def _finish(config: Config) -> Config:
+    host = config.host or socket.gethostname().split(".")[0]
+    check_name(host, "host name")
+    if config.underlay_ip:
+        parse_ip(config.underlay_ip, "underlay IP")
+    if config.host_ttl < 1:
+        raise InvalidInput("--host-ttl must be at least 1 second")
+    return replace(config, host=host)

@@ -1,0 +1,60 @@
+"""Resolving a container reference to a network namespace path on this host.
+
+A reference is a netns name (/run/netns/NAME), a netns path, or a PID. The endpoint
+name (what IPAM reservations follow) is the netns name, the path's last component, or
+`pid-N`. Container ids of a Docker-compatible runtime resolve through that runtime's
+API to a PID; that lookup belongs here too when it is added.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from netd.errors import InvalidInput, NotFound
+from netd.model import check_name
+
+NETNS_DIR = Path("/run/netns")
+
+
+@dataclass(frozen=True)
+class ContainerRef:
+    ref: str  # as the user gave it
+    name: str  # endpoint name
+    netns: str  # netns path
+
+
+def _is_netns(path: Path) -> bool:
+    try:
+        return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev
+    except OSError:
+        return False
+
+
+def resolve(ref: str) -> ContainerRef:
+    """Find the container's netns, or raise NotFound / InvalidInput with a clear message."""
+    if not ref:
+        raise InvalidInput("container reference is empty")
+    if ref.isdigit():
+        path = Path(f"/proc/{ref}/ns/net")
+        if not path.exists():
+            raise NotFound(f"container {ref!r} not found: no process with PID {ref}")
+        return ContainerRef(ref=ref, name=f"pid-{ref}", netns=str(path))
+    if ref.startswith("/"):
+        path = Path(ref)
+        if not path.exists():
+            raise NotFound(f"container {ref!r} not found: no such netns path")
+        if not _is_netns(path):
+            raise InvalidInput(f"{ref!r} is not a network namespace")
+        parts = path.parts
+        name = f"pid-{parts[2]}" if parts[:2] == ("/", "proc") and len(parts) > 2 else path.name
+        return ContainerRef(ref=ref, name=check_name(name, "container name"), netns=str(path))
+    check_name(ref, "container name")
+    path = NETNS_DIR / ref
+    if not _is_netns(path):
+        raise NotFound(
+            f"container {ref!r} not found: no network namespace {path} "
+            "(give a netns name, a netns path or a PID)"
+        )
+    return ContainerRef(ref=ref, name=ref, netns=str(path))

@@ -1,0 +1,98 @@
+"""Host registry: this daemon's record in the store, kept alive by a TTL lease.
+
+The record (name, underlay address, per-driver data) lives under a lease; if the daemon
+dies for good, the lease expires, the key vanishes, and every other host drops this
+host's endpoints from its datapath. A restart must not cause that: the lease id is kept
+in the state dir and re-used while it is still alive, and SIGTERM does not revoke it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from netd.errors import NetdError
+from netd.model import Host
+from netd.store.base import Store
+from netd.store.keys import Keys
+
+log = logging.getLogger(__name__)
+
+
+class HostRegistration:
+    def __init__(
+        self,
+        store: Store,
+        keys: Keys,
+        host: Host,
+        ttl: int,
+        state_dir: Path,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._keys = keys
+        self._host = host
+        self._ttl = max(1, ttl)
+        self._lease_file = state_dir / "host-lease"
+        self._lease = 0
+        self._on_change = on_change
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="host-lease", daemon=True)
+
+    @property
+    def host(self) -> Host:
+        with self._lock:
+            return self._host
+
+    def update(self, host: Host) -> None:
+        with self._lock:
+            self._host = host
+        self._publish()
+
+    def start(self) -> None:
+        self._publish()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop keeping the lease alive; the record stays until the TTL runs out."""
+        self._stop.set()
+        self._thread.join(5)
+
+    def _saved_lease(self) -> int:
+        try:
+            return int(self._lease_file.read_text().strip())
+        except (OSError, ValueError):
+            return 0
+
+    def _publish(self) -> None:
+        with self._lock:
+            if not self._lease:
+                saved = self._saved_lease()
+                if saved and self._store.keepalive(saved):
+                    self._lease = saved
+                else:
+                    self._lease = self._store.grant_lease(self._ttl)
+                    self._lease_file.write_text(str(self._lease))
+            self._store.put(self._keys.host(self._host.name), self._host.to_json(), self._lease)
+
+    def _run(self) -> None:
+        interval = max(0.2, self._ttl / 3)
+        while not self._stop.wait(interval):
+            try:
+                with self._lock:
+                    lease = self._lease
+                if not self._store.keepalive(lease):
+                    log.warning("host lease %d expired; registering again", lease)
+                    with self._lock:
+                        self._lease = 0
+                    self._publish()
+                    self._on_change()
+                    continue
+                current = self._store.get(self._keys.host(self.host.name))
+                if current is None or current.value != self.host.to_json():
+                    self._publish()
+            except NetdError as exc:
+                log.warning("host registration: %s", exc)

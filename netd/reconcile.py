@@ -1,0 +1,181 @@
+"""The reconcile loop: store watch -> snapshot -> calc -> driver.apply, forever.
+
+One thread keeps a local copy of everything under the store prefix (list once, then
+watch from the next revision; a compacted or broken watch re-lists, as flannel does)
+and converges the kernel whenever the copy changes, on a periodic full resync, and
+soon after a failure (failed items are retried while the rest proceeds). Sweeping
+owned leftovers starts only after the first complete sync.
+
+The API waits on `wait_applied(revision)` so that an attach returns only when this
+host's datapath reflects it, with the item's error if the driver failed it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from netd.calc import Snapshot, desired_states
+from netd.errors import Compacted, NetdError, StoreUnavailable
+from netd.model import Host
+from netd.plugin import ApplyReport, Driver
+from netd.store.base import Store
+from netd.store.keys import Keys
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SyncStatus:
+    revision: int = 0  # store revision of the last applied snapshot
+    last_sync: float = 0.0  # wall clock of the last apply
+    errors: dict[str, str] = field(default_factory=dict)
+    syncs: int = 0
+    store_ok: bool = False
+    store_error: str = ""
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: Store,
+        keys: Keys,
+        drivers: Mapping[str, Driver],
+        this_host: Callable[[], Host],
+        resync_interval: float = 30.0,
+        retry_interval: float = 1.0,
+    ) -> None:
+        self._store = store
+        self._keys = keys
+        self._drivers = dict(drivers)
+        self._this_host = this_host
+        self._resync_interval = resync_interval
+        self._retry_interval = retry_interval
+        self._cache: dict[str, str] = {}
+        self._status = SyncStatus()
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._kick = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
+
+    # --- public -------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._kick.set()
+        self._thread.join(timeout)
+
+    def kick(self) -> None:
+        """Ask for an apply soon even without a store change (e.g. host data changed)."""
+        self._kick.set()
+
+    def status(self) -> SyncStatus:
+        with self._cond:
+            return SyncStatus(**{**self._status.__dict__, "errors": dict(self._status.errors)})
+
+    def snapshot(self) -> Snapshot:
+        with self._cond:
+            return Snapshot.from_kvs(self._keys, dict(self._cache))
+
+    def wait_applied(self, revision: int, timeout: float) -> bool:
+        """Block until a snapshot at >= revision has been applied (True) or timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._status.revision < revision:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def item_error(self, item: str) -> str | None:
+        with self._cond:
+            return self._status.errors.get(item)
+
+    def observe(self) -> dict[str, Any]:
+        return {name: d.observe() for name, d in self._drivers.items()}
+
+    # --- loop ---------------------------------------------------------------------
+    def _run(self) -> None:
+        backoff = 0.2
+        while not self._stop.is_set():
+            try:
+                self._list_and_watch()
+                backoff = 0.2
+            except (StoreUnavailable, Compacted) as exc:
+                self._set_store_state(False, str(exc))
+                log.warning("store watch interrupted, re-listing: %s", exc)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception:  # keep converging whatever a driver or decoder did
+                log.exception("reconcile loop failed; restarting it")
+                self._stop.wait(1.0)
+
+    def _list_and_watch(self) -> None:
+        items, revision = self._store.list(self._keys.root())
+        with self._cond:
+            self._cache = {kv.key: kv.value for kv in items}
+        self._set_store_state(True, "")
+        watch = self._store.watch(self._keys.root(), revision + 1)
+        try:
+            self._apply(revision)
+            next_resync = time.monotonic() + self._resync_interval
+            while not self._stop.is_set():
+                wait = 0.2
+                if self._status.errors:
+                    wait = min(wait, self._retry_interval)
+                events = watch.get(timeout=wait)
+                for ev in events:
+                    revision = max(revision, ev.revision)
+                    with self._cond:
+                        if ev.type == "put" and ev.value is not None:
+                            self._cache[ev.key] = ev.value
+                        else:
+                            self._cache.pop(ev.key, None)
+                due = time.monotonic() >= next_resync
+                retry = bool(self._status.errors) and (
+                    time.time() - self._status.last_sync >= self._retry_interval
+                )
+                if events or due or retry or self._kick.is_set():
+                    self._kick.clear()
+                    self._apply(revision)
+                    if due:
+                        next_resync = time.monotonic() + self._resync_interval
+        finally:
+            watch.close()
+
+    def _apply(self, revision: int) -> None:
+        snapshot = self.snapshot()
+        host = self._this_host()
+        desired = desired_states(snapshot, host, set(self._drivers))
+        sweep = self._status.syncs > 0
+        report = ApplyReport()
+        for name, driver in self._drivers.items():
+            try:
+                report.merge(driver.apply(desired[name], sweep=sweep))
+            except NetdError as exc:
+                report.fail(f"driver:{name}", str(exc))
+            except Exception as exc:
+                log.exception("driver %s failed", name)
+                report.fail(f"driver:{name}", f"internal error: {exc}")
+        for item, message in report.errors.items():
+            log.warning("apply failed for %s: %s", item, message)
+        if report.changed:
+            log.info("applied revision %d: %d kernel changes", revision, report.changed)
+        with self._cond:
+            self._status.revision = max(self._status.revision, revision)
+            self._status.errors = dict(report.errors)
+            self._status.last_sync = time.time()
+            self._status.syncs += 1
+            self._cond.notify_all()
+
+    def _set_store_state(self, ok: bool, error: str) -> None:
+        with self._cond:
+            self._status.store_ok = ok
+            self._status.store_error = error

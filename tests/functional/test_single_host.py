@@ -1,0 +1,279 @@
+"""One host, embedded store, real netd process: the foundation's acceptance tests.
+
+Containers are network namespaces; every check sends real packets or reads real
+kernel state. Bad input must leave endpoints, the store revision and the links of the
+host and container namespaces exactly as they were.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from netd.lab import Lab, ns_exec, run
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with Lab(hosts=1, store="embedded") as lab:
+        lab.netctl("h1", "network", "create", "blue", "--subnet", "10.30.0.0/24")
+        yield lab
+
+
+def links(netns: str) -> str:
+    """Every link with its details, less the bridge timers that tick by themselves."""
+    out = run(ns_exec(netns, "ip", "-d", "-o", "link", "show")).stdout
+    return re.sub(r"\b\w+_timer\s+[\d.]+", "", out)
+
+
+def addresses(netns: str) -> str:
+    return run(ns_exec(netns, "ip", "-o", "addr", "show")).stdout
+
+
+def kernel_state(lab: Lab, *containers: str) -> dict[str, str]:
+    state = {}
+    for netns in (lab.hosts["h1"].netns, *containers):
+        state[netns] = (
+            links(netns)
+            + addresses(netns)
+            + run(ns_exec(netns, "ip", "route", "show", "table", "all")).stdout
+        )
+    return state
+
+
+def settled_state(lab: Lab, *containers: str, timeout: float = 5.0) -> dict[str, str]:
+    """Kernel state once it stops changing by itself (IPv6 DAD, carrier, bridge ports)."""
+    time.sleep(0.3)
+    state = kernel_state(lab, *containers)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        again = kernel_state(lab, *containers)
+        if again == state and not any("tentative" in v for v in state.values()):
+            return state
+        state = again
+    return state
+
+
+def assert_same(before: dict[str, str], after: dict[str, str]) -> None:
+    for netns in before:
+        diff = list(difflib.unified_diff(before[netns].splitlines(),
+                                         after[netns].splitlines(), lineterm=""))
+        assert not diff, f"{netns} changed:\n" + "\n".join(diff)
+
+
+def store_revision(lab: Lab) -> int:
+    return int(lab.netctl_json("h1", "status")["store"]["revision"])
+
+
+@pytest.fixture(scope="module")
+def pair(lab: Lab) -> tuple[str, str]:
+    """Two containers holding 10.30.0.10 and 10.30.0.11 for the whole module."""
+    a = lab.add_container("h1", "fa")
+    b = lab.add_container("h1", "fb")
+    lab.netctl("h1", "attach", a, "--network", "blue", "--ip", "10.30.0.10")
+    lab.netctl("h1", "attach", b, "--network", "blue", "--ip", "10.30.0.11")
+    return a, b
+
+
+def test_fixed_ips_ping_each_other(lab: Lab, pair: tuple[str, str]) -> None:
+    a, b = pair
+    assert lab.ping(a, "10.30.0.11", count=3, interval=0.2).returncode == 0
+    assert lab.ping(b, "10.30.0.10", count=3, interval=0.2).returncode == 0
+    eth0 = run(ns_exec(a, "ip", "-o", "-4", "addr", "show", "dev", "eth0")).stdout
+    assert "10.30.0.10/24" in eth0
+    route = run(ns_exec(a, "ip", "route", "show", "default")).stdout
+    assert "via 10.30.0.1 dev eth0" in route
+
+
+def test_automatic_addresses_are_unique(lab: Lab) -> None:
+    names = [lab.add_container("h1", f"auto{i}") for i in range(6)]
+    ips = []
+    for name in names:
+        ep = lab.netctl_json("h1", "attach", name, "--network", "blue")
+        ips.append(ep["ip"])
+        assert ep["ip"] not in ("10.30.0.0", "10.30.0.1", "10.30.0.255")
+    assert len(set(ips)) == len(ips)
+    assert lab.ping(names[0], ips[-1], count=2, interval=0.2).returncode == 0
+    for name in names:
+        lab.netctl("h1", "detach", name, "--network", "blue")
+        lab.remove_container(name)
+
+
+def test_attach_is_idempotent_and_reattach_keeps_address(lab: Lab) -> None:
+    c = lab.add_container("h1", "idem")
+    first = lab.netctl_json("h1", "attach", c, "--network", "blue")
+    again = lab.netctl_json("h1", "attach", c, "--network", "blue")
+    assert first == again
+    before = links(c)
+    lab.netctl_json("h1", "attach", c, "--network", "blue")
+    assert links(c) == before
+    lab.netctl("h1", "detach", c, "--network", "blue")
+    assert "eth0" not in links(c)
+    back = lab.netctl_json("h1", "attach", c, "--network", "blue")
+    assert back["ip"] == first["ip"]
+    lab.netctl("h1", "detach", c, "--network", "blue")
+
+
+def test_second_interface_gets_next_ethn(lab: Lab) -> None:
+    lab.netctl("h1", "network", "create", "green", "--subnet", "10.31.0.0/24")
+    c = lab.add_container("h1", "twoif")
+    assert lab.netctl_json("h1", "attach", c, "--network", "blue")["ifname"] == "eth0"
+    assert lab.netctl_json("h1", "attach", c, "--network", "green")["ifname"] == "eth1"
+    lab.netctl("h1", "detach", c, "--network", "green")
+    lab.netctl("h1", "detach", c, "--network", "blue")
+    lab.netctl("h1", "network", "rm", "green")
+
+
+BAD_ATTACH = [
+    (["--ip", "10.99.0.5"], "outside"),
+    (["--ip", "10.30.0.0"], "network address"),
+    (["--ip", "10.30.0.255"], "broadcast"),
+    (["--ip", "10.30.0.1"], "gateway"),
+    (["--ip", "10.30.0.300"], "invalid"),
+    (["--ip", "10.30.0.10"], "already in use"),  # held by test_fixed_ips' container
+    (["--mac", "zz:00:00:00:00:01"], "invalid MAC"),
+    (["--mac", "01:00:5e:00:00:01"], "multicast"),
+    (["--ifname", "this-name-is-too-long"], "interface name"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_ATTACH)
+def test_bad_attach_changes_nothing(
+    lab: Lab, pair: tuple[str, str], args: list[str], message: str
+) -> None:
+    c = lab.add_container("h1", "bad")
+    try:
+        before_eps = lab.netctl_json("h1", "endpoint", "ls")
+        before_rev = store_revision(lab)
+        before_kernel = settled_state(lab, c)
+        result = lab.netctl("h1", "attach", c, "--network", "blue", *args, check=False)
+        assert result.returncode != 0
+        assert message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert lab.netctl_json("h1", "endpoint", "ls") == before_eps
+        assert store_revision(lab) == before_rev
+        assert_same(before_kernel, kernel_state(lab, c))
+    finally:
+        lab.remove_container(c)
+
+
+BAD_NETWORK = [
+    (["n1", "--subnet", "10.40.0.0/33"], "invalid subnet"),
+    (["n1", "--subnet", "10.40.0.1/24"], "host bits"),
+    (["n1", "--subnet", "banana"], "invalid subnet"),
+    (["blue", "--subnet", "10.41.0.0/24"], "already exists"),
+    (["n1", "--subnet", "10.30.0.128/25"], "overlaps"),
+    (["n1", "--subnet", "10.40.0.0/24", "--vni", "0"], "VNI"),
+    (["n1", "--subnet", "10.40.0.0/24", "--vni", "16777216"], "VNI"),
+    (["n1", "--subnet", "10.40.0.0/24", "--mtu", "67"], "MTU"),
+    (["n1", "--subnet", "10.40.0.0/24", "--mtu", "65536"], "MTU"),
+    (["bad/name", "--subnet", "10.40.0.0/24"], "invalid network name"),
+    (["n1", "--subnet", "10.40.0.0/24", "--gateway", "10.41.0.1"], "gateway"),
+    (["n1", "--subnet", "10.40.0.0/24", "--backend", "gre"], "no backend"),
+    (["n1", "--subnet", "10.40.0.0/24", "--encrypt"], "--encrypt"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_NETWORK)
+def test_bad_network_create_changes_nothing(lab: Lab, args: list[str], message: str) -> None:
+    before_nets = lab.netctl_json("h1", "network", "ls")
+    before_rev = store_revision(lab)
+    result = lab.netctl("h1", "network", "create", *args, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert lab.netctl_json("h1", "network", "ls") == before_nets
+    assert store_revision(lab) == before_rev
+
+
+def test_same_subnet_in_other_tenant_is_fine(lab: Lab) -> None:
+    lab.netctl("h1", "network", "create", "red", "--subnet", "10.30.0.0/24", "--tenant", "acme")
+    lab.netctl("h1", "network", "rm", "red")
+
+
+def test_unknown_network_and_container(lab: Lab) -> None:
+    c = lab.add_container("h1", "lost")
+    result = lab.netctl("h1", "attach", c, "--network", "nope", check=False)
+    assert result.returncode != 0 and "network 'nope' not found" in result.stderr
+    result = lab.netctl("h1", "attach", f"{lab.prefix}-ghost", "--network", "blue", check=False)
+    assert result.returncode != 0 and "not found" in result.stderr
+    lab.remove_container(c)
+
+
+def test_network_rm_with_endpoints_is_refused(lab: Lab) -> None:
+    lab.netctl("h1", "network", "create", "busy", "--subnet", "10.32.0.0/24")
+    c = lab.add_container("h1", "busy1")
+    lab.netctl("h1", "attach", c, "--network", "busy")
+    result = lab.netctl("h1", "network", "rm", "busy", check=False)
+    assert result.returncode != 0 and "detach them first" in result.stderr
+    lab.netctl("h1", "detach", c, "--network", "busy")
+    lab.netctl("h1", "network", "rm", "busy")
+    nets = [n["name"] for n in lab.netctl_json("h1", "network", "ls")]
+    assert "busy" not in nets
+
+
+def test_failed_attach_rolls_back(lab: Lab) -> None:
+    """The container already has `eth0` as an alternative name of another link: the
+    kernel refuses the veth half way, and netd must undo the reservation and links."""
+    c = lab.add_container("h1", "halfway")
+    run(ns_exec(c, "ip", "link", "property", "add", "dev", "lo", "altname", "eth0"))
+    before_eps = lab.netctl_json("h1", "endpoint", "ls")
+    before_host_links = links(lab.hosts["h1"].netns)
+    result = lab.netctl("h1", "attach", c, "--network", "blue", "--ip", "10.30.0.77",
+                        check=False)
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert lab.netctl_json("h1", "endpoint", "ls") == before_eps
+    assert links(lab.hosts["h1"].netns) == before_host_links
+    # the address was released: another container can take it
+    d = lab.add_container("h1", "taker")
+    assert lab.netctl_json("h1", "attach", d, "--network", "blue", "--ip", "10.30.0.77")
+    lab.netctl("h1", "detach", d, "--network", "blue")
+    lab.remove_container(d)
+    lab.remove_container(c)
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_restart_keeps_traffic_and_changes_nothing(lab: Lab, how: str) -> None:
+    a = lab.add_container("h1", f"ra{how[3:]}")
+    b = lab.add_container("h1", f"rb{how[3:]}")
+    ip_b = lab.netctl_json("h1", "attach", b, "--network", "blue")["ip"]
+    lab.netctl("h1", "attach", a, "--network", "blue")
+    assert lab.wait_ping(a, ip_b)
+    before = settled_state(lab, a, b)
+    monitors = [
+        subprocess.Popen(ns_exec(ns, "ip", "monitor", "link", "address", "route"),
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for ns in (lab.hosts["h1"].netns, a, b)
+    ]
+    pinger = subprocess.Popen(
+        ns_exec(a, "ping", "-n", "-q", "-i", "0.05", "-w", "6", ip_b),
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        time.sleep(0.5)
+        lab.stop_netd("h1", kill=(how == "sigkill"))
+        time.sleep(0.5)
+        lab.start_netd("h1")
+        lab.netctl("h1", "status")
+        time.sleep(2.0)  # let the restarted daemon finish its first full sync
+        out, _ = pinger.communicate(timeout=15)
+    finally:
+        for m in monitors:
+            m.terminate()
+    changes = [m.communicate(timeout=5)[0] for m in monitors]
+    assert " 0% packet loss" in out, out
+    assert changes == ["", "", ""], changes
+    assert_same(before, kernel_state(lab, a, b))
+    status = lab.netctl_json("h1", "status")
+    assert status["errors"] == {}
+    lab.netctl("h1", "detach", a, "--network", "blue")
+    lab.netctl("h1", "detach", b, "--network", "blue")
