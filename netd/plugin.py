@@ -71,9 +71,13 @@ class Driver(Protocol):
         """Prepare host-wide pieces; returns this driver's data for the host registry."""
         ...
 
-    def apply(self, desired: HostState, sweep: bool) -> ApplyReport:
-        """Make the kernel match `desired`. With sweep, also remove owned leftovers
-        that `desired` does not name (only after the first full sync)."""
+    def apply(self, desired: HostState, *, sweep: bool, verify: bool) -> ApplyReport:
+        """Make the kernel match `desired`.
+
+        sweep: also remove owned leftovers that `desired` does not name (only after the
+        first full sync). verify: check every item against the kernel; without it, a
+        driver may skip items equal to what it last applied successfully (the periodic
+        resync and the first sync verify; store events need not)."""
         ...
 
     def observe(self) -> dict[str, Any]:

@@ -124,7 +124,7 @@ class Reconciler:
         self._set_store_state(True, "")
         watch = self._store.watch(self._keys.root(), revision + 1)
         try:
-            self._apply(revision)
+            self._apply(revision, verify=True)
             next_resync = time.monotonic() + self._resync_interval
             while not self._stop.is_set():
                 wait = 0.2
@@ -144,13 +144,13 @@ class Reconciler:
                 )
                 if events or due or retry or self._kick.is_set():
                     self._kick.clear()
-                    self._apply(revision)
+                    self._apply(revision, verify=due)
                     if due:
                         next_resync = time.monotonic() + self._resync_interval
         finally:
             watch.close()
 
-    def _apply(self, revision: int) -> None:
+    def _apply(self, revision: int, verify: bool) -> None:
         snapshot = self.snapshot()
         host = self._this_host()
         desired = desired_states(snapshot, host, set(self._drivers))
@@ -158,7 +158,7 @@ class Reconciler:
         report = ApplyReport()
         for name, driver in self._drivers.items():
             try:
-                report.merge(driver.apply(desired[name], sweep=sweep))
+                report.merge(driver.apply(desired[name], sweep=sweep, verify=verify))
             except NetdError as exc:
                 report.fail(f"driver:{name}", str(exc))
             except Exception as exc:
