@@ -277,3 +277,28 @@ def test_restart_keeps_traffic_and_changes_nothing(lab: Lab, how: str) -> None:
     assert status["errors"] == {}
     lab.netctl("h1", "detach", a, "--network", "blue")
     lab.netctl("h1", "detach", b, "--network", "blue")
+
+
+def test_container_by_netns_path_and_by_pid(lab: Lab) -> None:
+    by_path = lab.add_container("h1", "bypath")
+    ep = lab.netctl_json("h1", "attach", f"/run/netns/{by_path}", "--network", "blue")
+    assert ep["name"] == by_path
+    assert "eth0" in links(by_path)
+
+    by_pid = lab.add_container("h1", "bypid")
+    sleeper = subprocess.Popen(ns_exec(by_pid, "sleep", "60"))
+    try:
+        ep_pid = lab.netctl_json("h1", "attach", str(sleeper.pid), "--network", "blue")
+        assert ep_pid["name"] == f"pid-{sleeper.pid}"
+        assert "eth0" in links(by_pid)
+        assert lab.ping(by_pid, ep["ip"], count=2, interval=0.2).returncode == 0
+        lab.netctl("h1", "detach", str(sleeper.pid), "--network", "blue")
+        assert "eth0" not in links(by_pid)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    lab.netctl("h1", "detach", f"/run/netns/{by_path}", "--network", "blue")
+    result = lab.netctl("h1", "attach", "999999999", "--network", "blue", check=False)
+    assert result.returncode != 0 and "no process with PID" in result.stderr
+    result = lab.netctl("h1", "attach", "/etc/hostname", "--network", "blue", check=False)
+    assert result.returncode != 0 and "not a network namespace" in result.stderr
