@@ -15,6 +15,10 @@ namespace's inode, so a netns deleted and re-created under the same path is noti
 A cached socket keeps its namespace alive: callers close the ones they no longer need
 (`close_unused`), or a vanished container's namespace and veths would linger.
 
+IPv6: host-side links netd creates (bridges, vxlan, TAPs, host veth ends) get
+addrgenmode none, so they have no IPv6 link-local address and send no ND/MLD/DAD
+chatter over the overlay; container ends are left to the container.
+
 Ownership (DESIGN §4): links netd creates carry OWNED_PREFIX; routes it installs carry
 ROUTE_PROTO, a protocol number no common routing daemon uses (see
 /etc/iproute2/rt_protos).
@@ -45,6 +49,8 @@ _NUD_NOARP = 0x40
 _NUD_PERMANENT = 0x80
 _NTF_SELF = 0x02
 _AF_INET = 2
+_AF_INET6 = 10
+ADDRGENMODE_NONE = 1  # IN6_ADDR_GEN_MODE_NONE
 _RT_TABLE_MAIN = 254
 
 
@@ -63,6 +69,7 @@ class Link:
     master: int  # ifindex of the master (bridge), 0 when none
     peer_index: int  # IFLA_LINK: the veth peer's ifindex (in its own netns), else 0
     info: dict[str, Any] = field(default_factory=dict)  # IFLA_INFO_DATA, e.g. IFLA_VXLAN_ID
+    addrgenmode: int | None = None  # IPv6 address generation mode; None: no IPv6 on it
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,11 @@ def _link_from_msg(msg: Any) -> Link:
         data = linkinfo.get_attr("IFLA_INFO_DATA")
         if data is not None and hasattr(data, "get"):
             info = {name: value for name, value in data.get("attrs", ()) if name != "UNKNOWN"}
+    addrgenmode = None
+    spec = msg.get_attr("IFLA_AF_SPEC")
+    inet6 = spec.get_attr("AF_INET6") if spec is not None else None
+    if inet6 is not None:
+        addrgenmode = inet6.get_attr("IFLA_INET6_ADDR_GEN_MODE")
     return Link(
         index=int(msg["index"]),
         name=str(msg.get_attr("IFLA_IFNAME")),
@@ -89,6 +101,7 @@ def _link_from_msg(msg: Any) -> Link:
         master=int(msg.get_attr("IFLA_MASTER") or 0),
         peer_index=int(msg.get_attr("IFLA_LINK") or 0),
         info=info,
+        addrgenmode=None if addrgenmode is None else int(addrgenmode),
     )
 
 
@@ -254,6 +267,28 @@ class Netlink:
             self._ipr().link("set", index=link.index, master=bridge.index)
         return 1
 
+    def ensure_no_ipv6_ll(self, name: str) -> int:
+        """addrgenmode none on `name` and no IPv6 link-local address on it. Call before
+        the link first goes up; on an adopted link it also removes the fe80:: address."""
+        link = self._need(name)
+        if link.addrgenmode in (None, ADDRGENMODE_NONE):
+            return 0
+        ipr = self._ipr()
+        mode = [["IFLA_INET6_ADDR_GEN_MODE", ADDRGENMODE_NONE]]
+        spec = {"attrs": [["AF_INET6", {"attrs": mode}]]}
+        with self._op(f"set addrgenmode none on {name}"):
+            ipr.link("set", index=link.index, IFLA_AF_SPEC=spec)
+        with self._op(f"read IPv6 addresses of {name}"):
+            lladdrs = [
+                (str(m.get_attr("IFA_ADDRESS")), int(m["prefixlen"]))
+                for m in ipr.get_addr(family=_AF_INET6, index=link.index)
+                if str(m.get_attr("IFA_ADDRESS")).lower().startswith("fe80:")
+            ]
+        for addr, plen in lladdrs:
+            with self._op(f"remove address {addr}/{plen} from {name}"):
+                ipr.addr("del", index=link.index, address=addr, prefixlen=plen)
+        return 1
+
     def _check_kind(self, link: Link, kind: str) -> None:
         if link.kind != kind:
             raise DatapathError(
@@ -270,7 +305,8 @@ class Netlink:
             changed += 1
         else:
             self._check_kind(link, "bridge")
-        return changed + self.set_mtu(name, mtu) + self.link_up(name)
+        changed += self.set_mtu(name, mtu) + self.ensure_no_ipv6_ll(name)
+        return changed + self.link_up(name)
 
     def ensure_vxlan(
         self,
@@ -325,7 +361,7 @@ class Netlink:
                     **spec,
                 )
             changed += 1
-        return changed + self.set_mtu(name, mtu)
+        return changed + self.set_mtu(name, mtu) + self.ensure_no_ipv6_ll(name)
 
     def _vni_user(self, vni: int, port: int) -> str | None:
         for link in self.list_links():
@@ -395,6 +431,7 @@ class Netlink:
         changed += self.set_mac(peer_name, mac, netns)
         changed += self.set_mtu(peer_name, mtu, netns)
         changed += self.link_up(peer_name, netns)
+        changed += self.ensure_no_ipv6_ll(host_name)
         return changed + self.link_up(host_name)
 
     # -- addresses and routes ---------------------------------------------------------

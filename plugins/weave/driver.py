@@ -1,142 +1,278 @@
 """The weave driver: one L2 overlay per network, carried by a pluggable backend.
 
-The driver owns what is common to its backends: deciding which links the desired
-state needs, sweeping owned links it no longer needs (only those it named itself in
-this process, or every owned leftover once the daemon says a full sync happened), and
-turning one failed item into a report entry instead of an exception. A backend
-(`fastdp` = kernel VXLAN, `sleeve` = userspace UDP, plugins.weave.sleeve) only builds
-its datapath for one network at a time, through the small Backend interface below.
+The driver owns what is common to its backends: the local endpoints (a veth per
+endpoint, its host end a port of the network's bridge `ndb<vni>`), deciding which
+links the desired state needs, sweeping owned links it no longer needs, incremental
+apply, and turning one failed item into a report entry instead of an exception. A
+backend (`fastdp` = kernel VXLAN, plugins.weave.fastdp; `sleeve` = userspace UDP,
+plugins.weave.sleeve_backend) builds the rest of one network through the small
+Backend interface below.
+
+Incremental apply: the driver remembers, per item (network, local endpoint, remote
+set of a network), what it last applied successfully in this process. With
+verify=False an item equal to that is skipped without a netlink call, so an attach on
+a host with a thousand endpoints costs one endpoint's work; failed items are always
+re-applied; verify=True (first sync, periodic resync) checks everything against the
+kernel. Leftovers from before a restart are found by listing links only on a full
+sweep (sweep and verify, or the first sweep of the process); otherwise the driver
+deletes by name the links it made and no longer needs.
+
+Sockets into container namespaces are closed as soon as the endpoint is applied: an
+open socket keeps a namespace (and the container's veth and address) alive after the
+container is gone, and costs file descriptors per endpoint. Skipped endpoints need no
+socket, so only changed endpoints and verify applies open one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from netd.errors import DatapathError
-from netd.model import Host
-from netd.netlink import OWNED_PREFIX, Netlink
+from netd.errors import DatapathError, NetdError
+from netd.model import Endpoint, Host, Network
+from netd.netlink import OWNED_PREFIX, Netlink, NetnsNotFound
 from netd.plugin import ApplyReport, HostState, NetworkState, endpoint_id, network_id
 from plugins.weave.fastdp import FastDP
-from plugins.weave.names import bridge_name, owned_role, vni_of
+from plugins.weave.names import bridge_name, host_veth_name, owned_role, vni_of
+from plugins.weave.sleeve import DEFAULT_PORT, SleeveEngine
+from plugins.weave.sleeve_backend import Sleeve
 
-SLEEVE_PORT = 6784  # weave's sleeve UDP port
-_SWEEP_ORDER = {"veth": 0, "vxlan": 1, "bridge": 2}  # ports before the bridges they sit on
+SLEEVE_PORT = DEFAULT_PORT  # weave's sleeve UDP port
+_SWEEP_ORDER = {"veth": 0, "vxlan": 1, "tap": 1, "bridge": 2}  # ports before bridges
 
 
 class Backend(Protocol):
+    name: str
+
     def link_names(self, ns: NetworkState) -> set[str]:
-        """Every owned link this network needs on this host (kept from the sweep)."""
+        """The owned network-level links (bridge, tunnel port) this network needs."""
+        ...
+
+    def fingerprint(self, ns: NetworkState, host: Host) -> object:
+        """Everything apply_network depends on; equal fingerprints need no re-apply."""
         ...
 
     def apply_network(self, ns: NetworkState, host: Host, report: ApplyReport) -> bool:
-        """Host-side pieces of one network; False (and a report entry) if not usable."""
+        """Bridge and tunnel port of one network; False (and a report entry) if not usable."""
         ...
 
-    def apply_endpoints(self, ns: NetworkState, report: ApplyReport) -> None: ...
+    def remote_plan(
+        self, ns: NetworkState, host: Host, hosts: Mapping[str, Host], report: ApplyReport
+    ) -> object:
+        """The remote side of a network as a comparable value (pure, no kernel access)."""
+        ...
 
     def apply_remotes(
-        self, ns: NetworkState, host: Host, hosts: Mapping[str, Host], report: ApplyReport
-    ) -> None: ...
+        self, ns: NetworkState, plan: object, previous: object | None, report: ApplyReport
+    ) -> bool:
+        """Make the datapath hold `plan`; `previous` is what this process applied last
+        (None: unknown, read the kernel). False (and a report entry) on failure."""
+        ...
+
+
+def remotes_id(net: Network) -> str:
+    return f"remotes:{net.name}"
 
 
 class WeaveDriver:
     name = "weave"
 
-    def __init__(self, *, state_dir: Path | None = None, **_: Any) -> None:
+    def __init__(
+        self, *, state_dir: Path | None = None, sleeve_port: int = SLEEVE_PORT, **_: Any
+    ) -> None:
         self.state_dir = state_dir
         self._nl = Netlink()
-        self._backends: dict[str, Backend] = {"fastdp": FastDP(self._nl)}
+        self._host: Host | None = None
+        self._sleeve_port = sleeve_port
+        self._sleeve = Sleeve(self._nl, self._new_engine)
+        self._backends: dict[str, Backend] = {"fastdp": FastDP(self._nl), "sleeve": self._sleeve}
         self._named: set[str] = set()  # links named by an apply of this process
+        self._applied: dict[str, object] = {}  # item id -> what was applied successfully
+        self._listed_sweep_done = False
 
     def setup(self, host: Host) -> dict[str, Any]:
-        return {"vtep": host.underlay_ip, "sleeve_port": SLEEVE_PORT}
+        self._host = host
+        return {"vtep": host.underlay_ip, "sleeve_port": self._sleeve_port}
 
-    def apply(self, desired: HostState, sweep: bool) -> ApplyReport:
+    def _new_engine(self) -> SleeveEngine:
+        assert self._host is not None
+        return SleeveEngine(self._host.underlay_ip, self._sleeve_port)
+
+    # -- apply --------------------------------------------------------------------------
+
+    def apply(self, desired: HostState, *, sweep: bool, verify: bool) -> ApplyReport:
+        if self._host is None:
+            self._host = desired.host
         report = ApplyReport()
         plans: list[tuple[Backend, NetworkState]] = []
         keep: set[str] = set()
         for ns in desired.networks.values():
             backend = self._backends.get(ns.network.backend)
             if backend is None:
-                report.fail(network_id(ns.network), self._no_backend(ns.network.backend))
+                report.fail(network_id(ns.network), f"weave has no backend {ns.network.backend!r}")
                 continue
             if ns.local:
                 keep |= backend.link_names(ns)
+                keep |= {host_veth_name(ep.network, ep.name) for ep in ns.local}
                 plans.append((backend, ns))
-        self._sweep(keep, lambda name: sweep or name in self._named, report)
+        if sweep and (verify or not self._listed_sweep_done):
+            self._listed_sweep_done = self._sweep_listed(keep, report)
+        else:
+            self._remove(sorted(self._named - keep, key=_sweep_key), report)
+        live: set[str] = set()
         for backend, ns in plans:
+            live |= {network_id(ns.network), remotes_id(ns.network)}
+            live |= {endpoint_id(ep) for ep in ns.local}
             try:
-                self._apply_network(backend, ns, desired, report)
+                self._apply_network(backend, ns, desired, verify, report)
             except Exception as exc:  # one bad network must not stop the others
                 report.fail(network_id(ns.network), f"unexpected error: {exc!r}")
+                self._forget(ns)
+        self._applied = {k: v for k, v in self._applied.items() if k in live}
         self._named |= keep
-        self._nl.close_unused({ep.netns for _, ns in plans for ep in ns.local})
+        self._nl.close_unused(set())
         return report
 
-    @staticmethod
-    def _no_backend(backend: str) -> str:
-        if backend == "sleeve":
-            return "sleeve backend not available yet"
-        return f"weave has no backend {backend!r}"
+    def _forget(self, ns: NetworkState) -> None:
+        for item in (network_id(ns.network), remotes_id(ns.network)):
+            self._applied.pop(item, None)
+        for ep in ns.local:
+            self._applied.pop(endpoint_id(ep), None)
 
-    @staticmethod
     def _apply_network(
-        backend: Backend, ns: NetworkState, desired: HostState, report: ApplyReport
+        self,
+        backend: Backend,
+        ns: NetworkState,
+        desired: HostState,
+        verify: bool,
+        report: ApplyReport,
     ) -> None:
-        if not backend.apply_network(ns, desired.host, report):
-            for ep in ns.local:
-                report.fail(endpoint_id(ep), f"network {ns.network.name} is not ready")
+        net, host = ns.network, desired.host
+        fingerprint = (backend.name, backend.fingerprint(ns, host))
+        # fresh: the network's own links were applied as they are now; only then may
+        # its endpoints and remote set be skipped too
+        fresh = not verify and self._applied.get(network_id(net)) == fingerprint
+        if not fresh:
+            self._forget(ns)
+            if not backend.apply_network(ns, host, report):
+                for ep in ns.local:
+                    report.fail(endpoint_id(ep), f"network {net.name} is not ready")
+                return
+            self._applied[network_id(net)] = fingerprint
+        for ep in ns.local:
+            done = (net.vni, net.mtu, net.prefixlen, net.gateway, ep)
+            if fresh and self._applied.get(endpoint_id(ep)) == done:
+                continue
+            self._applied.pop(endpoint_id(ep), None)
+            if self._apply_endpoint(net, ep, report):
+                self._applied[endpoint_id(ep)] = done
+        failed_before = len(report.errors)
+        plan = backend.remote_plan(ns, host, desired.hosts, report)
+        previous = self._applied.pop(remotes_id(net), None)
+        if fresh and previous == plan:
+            self._applied[remotes_id(net)] = plan
             return
-        backend.apply_endpoints(ns, report)
-        backend.apply_remotes(ns, desired.host, desired.hosts, report)
+        applied = backend.apply_remotes(ns, plan, previous if fresh else None, report)
+        if applied and len(report.errors) == failed_before:
+            self._applied[remotes_id(net)] = plan
+
+    def _apply_endpoint(self, net: Network, ep: Endpoint, report: ApplyReport) -> bool:
+        """A veth: container end inside the container's netns with the endpoint's name,
+        MAC, address, MTU and default route; host end a port of the network's bridge."""
+        nl = self._nl
+        host_if = host_veth_name(ep.network, ep.name)
+        existed = False
+        try:
+            existed = nl.get_link(host_if) is not None
+            if not ep.netns:
+                raise DatapathError(f"endpoint {ep.name} has no network namespace path")
+            report.changed += nl.ensure_veth_into_netns(
+                host_if, ep.ifname, ep.netns, mac=ep.mac, mtu=net.mtu
+            )
+            report.changed += nl.set_master(host_if, bridge_name(net.vni))
+            report.changed += nl.ensure_address(ep.ifname, ep.ip, net.prefixlen, ep.netns)
+            report.changed += nl.ensure_default_route(net.gateway, ep.ifname, ep.netns)
+        except DatapathError as exc:
+            report.fail(endpoint_id(ep), f"{ep.container}: {exc}")
+            if not existed or isinstance(exc, NetnsNotFound):
+                try:
+                    report.changed += nl.delete_link(host_if)
+                except DatapathError as cleanup:
+                    report.fail(endpoint_id(ep), f"{ep.container}: {exc}; {cleanup}")
+            return False
+        finally:
+            if ep.netns:
+                nl.close_netns(ep.netns)
+        return True
+
+    # -- sweep --------------------------------------------------------------------------
 
     def _owned(self) -> list[str]:
         names = [link.name for link in self._nl.list_links(OWNED_PREFIX)]
-        owned = [n for n in names if owned_role(n) is not None]
-        return sorted(owned, key=lambda n: (_SWEEP_ORDER[owned_role(n) or "veth"], n))
+        return sorted((n for n in names if owned_role(n) is not None), key=_sweep_key)
 
-    def _sweep(self, keep: set[str], removable: Callable[[str], bool], report: ApplyReport) -> None:
+    def _sweep_listed(self, keep: set[str], report: ApplyReport) -> bool:
+        """Remove every owned link not in `keep`, found by listing; False if listing failed."""
         try:
             owned = self._owned()
         except DatapathError as exc:
             report.fail("link:*", f"cannot list links to sweep: {exc}")
-            return
-        for name in owned:
-            if name in keep or not removable(name):
-                continue
+            return False
+        self._remove([name for name in owned if name not in keep], report)
+        return True
+
+    def _remove(self, names: list[str], report: ApplyReport) -> None:
+        for name in names:
             try:
-                report.changed += self._nl.delete_link(name)
+                if owned_role(name) == "tap":
+                    report.changed += self._sleeve.remove_tap(name)
+                else:
+                    report.changed += self._nl.delete_link(name)
                 self._named.discard(name)
-            except DatapathError as exc:
+            except NetdError as exc:
                 report.fail(f"link:{name}", str(exc))
+
+    # -- status and lifecycle -----------------------------------------------------------
 
     def observe(self) -> dict[str, Any]:
         links = {name: owned_role(name) for name in self._owned()}
         networks: dict[str, Any] = {}
         for name, role in links.items():
             vni = vni_of(name)
-            if role != "vxlan" or vni is None:
+            if vni is None or role not in ("vxlan", "tap"):
                 continue
-            networks[str(vni)] = {
-                "bridge": bridge_name(vni) if bridge_name(vni) in links else None,
-                "vxlan": name,
-                "fdb": len(self._nl.fdb_entries(name)),
-                "neighbours": len(self._nl.neigh_entries(name)),
-            }
+            bridge = bridge_name(vni) if bridge_name(vni) in links else None
+            if role == "vxlan":
+                networks[str(vni)] = {
+                    "bridge": bridge,
+                    "vxlan": name,
+                    "fdb": len(self._nl.fdb_entries(name)),
+                    "neighbours": len(self._nl.neigh_entries(name)),
+                }
+            else:
+                networks[str(vni)] = {"bridge": bridge, "tap": name}
         return {
             "links": links,
             "networks": networks,
             "ports": sum(1 for r in links.values() if r == "veth"),
+            "sleeve": self._sleeve.observe(),
         }
 
     def teardown(self) -> None:
         report = ApplyReport()
-        self._sweep(set(), lambda _name: True, report)
+        self._sweep_listed(set(), report)
         self._named.clear()
+        self._applied.clear()
         if report.errors:
             raise DatapathError("; ".join(f"{k}: {v}" for k, v in report.errors.items()))
 
     def close(self) -> None:
+        """Stop the sleeve engine's threads and close sockets; the datapath (bridges,
+        vxlan devices, TAPs, veths) stays for the next daemon to adopt."""
+        self._sleeve.close()
         self._nl.close()
+
+
+def _sweep_key(name: str) -> tuple[int, str]:
+    return (_SWEEP_ORDER[owned_role(name) or "veth"], name)

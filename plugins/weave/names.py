@@ -3,7 +3,8 @@ daemon can tell which links are its own (adopt or sweep) and never touch anyone 
 
 All names start with netd's OWNED_PREFIX ("nd") and fit the kernel's 15 characters:
   ndb<vni>        bridge of a network       (VNI <= 16777215: at most 11 characters)
-  ndv<vni>        vxlan device of a network
+  ndv<vni>        vxlan device of a network (fastdp)
+  ndt<vni>        persistent TAP of a network (sleeve)
   ndh<8 hex>      host end of an endpoint's veth: a stable hash of "<network>/<endpoint>"
 """
 
@@ -15,14 +16,16 @@ from typing import Literal
 
 from netd.netlink import OWNED_PREFIX
 
-LinkRole = Literal["bridge", "vxlan", "veth"]
+LinkRole = Literal["bridge", "vxlan", "tap", "veth"]
 
 _BRIDGE = OWNED_PREFIX + "b"
 _VXLAN = OWNED_PREFIX + "v"
+_TAP = OWNED_PREFIX + "t"
 _VETH = OWNED_PREFIX + "h"
 _ROLE_RE: dict[LinkRole, re.Pattern[str]] = {
     "bridge": re.compile(rf"^{_BRIDGE}[1-9][0-9]{{0,7}}$"),
     "vxlan": re.compile(rf"^{_VXLAN}[1-9][0-9]{{0,7}}$"),
+    "tap": re.compile(rf"^{_TAP}[1-9][0-9]{{0,7}}$"),
     "veth": re.compile(rf"^{_VETH}[0-9a-f]{{8}}$"),
 }
 
@@ -33,6 +36,10 @@ def bridge_name(vni: int) -> str:
 
 def vxlan_name(vni: int) -> str:
     return f"{_VXLAN}{vni}"
+
+
+def tap_name(vni: int) -> str:
+    return f"{_TAP}{vni}"
 
 
 def host_veth_name(network: str, endpoint: str) -> str:
@@ -49,7 +56,7 @@ def owned_role(name: str) -> LinkRole | None:
 
 
 def vni_of(name: str) -> int | None:
-    """The VNI in a bridge or vxlan name of this driver, else None."""
-    if owned_role(name) in ("bridge", "vxlan"):
+    """The VNI in a bridge, vxlan or TAP name of this driver, else None."""
+    if owned_role(name) in ("bridge", "vxlan", "tap"):
         return int(name[len(_BRIDGE) :])
     return None

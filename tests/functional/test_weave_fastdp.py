@@ -130,7 +130,7 @@ def test_two_local_endpoints_talk_and_reapply_changes_nothing(
     ep_b = endpoint(net, "b", LOCAL.name, netns_path(b), 11)
     desired = state(net, [ep_a, ep_b])
 
-    assert ok(driver.apply(desired, sweep=False)).changed > 0
+    assert ok(driver.apply(desired, sweep=False, verify=True)).changed > 0
     assert ping(a, ep_b.ip) and ping(b, ep_a.ip)
     assert ping(a, ep_b.ip, size=MTU - 28)
 
@@ -155,10 +155,10 @@ def test_two_local_endpoints_talk_and_reapply_changes_nothing(
         assert f"default via {net.gateway} dev eth0 proto {ROUTE_PROTO}" in routes
 
     before = ifindexes(nl, names)
-    assert ok(driver.apply(desired, sweep=False)).changed == 0
+    assert ok(driver.apply(desired, sweep=False, verify=True)).changed == 0
     restarted = WeaveDriver()  # a restarted daemon adopts instead of recreating
     try:
-        assert ok(restarted.apply(desired, sweep=False)).changed == 0
+        assert ok(restarted.apply(desired, sweep=False, verify=True)).changed == 0
     finally:
         restarted.close()
     assert ifindexes(nl, names) == before
@@ -171,16 +171,16 @@ def test_detach_removes_veth_and_last_one_removes_network(
     a, b = make_netns("twc"), make_netns("twc")
     ep_a = endpoint(net, "a", LOCAL.name, netns_path(a), 10)
     ep_b = endpoint(net, "b", LOCAL.name, netns_path(b), 11)
-    ok(driver.apply(state(net, [ep_a, ep_b]), sweep=False))
+    ok(driver.apply(state(net, [ep_a, ep_b]), sweep=False, verify=True))
     veth_b = host_veth_name(net.name, "b")
     assert nl.get_link(veth_b) is not None
 
-    assert ok(driver.apply(state(net, [ep_a]), sweep=False)).changed == 1
+    assert ok(driver.apply(state(net, [ep_a]), sweep=False, verify=True)).changed == 1
     assert nl.get_link(veth_b) is None
     assert nl.get_link("eth0", netns_path(b)) is None
     assert nl.get_link("eth0", netns_path(a)) is not None
 
-    ok(driver.apply(HostState(host=LOCAL, networks={}, hosts={}), sweep=False))
+    ok(driver.apply(HostState(host=LOCAL, networks={}, hosts={}), sweep=False, verify=True))
     assert not {bridge_name(vni), vxlan_name(vni), host_veth_name(net.name, "a")} & link_names()
     assert nl.get_link("eth0", netns_path(a)) is None
 
@@ -196,10 +196,10 @@ def test_bad_container_fails_only_its_endpoint_and_leaks_nothing(
     # c already has an eth0 that netd did not make
     in_netns(c, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "twother")
     taken = endpoint(net, "taken", LOCAL.name, netns_path(c), 13)
-    ok(driver.apply(state(net, [ep_a, ep_b]), sweep=False))
+    ok(driver.apply(state(net, [ep_a, ep_b]), sweep=False, verify=True))
 
     subprocess.run(["ip", "netns", "del", b], check=True)  # container b goes away
-    report = driver.apply(state(net, [ep_a, ep_b, gone, taken]), sweep=False)
+    report = driver.apply(state(net, [ep_a, ep_b, gone, taken]), sweep=False, verify=True)
     assert set(report.errors) == {endpoint_id(ep_b), endpoint_id(gone), endpoint_id(taken)}
     assert "does not exist" in report.errors[endpoint_id(gone)]
     assert "already exists" in report.errors[endpoint_id(taken)]
@@ -235,7 +235,7 @@ def test_remote_endpoints_program_fdb_neigh_and_flood(
         ).stdout
 
     full = state(net, [ep_a], remote=(r2, r3), peers=(h2, h3))
-    ok(driver.apply(full, sweep=False))
+    ok(driver.apply(full, sweep=False, verify=True))
     for ep, h in ((r2, h2), (r3, h3)):
         assert f"{ep.mac} dst {h.underlay_ip} self permanent" in fdb()
         assert f"00:00:00:00:00:00 dst {h.underlay_ip} self permanent" in fdb()
@@ -243,7 +243,7 @@ def test_remote_endpoints_program_fdb_neigh_and_flood(
     assert fdb().count("dst ") == 4
     seen = driver.observe()["networks"][str(vni)]
     assert (seen["bridge"], seen["fdb"], seen["neighbours"]) == (bridge_name(vni), 4, 2)
-    assert ok(driver.apply(full, sweep=False)).changed == 0
+    assert ok(driver.apply(full, sweep=False, verify=True)).changed == 0
 
     # the vxlan device answers ARP for remote endpoints itself (the echo that follows
     # goes to 127.0.0.2 over loopback and gets no reply)
@@ -252,12 +252,12 @@ def test_remote_endpoints_program_fdb_neigh_and_flood(
 
     # r3 moves to h2, h3 leaves the network
     moved = endpoint(net, "r3", h2.name, "/proc/1/ns/net", 30)
-    ok(driver.apply(state(net, [ep_a], remote=(r2, moved), peers=(h2,)), sweep=False))
+    ok(driver.apply(state(net, [ep_a], remote=(r2, moved), peers=(h2,)), sweep=False, verify=True))
     assert f"{r3.mac} dst 127.0.0.2 self permanent" in fdb()
     assert "127.0.0.3" not in fdb()
     assert fdb().count("dst ") == 3
 
-    ok(driver.apply(state(net, [ep_a]), sweep=False))
+    ok(driver.apply(state(net, [ep_a]), sweep=False, verify=True))
     assert "dst " not in fdb()
     assert "PERMANENT" not in neigh()
 
@@ -274,7 +274,7 @@ def test_vni_used_by_a_foreign_link_fails_the_network(
         check=True,
     )
     try:
-        report = driver.apply(state(net, [ep_a]), sweep=False)
+        report = driver.apply(state(net, [ep_a]), sweep=False, verify=True)
         assert f"link {foreign} already uses VNI {vni}" in report.errors[f"network:{net.name}"]
         assert endpoint_id(ep_a) in report.errors
         assert foreign in link_names()
@@ -283,13 +283,83 @@ def test_vni_used_by_a_foreign_link_fails_the_network(
         subprocess.run(["ip", "link", "del", foreign], check=False)
 
 
-def test_sleeve_networks_are_reported_not_built(driver: WeaveDriver, vni: int) -> None:
-    net = network(vni, backend="sleeve")
-    ep = endpoint(net, "a", LOCAL.name, "/run/netns/twnothere", 10)
-    report = driver.apply(state(net, [ep]), sweep=False)
-    assert report.errors == {f"network:{net.name}": "sleeve backend not available yet"}
-    assert report.changed == 0
-    assert bridge_name(vni) not in link_names()
+def addrgenmode(name: str, netns: str | None = None) -> str:
+    cmd = ["ip", "-d", "link", "show", "dev", name]
+    out = (in_netns(netns, *cmd) if netns else subprocess.run(cmd, capture_output=True,
+                                                               text=True)).stdout
+    return out.split("addrgenmode ", 1)[1].split()[0] if "addrgenmode " in out else "?"
+
+
+def ipv6_addrs(name: str) -> str:
+    return subprocess.run(
+        ["ip", "-6", "-o", "addr", "show", "dev", name], capture_output=True, text=True
+    ).stdout
+
+
+def test_verify_false_skips_unchanged_items_and_verify_true_repairs(
+    driver: WeaveDriver, make_netns: Callable[[str], str], nl: Netlink, vni: int
+) -> None:
+    net = network(vni)
+    a, b, c = make_netns("tac"), make_netns("tac"), make_netns("tac")
+    ep_a = endpoint(net, "a", LOCAL.name, netns_path(a), 10)
+    ep_b = endpoint(net, "b", LOCAL.name, netns_path(b), 11)
+    ep_c = endpoint(net, "c", LOCAL.name, netns_path(c), 12)
+    ok(driver.apply(state(net, [ep_a, ep_b]), sweep=False, verify=True))
+    assert set(driver._nl._cache()) <= {None}  # no socket into a container netns is kept
+
+    # behind netd's back: b's veth and a's address go away
+    subprocess.run(["ip", "link", "del", host_veth_name(net.name, "b")], check=True)
+    in_netns(a, "ip", "addr", "flush", "dev", "eth0")
+
+    # an attach (verify=False) builds only the new endpoint and touches nothing else
+    report = ok(driver.apply(state(net, [ep_a, ep_b, ep_c]), sweep=False, verify=False))
+    assert report.changed > 0
+    assert nl.get_link(host_veth_name(net.name, "b")) is None
+    assert ep_a.ip not in in_netns(a, "ip", "-o", "addr", "show", "dev", "eth0").stdout
+    assert nl.get_link("eth0", netns_path(c)) is not None
+    assert ok(driver.apply(state(net, [ep_a, ep_b, ep_c]), sweep=False, verify=False)).changed == 0
+
+    # the periodic resync (verify=True) repairs both
+    assert ok(driver.apply(state(net, [ep_a, ep_b, ep_c]), sweep=False, verify=True)).changed > 0
+    assert ping(a, ep_b.ip) and ping(c, ep_a.ip)
+    assert ok(driver.apply(state(net, [ep_a, ep_b, ep_c]), sweep=False, verify=True)).changed == 0
+
+
+def test_failed_items_are_retried_without_verify(
+    driver: WeaveDriver, make_netns: Callable[[str], str], nl: Netlink, vni: int
+) -> None:
+    net = network(vni)
+    a = make_netns("tac")
+    ep_a = endpoint(net, "a", LOCAL.name, netns_path(a), 10)
+    late_name = unique("tac")
+    late = endpoint(net, "late", LOCAL.name, netns_path(late_name), 11)
+    report = driver.apply(state(net, [ep_a, late]), sweep=False, verify=True)
+    assert set(report.errors) == {endpoint_id(late)}
+    subprocess.run(["ip", "netns", "add", late_name], check=True)  # the container appears
+    try:
+        ok(driver.apply(state(net, [ep_a, late]), sweep=False, verify=False))
+        assert ping(a, late.ip)
+    finally:
+        subprocess.run(["ip", "netns", "del", late_name], check=False)
+
+
+def test_host_side_links_have_no_ipv6_link_local(
+    driver: WeaveDriver, make_netns: Callable[[str], str], vni: int
+) -> None:
+    net = network(vni)
+    a = make_netns("tac")
+    ep_a = endpoint(net, "a", LOCAL.name, netns_path(a), 10)
+    # a bridge left by an older netd, up with a link-local address: adopted and cleaned
+    subprocess.run(["ip", "link", "add", bridge_name(vni), "type", "bridge"], check=True)
+    subprocess.run(["ip", "link", "set", bridge_name(vni), "up"], check=True)
+    subprocess.run(["ip", "-6", "addr", "add", "fe80::1234/64", "dev", bridge_name(vni)],
+                   check=True)
+    ok(driver.apply(state(net, [ep_a]), sweep=False, verify=True))
+    time.sleep(0.2)
+    for name in (bridge_name(vni), vxlan_name(vni), host_veth_name(net.name, "a")):
+        assert addrgenmode(name) == "none", name
+        assert "fe80" not in ipv6_addrs(name), name
+    assert addrgenmode("eth0", a) != "none"  # the container side is the container's
 
 
 # -- two hosts ----------------------------------------------------------------------
@@ -312,7 +382,8 @@ for n in spec["networks"]:
     )
 hosts = {h["name"]: Host.from_dict(h) for h in spec["hosts"]}
 driver = WeaveDriver()
-report = driver.apply(HostState(host=host, networks=networks, hosts=hosts), spec["sweep"])
+desired = HostState(host=host, networks=networks, hosts=hosts)
+report = driver.apply(desired, sweep=spec["sweep"], verify=True)
 driver.close()
 print(json.dumps({"errors": report.errors, "changed": report.changed}))
 """
