@@ -35,7 +35,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.nlsocket import NetlinkRequest
+from pyroute2.netlink.rtnl import RTM_SETNEIGHTBL
+from pyroute2.netlink.rtnl.ndtmsg import ndtmsg
 
 from netd.errors import DatapathError
 
@@ -483,6 +487,42 @@ class Netlink:
                 proto=ROUTE_PROTO,
                 table=_RT_TABLE_MAIN,
             )
+        return 1
+
+    def ensure_arp_retrans(self, name: str, ms: int, netns: str | None = None) -> int:
+        """ARP retransmit interval of one interface (the kernel's retrans_time_ms).
+
+        Container ends get a short one: the first ARP for a peer attached a moment ago
+        may go out before this host has its neighbour entry, and the default 1 s retry
+        would make a fresh endpoint look unreachable for a second."""
+        link = self._need(name, netns)
+        ipr = self._ipr(netns)
+        with self._op(f"read neighbour parameters of {name}", netns):
+            for table in ipr.get_ntables(_AF_INET):
+                if table.get_attr("NDTA_NAME") != "arp_cache":
+                    continue
+                parms = dict((table.get_attr("NDTA_PARMS") or {}).get("attrs", ()))
+                if parms.get("NDTPA_IFINDEX") == link.index:
+                    if parms.get("NDTPA_RETRANS_TIME") == ms:
+                        return 0
+                    break
+        msg = ndtmsg()
+        msg["family"] = _AF_INET
+        msg["attrs"] = [
+            ("NDTA_NAME", "arp_cache"),
+            ("NDTA_PARMS", {"attrs": [("NDTPA_IFINDEX", link.index), ("NDTPA_RETRANS_TIME", ms)]}),
+        ]
+
+        async def send() -> list[Any]:
+            request = NetlinkRequest(
+                ipr.asyncore, msg, msg_type=RTM_SETNEIGHTBL,
+                msg_flags=NLM_F_REQUEST | NLM_F_ACK,
+            )
+            await request.send()
+            return [m async for m in request.response()]
+
+        with self._op(f"set ARP retransmit time of {name}", netns):
+            ipr.asyncore.event_loop.run_until_complete(send())
         return 1
 
     # -- forwarding database and neighbours (on vxlan devices) ------------------------

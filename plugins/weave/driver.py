@@ -39,6 +39,7 @@ from plugins.weave.sleeve import DEFAULT_PORT, SleeveEngine
 from plugins.weave.sleeve_backend import Sleeve
 
 SLEEVE_PORT = DEFAULT_PORT  # weave's sleeve UDP port
+ARP_RETRANS_MS = 100  # container ARP retry: see Netlink.ensure_arp_retrans
 _SWEEP_ORDER = {"veth": 0, "vxlan": 1, "tap": 1, "bridge": 2}  # ports before bridges
 
 
@@ -110,7 +111,7 @@ class WeaveDriver:
         for ns in desired.networks.values():
             backend = self._backends.get(ns.network.backend)
             if backend is None:
-                report.fail(network_id(ns.network), f"weave has no backend {ns.network.backend!r}")
+                _fail_network(ns, f"weave has no backend {ns.network.backend!r}", report)
                 continue
             if ns.local:
                 keep |= backend.link_names(ns)
@@ -127,7 +128,7 @@ class WeaveDriver:
             try:
                 self._apply_network(backend, ns, desired, verify, report)
             except Exception as exc:  # one bad network must not stop the others
-                report.fail(network_id(ns.network), f"unexpected error: {exc!r}")
+                _fail_network(ns, f"unexpected error: {exc!r}", report)
                 self._forget(ns)
         self._applied = {k: v for k, v in self._applied.items() if k in live}
         self._named |= keep
@@ -191,6 +192,7 @@ class WeaveDriver:
                 host_if, ep.ifname, ep.netns, mac=ep.mac, mtu=net.mtu
             )
             report.changed += nl.set_master(host_if, bridge_name(net.vni))
+            report.changed += nl.ensure_arp_retrans(ep.ifname, ARP_RETRANS_MS, ep.netns)
             report.changed += nl.ensure_address(ep.ifname, ep.ip, net.prefixlen, ep.netns)
             report.changed += nl.ensure_default_route(net.gateway, ep.ifname, ep.netns)
         except DatapathError as exc:
@@ -276,3 +278,11 @@ class WeaveDriver:
 
 def _sweep_key(name: str) -> tuple[int, str]:
     return (_SWEEP_ORDER[owned_role(name) or "veth"], name)
+
+
+def _fail_network(ns: NetworkState, message: str, report: ApplyReport) -> None:
+    """A network that cannot be built fails every local endpoint on it as well, so an
+    attach waiting for its endpoint hears about it."""
+    report.fail(network_id(ns.network), message)
+    for ep in ns.local:
+        report.fail(endpoint_id(ep), f"network {ns.network.name}: {message}")

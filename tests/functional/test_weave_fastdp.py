@@ -153,6 +153,8 @@ def test_two_local_endpoints_talk_and_reapply_changes_nothing(
         assert f"{ep.ip}/24" in addrs
         routes = in_netns(ns, "ip", "route", "show", "default").stdout
         assert f"default via {net.gateway} dev eth0 proto {ROUTE_PROTO}" in routes
+        retrans = in_netns(ns, "cat", "/proc/sys/net/ipv4/neigh/eth0/retrans_time_ms").stdout
+        assert retrans.strip() == "100"
 
     before = ifindexes(nl, names)
     assert ok(driver.apply(desired, sweep=False, verify=True)).changed == 0
