@@ -55,7 +55,7 @@ class Reconciler:
         self._this_host = this_host
         self._resync_interval = resync_interval
         self._retry_interval = retry_interval
-        self._cache: dict[str, str] = {}
+        self._cache = _DecodedCache(keys)
         self._status = SyncStatus()
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -81,7 +81,7 @@ class Reconciler:
 
     def snapshot(self) -> Snapshot:
         with self._cond:
-            return Snapshot.from_kvs(self._keys, dict(self._cache))
+            return self._cache.snapshot()
 
     def wait_applied(self, revision: int, timeout: float) -> bool:
         """Block until a snapshot at >= revision has been applied (True) or timeout."""
@@ -120,7 +120,7 @@ class Reconciler:
     def _list_and_watch(self) -> None:
         items, revision = self._store.list(self._keys.root())
         with self._cond:
-            self._cache = {kv.key: kv.value for kv in items}
+            self._cache = _DecodedCache(self._keys, {kv.key: kv.value for kv in items})
         self._set_store_state(True, "")
         watch = self._store.watch(self._keys.root(), revision + 1)
         try:
@@ -135,9 +135,9 @@ class Reconciler:
                     revision = max(revision, ev.revision)
                     with self._cond:
                         if ev.type == "put" and ev.value is not None:
-                            self._cache[ev.key] = ev.value
+                            self._cache.put(ev.key, ev.value)
                         else:
-                            self._cache.pop(ev.key, None)
+                            self._cache.delete(ev.key)
                 due = time.monotonic() >= next_resync
                 retry = bool(self._status.errors) and (
                     time.time() - self._status.last_sync >= self._retry_interval
@@ -179,3 +179,56 @@ class Reconciler:
         with self._cond:
             self._status.store_ok = ok
             self._status.store_error = error
+
+
+class _DecodedCache:
+    """The local copy of the store, kept decoded: each event decodes only its own record,
+    so building a snapshot costs dict copies, not a JSON parse of every endpoint."""
+
+    def __init__(self, keys: Keys, kvs: Mapping[str, str] | None = None) -> None:
+        self._keys = keys
+        self._raw: dict[str, str] = {}
+        self._parts: dict[str, Snapshot] = {}  # key -> its record decoded alone
+        self._networks: dict[str, Any] = {}
+        self._endpoints: dict[Any, Any] = {}
+        self._hosts: dict[str, Any] = {}
+        self._secrets: dict[str, str] = {}
+        for key, value in (kvs or {}).items():
+            self.put(key, value)
+
+    def _tables(self, part: Snapshot) -> list[tuple[Mapping[Any, Any], dict[Any, Any]]]:
+        return [
+            (part.networks, self._networks),
+            (part.endpoints, self._endpoints),
+            (part.hosts, self._hosts),
+            (part.secrets, self._secrets),
+        ]
+
+    def put(self, key: str, value: str) -> None:
+        if self._raw.get(key) == value:
+            return
+        self.delete(key)
+        self._raw[key] = value
+        if self._keys.kind_of(key) is None:
+            return
+        part = Snapshot.from_kvs(self._keys, {key: value})
+        self._parts[key] = part
+        for source, table in self._tables(part):
+            table.update(source)
+
+    def delete(self, key: str) -> None:
+        self._raw.pop(key, None)
+        part = self._parts.pop(key, None)
+        if part is None:
+            return
+        for source, table in self._tables(part):
+            for name in source:
+                table.pop(name, None)
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            networks=dict(self._networks),
+            endpoints=dict(self._endpoints),
+            hosts=dict(self._hosts),
+            secrets=dict(self._secrets),
+        )

@@ -9,8 +9,10 @@ maps requests and errors; it holds no logic.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets as pysecrets
+import threading
 from dataclasses import replace
 from typing import Any
 
@@ -55,6 +57,11 @@ class Service:
         self.keys = keys
         self.registration = registration
         self.reconciler = reconciler
+        # one pool per network (keyed by the network record's revision, so a network
+        # recreated under the same name gets a new one): its cached view keeps
+        # automatic picks from re-reading the whole pool on every attach
+        self._pools: dict[str, tuple[int, AddressPool]] = {}
+        self._pools_lock = threading.Lock()
 
     @property
     def host(self) -> Host:
@@ -174,7 +181,7 @@ class Service:
         if net_kv is None:
             raise NotFound(f"network {fields['network']!r} not found")
         network = Network.from_json(net_kv.value)
-        pool = AddressPool(self.store, self.keys, network)
+        pool = self._pool(network, net_kv.create_revision)
         requested_ip = fields.get("ip") or None
         if requested_ip is not None:
             check_ip_in_subnet(requested_ip, network)
@@ -189,8 +196,11 @@ class Service:
                     raise NotFound(f"security group {group!r} not found")
         if mac is not None:
             self._check_mac_free(network, mac)
-        ifname = ifname or self._free_ifname(ref)
-        self._check_ifname_free(ref, ifname)
+        used = self._used_ifnames(ref)
+        if ifname is None:
+            ifname = _free_ifname(ref, used)
+        elif ifname in used:
+            raise Conflict(f"container {ref.name} already has an interface named {ifname}")
 
         endpoint, revision = self._commit_attach(
             network, net_kv.mod_revision, ref, requested_ip, mac, ifname, groups, pool
@@ -272,7 +282,11 @@ class Service:
         fields = _only(request, {"container", "network"})
         if not fields.get("container") or not fields.get("network"):
             raise InvalidInput("detach needs a container and --network")
-        network = self.get_network(str(fields["network"]))
+        net_kv = self.store.get(self.keys.network(check_name(str(fields["network"]),
+                                                             "network name")))
+        if net_kv is None:
+            raise NotFound(f"network {fields['network']!r} not found")
+        network = Network.from_json(net_kv.value)
         name = _endpoint_name(str(fields["container"]))
         kv = self.store.get(self.keys.endpoint(network.name, name))
         if kv is None:
@@ -282,7 +296,7 @@ class Service:
             raise Conflict(
                 f"{name} is attached on host {endpoint.host}; detach it with that host's netctl"
             )
-        pool = AddressPool(self.store, self.keys, network)
+        pool = self._pool(network, net_kv.create_revision)
         revision = self._commit_detach(endpoint, pool)
         self._await_apply(revision, None)
         log.info("detached %s from %s", name, network.name)
@@ -306,25 +320,26 @@ class Service:
             if ep.mac == mac:
                 raise Conflict(f"MAC {mac} is already used by {ep.name} on {network.name}")
 
-    def _local_ifnames(self, ref: ContainerRef) -> set[str]:
+    def _pool(self, network: Network, created: int) -> AddressPool:
+        with self._pools_lock:
+            cached = self._pools.get(network.name)
+            if cached is None or cached[0] != created:
+                cached = (created, AddressPool(self.store, self.keys, network))
+                self._pools[network.name] = cached
+            return cached[1]
+
+    def _used_ifnames(self, ref: ContainerRef) -> set[str]:
+        """Interface names the container has, or will have once committed endpoints of
+        this host are applied. Reading the netns forks a helper: done once per attach."""
         items, _ = self.store.list(self.keys.endpoints())
-        return {
+        needle = json.dumps(ref.netns)[1:-1]
+        local = {
             ep.ifname
-            for ep in (Endpoint.from_json(kv.value) for kv in items)
+            # most records name another netns: skip them before decoding
+            for ep in (Endpoint.from_json(kv.value) for kv in items if needle in kv.value)
             if ep.host == self.host.name and ep.netns == ref.netns
         }
-
-    def _free_ifname(self, ref: ContainerRef) -> str:
-        used = netlink.link_names(ref.netns) | self._local_ifnames(ref)
-        for n in range(0, 4096):
-            name = f"eth{n}"
-            if name not in used:
-                return name
-        raise Exhausted(f"container {ref.name} has no free ethN interface name")
-
-    def _check_ifname_free(self, ref: ContainerRef, ifname: str) -> None:
-        if ifname in self._local_ifnames(ref) or ifname in netlink.link_names(ref.netns):
-            raise Conflict(f"container {ref.name} already has an interface named {ifname}")
+        return local | netlink.link_names(ref.netns)
 
     # --- hosts / status -------------------------------------------------------------
     def list_hosts(self) -> list[dict[str, Any]]:
@@ -365,6 +380,14 @@ def _only(request: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
     if unknown:
         raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
     return {k: v for k, v in request.items() if v is not None}
+
+
+def _free_ifname(ref: ContainerRef, used: set[str]) -> str:
+    for n in range(0, 4096):
+        name = f"eth{n}"
+        if name not in used:
+            return name
+    raise Exhausted(f"container {ref.name} has no free ethN interface name")
 
 
 def _endpoint_name(container: str) -> str:

@@ -6,7 +6,8 @@ leases and an event log that watches poll. Expired leases are swept lazily by wh
 process touches the file next (any operation, or a watch's poll), so a lease held by a
 daemon that died still expires while another daemon runs. Each write is one
 `BEGIN IMMEDIATE` transaction, which serialises writers across processes; WAL lets
-readers and watches proceed meanwhile.
+readers and watches proceed meanwhile. Watches poll the event log for other processes'
+writes; a write made through this object wakes this process's watches at once.
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ class EmbeddedStore:
         self.path = Path(path)
         self._lock = threading.RLock()
         self._closed = False
+        self._wake = threading.Condition()
+        self._writes = 0  # write transactions committed through this object
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
@@ -133,6 +136,20 @@ class EmbeddedStore:
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"store file {self.path}: {exc}") from exc
+        if mode == "IMMEDIATE":
+            with self._wake:
+                self._writes += 1
+                self._wake.notify_all()
+
+    def _writes_seen(self) -> int:
+        with self._wake:
+            return self._writes
+
+    def _wait_for_write(self, seen: int, timeout: float) -> None:
+        """Sleep up to `timeout`, waking early when this process writes after `seen`."""
+        with self._wake:
+            if self._writes == seen:
+                self._wake.wait(timeout)
 
     def _read(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         self._sweep_leases()
@@ -347,7 +364,10 @@ class EmbeddedStore:
 
 
 class EmbeddedWatch:
-    """Polls the event log on the caller's thread; nothing runs while nobody asks."""
+    """Polls the event log on the caller's thread; nothing runs while nobody asks.
+
+    Between polls it waits on the store's write counter, so an in-process commit is
+    seen at once and only other processes' writes wait for the next poll."""
 
     def __init__(self, store: EmbeddedStore, prefix: str, start_revision: int) -> None:
         self._store = store
@@ -358,6 +378,7 @@ class EmbeddedWatch:
     def get(self, timeout: float) -> list[WatchEvent]:
         deadline = time.monotonic() + timeout
         while not self._closed:
+            seen = self._store._writes_seen()
             events, compact_revision = self._store._events_since(self._prefix, self._next)
             if self._next < compact_revision:
                 raise Compacted(
@@ -371,7 +392,7 @@ class EmbeddedWatch:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            time.sleep(min(POLL_INTERVAL, remaining))
+            self._store._wait_for_write(seen, min(POLL_INTERVAL, remaining))
         return []
 
     def close(self) -> None:

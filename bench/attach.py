@@ -1,0 +1,116 @@
+"""Attach and detach latency through the API, and how it grows with endpoints on a host.
+
+Issue 2's acceptance: attach N containers one after another on one simulated host
+(a real `netd` in a host namespace, the embedded SQLite store by default) through the
+HTTP API over the unix socket, timing each request in this process (no `netctl`
+process start-up in the figure). Latencies are grouped in buckets of --step attaches
+(1-200, 201-400, ...) so growth with the number of endpoints shows; then every
+container is detached, timed the same way (buckets count down from the full host).
+
+Run as root from the repo root:
+    .venv/bin/python -m bench.attach [--count 1000] [--step 200] [--store etcd] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from bench.stats import lab_prefix, summary_ms, table
+from netd.cli import Client, CliError
+from netd.lab import Lab
+
+NETWORK = "benchnet"
+SUBNET = "10.96.0.0/20"  # room for 4093 endpoints
+
+
+class _Timer:
+    """Times requests; a failed one is counted (its time too) instead of ending the run."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.failures: list[str] = []
+
+    def post(self, path: str, body: dict[str, Any]) -> float:
+        start = time.perf_counter()
+        try:
+            self.client.request("POST", path, body)
+        except CliError as exc:
+            self.failures.append(f"{path} {body['container']}: {exc}")
+        return time.perf_counter() - start
+
+
+def _buckets(latencies: list[float], step: int) -> list[dict[str, Any]]:
+    out = []
+    for first in range(0, len(latencies), step):
+        chunk = latencies[first : first + step]
+        out.append({"range": f"{first + 1}-{first + len(chunk)}", **summary_ms(chunk)})
+    return out
+
+
+def run(count: int, step: int, store: str, resync: float) -> dict[str, Any]:
+    with Lab(hosts=1, store=store, prefix=lab_prefix(), resync_interval=resync) as lab:
+        host = lab.hosts["h1"]
+        client = Client(host.socket, timeout=120)
+        client.request("POST", "/v1/networks", {"name": NETWORK, "subnet": SUBNET})
+        containers = [lab.add_container("h1", f"c{i}") for i in range(count)]
+        timer = _Timer(client)
+        attach = [timer.post("/v1/attach", {"container": c, "network": NETWORK})
+                  for c in containers]
+        detach = [timer.post("/v1/detach", {"container": c, "network": NETWORK})
+                  for c in reversed(containers)]
+    return {
+        "store": store,
+        "count": count,
+        "resync_interval_s": resync,
+        "failures": len(timer.failures),
+        "first_failures": timer.failures[:5],
+        "attach": summary_ms(attach),
+        "detach": summary_ms(detach),
+        "attach_buckets": _buckets(attach, step),
+        # detach i runs with count - i endpoints on the host: label by endpoints present
+        "detach_buckets": [
+            {**b, "range": _countdown(b["range"], count)} for b in _buckets(detach, step)
+        ],
+    }
+
+
+def _countdown(rng: str, count: int) -> str:
+    first, last = (int(x) for x in rng.split("-"))
+    return f"{count - first + 1}-{count - last + 1}"
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = [
+        f"attach/detach latency through the API, 1 host, {result['store']} store, "
+        f"{result['count']} containers, resync every {result['resync_interval_s']:g} s",
+        "",
+    ]
+    for kind, label in (("attach", "attach #"), ("detach", "endpoints present")):
+        rows = [(b["range"], b["n"], b["median_ms"], b["p99_ms"], b["max_ms"])
+                for b in result[f"{kind}_buckets"]]
+        total = result[kind]
+        rows.append(("all", total["n"], total["median_ms"], total["p99_ms"], total["max_ms"]))
+        lines += [f"{kind}:", table(rows, [label, "n", "median ms", "p99 ms", "max ms"]), ""]
+    lines.append(f"failed requests: {result['failures']}")
+    lines += [f"  {f}" for f in result["first_failures"]]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=200, help="containers to attach")
+    parser.add_argument("--step", type=int, default=200, help="attaches per bucket")
+    parser.add_argument("--store", choices=["embedded", "etcd"], default="embedded")
+    parser.add_argument("--resync", type=float, default=30.0,
+                        help="the daemon's periodic full resync interval, s (netd's default 30)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    args = parser.parse_args()
+    result = run(args.count, args.step, args.store, args.resync)
+    print(json.dumps(result, indent=2) if args.json else render(result))
+
+
+if __name__ == "__main__":
+    main()
