@@ -134,3 +134,18 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class ConditionalWrites:
+    """create and compare_and_swap, derived from `commit`: one definition for every store."""
+
+    def commit(
+        self, conditions: Sequence[Condition], operations: Sequence[Operation]
+    ) -> CommitResult:
+        raise NotImplementedError
+
+    def create(self, key: str, value: str, lease: int = 0) -> bool:
+        return self.commit([Condition(key, 0)], [Put(key, value, lease)]).succeeded
+
+    def compare_and_swap(self, key: str, value: str, mod_revision: int, lease: int = 0) -> bool:
+        return self.commit([Condition(key, mod_revision)], [Put(key, value, lease)]).succeeded

@@ -24,6 +24,7 @@ from netd.errors import Compacted, InvalidInput, NotFound, StoreUnavailable
 from netd.store.base import (
     CommitResult,
     Condition,
+    ConditionalWrites,
     Delete,
     DeletePrefix,
     KeyValue,
@@ -93,7 +94,7 @@ def check_disjoint(operations: Sequence[Operation]) -> None:
             raise InvalidInput(f"key {key!r} is both written and deleted in one transaction")
 
 
-class EmbeddedStore:
+class EmbeddedStore(ConditionalWrites):
     """A Store over a SQLite file that several threads and processes may share."""
 
     def __init__(self, path: str | Path) -> None:
@@ -273,12 +274,6 @@ class EmbeddedStore:
             deleted = changes.delete_where("key = ?", (key,))
             changes.finish()
         return deleted > 0
-
-    def create(self, key: str, value: str, lease: int = 0) -> bool:
-        return self.commit([Condition(key, 0)], [Put(key, value, lease)]).succeeded
-
-    def compare_and_swap(self, key: str, value: str, mod_revision: int, lease: int = 0) -> bool:
-        return self.commit([Condition(key, mod_revision)], [Put(key, value, lease)]).succeeded
 
     def commit(
         self, conditions: Sequence[Condition], operations: Sequence[Operation]

@@ -29,6 +29,7 @@ from netd.errors import Compacted, InvalidInput, NetdError, NotFound, StoreUnava
 from netd.store.base import (
     CommitResult,
     Condition,
+    ConditionalWrites,
     Delete,
     DeletePrefix,
     KeyValue,
@@ -107,7 +108,7 @@ def _error_message(exc: Etcd3Exception) -> str:
         return detail or str(exc) or type(exc).__name__
 
 
-class EtcdStore:
+class EtcdStore(ConditionalWrites):
     """A Store over one etcd cluster; thread-safe (one HTTP session per thread)."""
 
     def __init__(self, endpoints: Sequence[str], timeout: float = REQUEST_TIMEOUT) -> None:
@@ -195,12 +196,6 @@ class EtcdStore:
 
     def delete(self, key: str) -> bool:
         return int(self._post("/kv/deleterange", {"key": _b64(key)}).get("deleted", 0)) > 0
-
-    def create(self, key: str, value: str, lease: int = 0) -> bool:
-        return self.commit([Condition(key, 0)], [Put(key, value, lease)]).succeeded
-
-    def compare_and_swap(self, key: str, value: str, mod_revision: int, lease: int = 0) -> bool:
-        return self.commit([Condition(key, mod_revision)], [Put(key, value, lease)]).succeeded
 
     def commit(
         self, conditions: Sequence[Condition], operations: Sequence[Operation]

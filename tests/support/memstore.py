@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from netd.store.base import (
     CommitResult,
     Condition,
+    ConditionalWrites,
     Delete,
     DeletePrefix,
     KeyValue,
@@ -22,7 +23,7 @@ from netd.store.base import (
 )
 
 
-class MemStore:
+class MemStore(ConditionalWrites):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._data: dict[str, KeyValue] = {}
@@ -49,12 +50,6 @@ class MemStore:
             self._revision += 1
             del self._data[key]
             return True
-
-    def create(self, key: str, value: str, lease: int = 0) -> bool:
-        return self.commit([Condition(key, 0)], [Put(key, value, lease)]).succeeded
-
-    def compare_and_swap(self, key: str, value: str, mod_revision: int, lease: int = 0) -> bool:
-        return self.commit([Condition(key, mod_revision)], [Put(key, value, lease)]).succeeded
 
     def commit(
         self, conditions: Sequence[Condition], operations: Sequence[Operation]
