@@ -122,9 +122,10 @@ def _print_endpoint(e: dict[str, Any]) -> str:
 
 def _print_hosts(value: list[dict[str, Any]]) -> str:
     return table(
-        [(h["name"], h.get("underlay_ip", ""), "alive" if h.get("alive") else "dead",
-          h.get("underlay_mtu", "")) for h in value],
-        ["HOST", "UNDERLAY", "STATE", "MTU"],
+        [(h["name"], h.get("underlay_ip") or "?", "alive" if h.get("alive") else "dead",
+          h.get("tunnel", ""), ",".join(h.get("shared_networks") or ()))
+         for h in value],
+        ["HOST", "UNDERLAY", "STATE", "TUNNEL", "SHARED NETWORKS"],
     )
 
 

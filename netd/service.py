@@ -343,15 +343,39 @@ class Service:
 
     # --- hosts / status -------------------------------------------------------------
     def list_hosts(self) -> list[dict[str, Any]]:
+        """Every host that is alive or still has endpoints, with the tunnel state seen
+        from this host: the networks both have endpoints on, and whether this host's
+        datapath towards it is programmed ("up"), failing ("error") or gone ("down")."""
         items, _ = self.store.list(self.keys.hosts())
-        hosts = [Host.from_json(kv.value).to_dict() | {"alive": True} for kv in items]
-        seen = {h["name"] for h in hosts}
-        endpoint_hosts = {ep.host for ep in self.list_endpoints()}
-        hosts += [
-            {"name": name, "underlay_ip": "", "alive": False}
-            for name in sorted(endpoint_hosts - seen)
-        ]
-        return hosts
+        alive = {h.name: h for h in (Host.from_json(kv.value) for kv in items)}
+        networks_of: dict[str, set[str]] = {}
+        for ep in self.list_endpoints():
+            networks_of.setdefault(ep.host, set()).add(ep.network)
+        mine = networks_of.get(self.host.name, set())
+        errors = self.reconciler.status().errors
+        rows = []
+        for name in sorted(set(alive) | set(networks_of)):
+            host = alive.get(name)
+            shared = sorted(mine & networks_of.get(name, set()))
+            if name == self.host.name:
+                tunnel, shared = "self", []
+            elif not shared:
+                tunnel = "-"
+            elif host is None:
+                tunnel = "down"
+            elif any(f"network:{n}" in errors for n in shared):
+                tunnel = "error"
+            else:
+                tunnel = "up"
+            rows.append({
+                "name": name,
+                "underlay_ip": host.underlay_ip if host else "",
+                "underlay_mtu": host.underlay_mtu if host else None,
+                "alive": host is not None,
+                "tunnel": tunnel,
+                "shared_networks": shared,
+            })
+        return rows
 
     def status(self) -> dict[str, Any]:
         sync = self.reconciler.status()

@@ -492,7 +492,9 @@ def test_dead_host_is_forgotten_after_its_lease_and_comes_back(
         assert time.monotonic() - killed >= HOST_TTL * 0.5
         hosts = {h["name"]: h for h in lab.netctl_json("h1", "host", "ls")}
         assert hosts["h3"]["alive"] is False
+        assert hosts["h3"]["tunnel"] == "down" and hosts["h3"]["shared_networks"]
         assert hosts["h1"]["alive"] and hosts["h2"]["alive"]
+        assert (hosts["h1"]["tunnel"], hosts["h2"]["tunnel"]) == ("self", "up")
         assert "dead" in next(line for line in lab.netctl("h2", "host", "ls").stdout.splitlines()
                               if line.startswith("h3"))
         for other in meshes.working().values():  # the survivors still talk, any backend
@@ -505,7 +507,7 @@ def test_dead_host_is_forgotten_after_its_lease_and_comes_back(
         f"h3's entries did not come back: {fdb(lab, 'h1', vni)}"
     )
     hosts = {h["name"]: h for h in lab.netctl_json("h1", "host", "ls")}
-    assert hosts["h3"]["alive"] is True
+    assert hosts["h3"]["alive"] is True and hosts["h3"]["tunnel"] == "up"
     assert hosts["h3"]["underlay_ip"] == dead.underlay_ip
     for other in meshes.working().values():  # a userspace datapath comes back with it
         name = other.network["name"]
