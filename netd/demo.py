@@ -23,9 +23,9 @@ from netd.lab import Lab, run
 KEEP_FILE = Path("/run/netd-demo.json")
 
 NETWORKS = [
-    # name, tenant, subnet, backend
-    ("frontend", "acme", "10.10.0.0/24", "fastdp"),
-    ("backend", "globex", "10.20.0.0/24", "fastdp"),
+    # name, tenant, subnet, backend, extra flags
+    ("frontend", "acme", "10.10.0.0/24", "fastdp", ()),
+    ("backend", "globex", "10.20.0.0/24", "sleeve", ("--encrypt",)),
 ]
 
 
@@ -49,12 +49,13 @@ def run_demo(keep: bool = False, hosts: int = 3, as_json: bool = False) -> int:
         say(f"starting {hosts} simulated hosts (store: {store}, lab {lab.prefix}) ...")
         lab.start()
         first = next(iter(lab.hosts))
-        for name, tenant, subnet, backend in NETWORKS:
+        for name, tenant, subnet, backend, extra in NETWORKS:
             lab.netctl(first, "network", "create", name, "--subnet", subnet,
-                       "--tenant", tenant, "--backend", backend)
+                       "--tenant", tenant, "--backend", backend, *extra)
+            say(f"network {name}: tenant {tenant}, {subnet}, weave/{backend} {' '.join(extra)}")
         containers: list[dict[str, str]] = []
         for i, host in enumerate(lab.hosts, start=1):
-            for name, _tenant, subnet, _backend in NETWORKS:
+            for name, _tenant, subnet, _backend, _extra in NETWORKS:
                 ip = subnet.rsplit(".", 1)[0] + f".{10 + i}"
                 netns = lab.add_container(host, f"{name[:3]}{i}")
                 lab.netctl(host, "attach", netns, "--network", name, "--ip", ip)
