@@ -8,12 +8,17 @@ restarted daemon adopts what it finds. "Already exists" is success; "not found" 
 delete is success; anything else becomes a DatapathError naming the object.
 
 Sockets: one IPRoute per (thread, netns). A container netns is given as a path
-(/run/netns/NAME or /proc/PID/ns/net) and opened with `IPRoute(netns=path, flags=0)`:
-flags=0 makes a missing netns an error instead of silently creating it. Opening one
-forks a helper (~10 ms), so sockets stay cached across calls; the cache is keyed by the
-namespace's inode, so a netns deleted and re-created under the same path is noticed.
-A cached socket keeps its namespace alive: callers close the ones they no longer need
-(`close_unused`), or a vanished container's namespace and veths would linger.
+(/run/netns/NAME or /proc/PID/ns/net). Its socket comes from the Netlink's opener
+process (netd.nsopener: ~0.1 ms, the daemon never switches netns itself) and is wrapped
+with `IPRoute(fileno=fd)`; if the opener cannot run, `IPRoute(netns=path, flags=0)`
+(forks the daemon, ~10 ms). Either way a missing netns is NetnsNotFound, never created.
+Sockets stay cached across calls, keyed by the namespace's inode, so a netns deleted
+and re-created under the same path is noticed. A cached socket keeps its namespace
+alive: callers close the ones they no longer need (`close_netns`, `close_unused`), or
+a vanished container's namespace and veths would linger.
+
+Callers that already hold a Link (from `list_links` or an earlier call) pass it instead
+of its name: a verify pass over many endpoints then reads the host side from one dump.
 
 IPv6: host-side links netd creates (bridges, vxlan, TAPs, host veth ends) get
 addrgenmode none, so they have no IPv6 link-local address and send no ND/MLD/DAD
@@ -29,7 +34,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +47,7 @@ from pyroute2.netlink.rtnl import RTM_SETNEIGHTBL
 from pyroute2.netlink.rtnl.ndtmsg import ndtmsg
 
 from netd.errors import DatapathError
+from netd.nsopener import NsOpener, OpenerUnavailable
 
 OWNED_PREFIX = "nd"  # every link netd creates starts with this
 ROUTE_PROTO = 91  # rtm_protocol of routes netd installs ("netd" in `ip route` is 91)
@@ -74,6 +80,19 @@ class Link:
     peer_index: int  # IFLA_LINK: the veth peer's ifindex (in its own netns), else 0
     info: dict[str, Any] = field(default_factory=dict)  # IFLA_INFO_DATA, e.g. IFLA_VXLAN_ID
     addrgenmode: int | None = None  # IPv6 address generation mode; None: no IPv6 on it
+
+
+LinkRef = str | Link  # a link by name, or one already read (saves a request)
+
+
+@dataclass(frozen=True)
+class VethPair:
+    """What ensure_veth_into_netns did and the two ends (index and name are current;
+    other attributes may be as read before it changed them)."""
+
+    changed: int
+    host: Link
+    peer: Link
 
 
 @dataclass(frozen=True)
@@ -119,10 +138,13 @@ class Netlink:
     Methods return the number of kernel objects they created, changed or removed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, opener: bool = True) -> None:
+        """`opener`: open container-netns sockets through a helper process (started on
+        first use); False for short-lived instances that open one or two."""
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: list[IPRoute] = []
+        self._opener = NsOpener() if opener else None
 
     # -- sockets ----------------------------------------------------------------------
 
@@ -150,7 +172,7 @@ class Netlink:
                 return cached[1]
             self.close_netns(netns)
         try:
-            ipr = IPRoute() if netns is None else IPRoute(netns=netns, flags=0)
+            ipr = IPRoute() if netns is None else self._open_netns(netns)
         except FileNotFoundError:
             raise NetnsNotFound(
                 f"network namespace {netns} does not exist (container gone?)"
@@ -161,6 +183,26 @@ class Netlink:
         with self._lock:
             self._all.append(ipr)
         return ipr
+
+    def _open_netns(self, netns: str) -> IPRoute:
+        if self._opener is not None:
+            try:
+                fd = self._opener.open(netns)
+            except OpenerUnavailable:
+                pass
+            else:
+                try:
+                    return IPRoute(fileno=fd)
+                except Exception:
+                    with suppress(OSError):
+                        os.close(fd)
+                    raise
+        return IPRoute(netns=netns, flags=0)
+
+    @property
+    def opener_pid(self) -> int | None:
+        """Process id of the netns opener while it runs."""
+        return None if self._opener is None else self._opener.pid
 
     def _drop(self, ipr: IPRoute) -> None:
         with self._lock:
@@ -188,6 +230,8 @@ class Netlink:
             with suppress(Exception):
                 ipr.close()
         self._local = threading.local()
+        if self._opener is not None:
+            self._opener.close()
 
     @contextmanager
     def _op(self, what: str, netns: str | None = None, exists_ok: bool = True) -> Iterator[None]:
@@ -216,7 +260,9 @@ class Netlink:
             raise DatapathError(f"cannot read link {name}{_where(netns)}: {exc}") from None
         return _link_from_msg(msgs[0]) if msgs else None
 
-    def _need(self, name: str, netns: str | None = None) -> Link:
+    def _need(self, name: LinkRef, netns: str | None = None) -> Link:
+        if isinstance(name, Link):
+            return name
         link = self.get_link(name, netns)
         if link is None:
             raise DatapathError(f"link {name} does not exist{_where(netns)}")
@@ -239,39 +285,39 @@ class Netlink:
             raise DatapathError(f"cannot delete link {name}{_where(netns)}: {exc}") from None
         return 1
 
-    def link_up(self, name: str, netns: str | None = None) -> int:
+    def link_up(self, name: LinkRef, netns: str | None = None) -> int:
         link = self._need(name, netns)
         if link.up:
             return 0
-        with self._op(f"set link {name} up", netns):
+        with self._op(f"set link {link.name} up", netns):
             self._ipr(netns).link("set", index=link.index, state="up")
         return 1
 
-    def set_mtu(self, name: str, mtu: int, netns: str | None = None) -> int:
+    def set_mtu(self, name: LinkRef, mtu: int, netns: str | None = None) -> int:
         link = self._need(name, netns)
         if link.mtu == mtu:
             return 0
-        with self._op(f"set MTU {mtu} on {name}", netns):
+        with self._op(f"set MTU {mtu} on {link.name}", netns):
             self._ipr(netns).link("set", index=link.index, mtu=mtu)
         return 1
 
-    def set_mac(self, name: str, mac: str, netns: str | None = None) -> int:
+    def set_mac(self, name: LinkRef, mac: str, netns: str | None = None) -> int:
         link = self._need(name, netns)
         if link.mac == mac.lower():
             return 0
-        with self._op(f"set MAC {mac} on {name}", netns):
+        with self._op(f"set MAC {mac} on {link.name}", netns):
             self._ipr(netns).link("set", index=link.index, address=mac)
         return 1
 
-    def set_master(self, name: str, master: str) -> int:
+    def set_master(self, name: LinkRef, master: LinkRef) -> int:
         link, bridge = self._need(name), self._need(master)
         if link.master == bridge.index:
             return 0
-        with self._op(f"attach {name} to {master}"):
+        with self._op(f"attach {link.name} to {bridge.name}"):
             self._ipr().link("set", index=link.index, master=bridge.index)
         return 1
 
-    def ensure_no_ipv6_ll(self, name: str) -> int:
+    def ensure_no_ipv6_ll(self, name: LinkRef) -> int:
         """addrgenmode none on `name` and no IPv6 link-local address on it. Call before
         the link first goes up; on an adopted link it also removes the fe80:: address."""
         link = self._need(name)
@@ -280,16 +326,16 @@ class Netlink:
         ipr = self._ipr()
         mode = [["IFLA_INET6_ADDR_GEN_MODE", ADDRGENMODE_NONE]]
         spec = {"attrs": [["AF_INET6", {"attrs": mode}]]}
-        with self._op(f"set addrgenmode none on {name}"):
+        with self._op(f"set addrgenmode none on {link.name}"):
             ipr.link("set", index=link.index, IFLA_AF_SPEC=spec)
-        with self._op(f"read IPv6 addresses of {name}"):
+        with self._op(f"read IPv6 addresses of {link.name}"):
             lladdrs = [
                 (str(m.get_attr("IFA_ADDRESS")), int(m["prefixlen"]))
                 for m in ipr.get_addr(family=_AF_INET6, index=link.index)
                 if str(m.get_attr("IFA_ADDRESS")).lower().startswith("fe80:")
             ]
         for addr, plen in lladdrs:
-            with self._op(f"remove address {addr}/{plen} from {name}"):
+            with self._op(f"remove address {addr}/{plen} from {link.name}"):
                 ipr.addr("del", index=link.index, address=addr, prefixlen=plen)
         return 1
 
@@ -307,10 +353,11 @@ class Netlink:
             with self._op(f"create bridge {name}", exists_ok=False):
                 self._ipr().link("add", ifname=name, kind="bridge", mtu=mtu)
             changed += 1
+            link = self._need(name)
         else:
             self._check_kind(link, "bridge")
-        changed += self.set_mtu(name, mtu) + self.ensure_no_ipv6_ll(name)
-        return changed + self.link_up(name)
+        changed += self.set_mtu(link, mtu) + self.ensure_no_ipv6_ll(link)
+        return changed + self.link_up(link)
 
     def ensure_vxlan(
         self,
@@ -394,14 +441,24 @@ class Netlink:
         return 1
 
     def ensure_veth_into_netns(
-        self, host_name: str, peer_name: str, netns: str, *, mac: str, mtu: int
-    ) -> int:
+        self,
+        host_name: str,
+        peer_name: str,
+        netns: str,
+        *,
+        mac: str,
+        mtu: int,
+        master: Link | None = None,
+        host_links: Mapping[str, Link] | None = None,
+    ) -> VethPair:
         """A veth pair: `host_name` here, `peer_name` inside `netns` with `mac` and `mtu`,
-        both up. The peer is created directly in the container netns (no move). An
-        existing pair is adopted when both ends point at each other; a half pair is
-        replaced; a foreign `peer_name` in the container is an error."""
+        both up, the host end a port of `master` when given. The peer is created directly
+        in the container netns (no move). An existing pair is adopted when both ends point
+        at each other; a half pair is replaced; a foreign `peer_name` in the container is
+        an error. `host_links`: a fresh dump of this netns's links by name (a name absent
+        from it does not exist), so the host end costs no request of its own."""
         changed = 0
-        host = self.get_link(host_name)
+        host = host_links.get(host_name) if host_links is not None else self.get_link(host_name)
         peer = self.get_link(peer_name, netns)
         if host is not None:
             self._check_kind(host, "veth")
@@ -415,7 +472,7 @@ class Netlink:
                 changed += self.delete_link(host_name)
                 host = None
                 peer = self.get_link(peer_name, netns)
-        if host is None:
+        if host is None or peer is None:
             if peer is not None:
                 raise DatapathError(
                     f"interface {peer_name} already exists in netns {netns} and is not "
@@ -431,36 +488,44 @@ class Netlink:
                     peer={"ifname": peer_name, "net_ns_fd": netns, "address": mac, "mtu": mtu},
                 )
             changed += 1
-        changed += self.set_mtu(host_name, mtu)
-        changed += self.set_mac(peer_name, mac, netns)
-        changed += self.set_mtu(peer_name, mtu, netns)
-        changed += self.link_up(peer_name, netns)
-        changed += self.ensure_no_ipv6_ll(host_name)
-        return changed + self.link_up(host_name)
+            host, peer = self._need(host_name), self._need(peer_name, netns)
+        changed += self.set_mtu(host, mtu)
+        changed += self.set_mac(peer, mac, netns)
+        changed += self.set_mtu(peer, mtu, netns)
+        changed += self.link_up(peer, netns)
+        changed += self.ensure_no_ipv6_ll(host)
+        if master is not None:
+            changed += self.set_master(host, master)
+        changed += self.link_up(host)
+        return VethPair(changed, host, peer)
 
     # -- addresses and routes ---------------------------------------------------------
 
-    def ensure_address(self, name: str, ip: str, prefixlen: int, netns: str | None = None) -> int:
+    def ensure_address(
+        self, name: LinkRef, ip: str, prefixlen: int, netns: str | None = None
+    ) -> int:
         """`ip/prefixlen` is the only IPv4 address of `name` (a link netd owns)."""
         link = self._need(name, netns)
         ipr = self._ipr(netns)
-        with self._op(f"read addresses of {name}", netns):
+        with self._op(f"read addresses of {link.name}", netns):
             have = {
                 (m.get_attr("IFA_ADDRESS"), int(m["prefixlen"]))
                 for m in ipr.get_addr(family=_AF_INET, index=link.index)
             }
         changed = 0
         for addr, plen in have - {(ip, prefixlen)}:
-            with self._op(f"remove address {addr}/{plen} from {name}", netns):
+            with self._op(f"remove address {addr}/{plen} from {link.name}", netns):
                 ipr.addr("del", index=link.index, address=addr, prefixlen=plen)
             changed += 1
         if (ip, prefixlen) not in have:
-            with self._op(f"add address {ip}/{prefixlen} to {name}", netns):
+            with self._op(f"add address {ip}/{prefixlen} to {link.name}", netns):
                 ipr.addr("add", index=link.index, address=ip, prefixlen=prefixlen)
             changed += 1
         return changed
 
-    def ensure_default_route(self, gateway: str, name: str, netns: str | None = None) -> int:
+    def ensure_default_route(
+        self, gateway: str, name: LinkRef, netns: str | None = None
+    ) -> int:
         """A default route via `gateway` on `name`, tagged ROUTE_PROTO. A default route
         that is not netd's, or netd's on another interface (another network attached
         first), is left alone: one default route per container."""
@@ -478,7 +543,7 @@ class Netlink:
         if defaults and not mine:
             return 0
         command = "replace" if mine else "add"
-        with self._op(f"set default route via {gateway} on {name}", netns):
+        with self._op(f"set default route via {gateway} on {link.name}", netns):
             ipr.route(
                 command,
                 dst="0.0.0.0/0",
@@ -489,7 +554,7 @@ class Netlink:
             )
         return 1
 
-    def ensure_arp_retrans(self, name: str, ms: int, netns: str | None = None) -> int:
+    def ensure_arp_retrans(self, name: LinkRef, ms: int, netns: str | None = None) -> int:
         """ARP retransmit interval of one interface (the kernel's retrans_time_ms).
 
         Container ends get a short one: the first ARP for a peer attached a moment ago
@@ -497,7 +562,7 @@ class Netlink:
         would make a fresh endpoint look unreachable for a second."""
         link = self._need(name, netns)
         ipr = self._ipr(netns)
-        with self._op(f"read neighbour parameters of {name}", netns):
+        with self._op(f"read neighbour parameters of {link.name}", netns):
             for table in ipr.get_ntables(_AF_INET):
                 if table.get_attr("NDTA_NAME") != "arp_cache":
                     continue
@@ -521,7 +586,7 @@ class Netlink:
             await request.send()
             return [m async for m in request.response()]
 
-        with self._op(f"set ARP retransmit time of {name}", netns):
+        with self._op(f"set ARP retransmit time of {link.name}", netns):
             ipr.asyncore.event_loop.run_until_complete(send())
         return 1
 
@@ -609,7 +674,7 @@ class Netlink:
 
 def link_names(netns: str | None = None) -> set[str]:
     """Names of every link in `netns` (None: the daemon's own netns)."""
-    nl = Netlink()
+    nl = Netlink(opener=False)
     try:
         return {link.name for link in nl.list_links(netns=netns)}
     finally:

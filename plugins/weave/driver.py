@@ -13,7 +13,11 @@ set of a network), what it last applied successfully in this process. With
 verify=False an item equal to that is skipped without a netlink call, so an attach on
 a host with a thousand endpoints costs one endpoint's work; failed items are always
 re-applied; verify=True (first sync, periodic resync) checks everything against the
-kernel. Leftovers from before a restart are found by listing links only on a full
+kernel: the host side of every endpoint from one link dump, the container side (a
+socket into its netns and four requests) for at most `verify_budget` endpoints per
+pass, round-robin, plus every endpoint whose host side is wrong or that this process
+has not applied successfully yet (so the first pass after a restart checks all).
+Leftovers from before a restart are found by listing links only on a full
 sweep (sweep and verify, or the first sweep of the process); otherwise the driver
 deletes by name the links it made and no longer needs.
 
@@ -25,13 +29,14 @@ socket, so only changed endpoints and verify applies open one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import bisect
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from netd.errors import DatapathError, NetdError
 from netd.model import Endpoint, Host, Network
-from netd.netlink import OWNED_PREFIX, Netlink, NetnsNotFound
+from netd.netlink import ADDRGENMODE_NONE, OWNED_PREFIX, Link, Netlink, NetnsNotFound
 from netd.plugin import ApplyReport, HostState, NetworkState, endpoint_id, network_id
 from plugins.weave.fastdp import FastDP
 from plugins.weave.names import bridge_name, host_veth_name, owned_role, vni_of
@@ -40,6 +45,7 @@ from plugins.weave.sleeve_backend import Sleeve
 
 SLEEVE_PORT = DEFAULT_PORT  # weave's sleeve UDP port
 ARP_RETRANS_MS = 100  # container ARP retry: see Netlink.ensure_arp_retrans
+VERIFY_BUDGET = 200  # container namespaces a verify pass checks (docs/drivers.md)
 _SWEEP_ORDER = {"veth": 0, "vxlan": 1, "tap": 1, "bridge": 2}  # ports before bridges
 
 
@@ -80,9 +86,18 @@ class WeaveDriver:
     name = "weave"
 
     def __init__(
-        self, *, state_dir: Path | None = None, sleeve_port: int = SLEEVE_PORT, **_: Any
+        self,
+        *,
+        state_dir: Path | None = None,
+        sleeve_port: int = SLEEVE_PORT,
+        verify_budget: int | None = VERIFY_BUDGET,
+        **_: Any,
     ) -> None:
+        """`verify_budget`: how many container namespaces one verify pass checks at most
+        (round-robin); None checks all of them every pass."""
         self.state_dir = state_dir
+        self._verify_budget = verify_budget
+        self._verify_cursor: str | None = None  # last endpoint id the budget covered
         self._nl = Netlink()
         self._host: Host | None = None
         self._sleeve_port = sleeve_port
@@ -117,16 +132,26 @@ class WeaveDriver:
                 keep |= backend.link_names(ns)
                 keep |= {host_veth_name(ep.network, ep.name) for ep in ns.local}
                 plans.append((backend, ns))
+        # verify: the host side of every endpoint comes from this one dump
+        owned = self._list_owned(report) if verify else None
         if sweep and (verify or not self._listed_sweep_done):
-            self._listed_sweep_done = self._sweep_listed(keep, report)
+            if owned is None and not verify:
+                owned = self._list_owned(report)
+            if owned is not None:
+                self._remove([n for n in _sorted_owned(owned) if n not in keep], report)
+            self._listed_sweep_done = owned is not None
         else:
             self._remove(sorted(self._named - keep, key=_sweep_key), report)
+        spot: set[str] | None = None  # endpoints whose container side this pass checks
+        if verify and owned is not None and self._verify_budget is not None:
+            ids = sorted(endpoint_id(ep) for _, ns in plans for ep in ns.local)
+            spot, self._verify_cursor = round_robin(ids, self._verify_cursor, self._verify_budget)
         live: set[str] = set()
         for backend, ns in plans:
             live |= {network_id(ns.network), remotes_id(ns.network)}
             live |= {endpoint_id(ep) for ep in ns.local}
             try:
-                self._apply_network(backend, ns, desired, verify, report)
+                self._apply_network(backend, ns, desired, verify, owned, spot, report)
             except Exception as exc:  # one bad network must not stop the others
                 _fail_network(ns, f"unexpected error: {exc!r}", report)
                 self._forget(ns)
@@ -147,13 +172,20 @@ class WeaveDriver:
         ns: NetworkState,
         desired: HostState,
         verify: bool,
+        host_links: Mapping[str, Link] | None,
+        spot: set[str] | None,
         report: ApplyReport,
     ) -> None:
+        """`host_links`: this apply's dump of owned links; `spot`: with a verify budget,
+        the endpoints whose container side this pass checks (None: all)."""
         net, host = ns.network, desired.host
         fingerprint = (backend.name, backend.fingerprint(ns, host))
         # fresh: the network's own links were applied as they are now; only then may
         # its endpoints and remote set be skipped too
         fresh = not verify and self._applied.get(network_id(net)) == fingerprint
+        before: dict[str, object] = {}  # endpoint id -> applied before this verify pass
+        if verify and spot is not None and host_links is not None:
+            before = {endpoint_id(ep): self._applied.get(endpoint_id(ep)) for ep in ns.local}
         if not fresh:
             self._forget(ns)
             if not backend.apply_network(ns, host, report):
@@ -161,12 +193,30 @@ class WeaveDriver:
                     report.fail(endpoint_id(ep), f"network {net.name} is not ready")
                 return
             self._applied[network_id(net)] = fingerprint
+        bridge: Link | None = None
         for ep in ns.local:
             done = (net.vni, net.mtu, net.prefixlen, net.gateway, ep)
             if fresh and self._applied.get(endpoint_id(ep)) == done:
                 continue
             self._applied.pop(endpoint_id(ep), None)
-            if self._apply_endpoint(net, ep, report):
+            if bridge is None:
+                try:
+                    bridge = self._nl.get_link(bridge_name(net.vni))
+                except DatapathError as exc:
+                    report.fail(endpoint_id(ep), f"{ep.container}: {exc}")
+                    continue
+                if bridge is None:
+                    report.fail(endpoint_id(ep), f"bridge {bridge_name(net.vni)} is gone")
+                    continue
+            if (
+                before.get(endpoint_id(ep)) == done
+                and endpoint_id(ep) not in (spot or ())
+                and host_links is not None
+                and host_end_ok(host_links.get(host_veth_name(net.name, ep.name)), bridge, net)
+            ):
+                self._applied[endpoint_id(ep)] = done  # host side checked; container's later
+                continue
+            if self._apply_endpoint(net, ep, bridge, host_links, report):
                 self._applied[endpoint_id(ep)] = done
         failed_before = len(report.errors)
         plan = backend.remote_plan(ns, host, desired.hosts, report)
@@ -178,23 +228,36 @@ class WeaveDriver:
         if applied and len(report.errors) == failed_before:
             self._applied[remotes_id(net)] = plan
 
-    def _apply_endpoint(self, net: Network, ep: Endpoint, report: ApplyReport) -> bool:
+    def _apply_endpoint(
+        self,
+        net: Network,
+        ep: Endpoint,
+        bridge: Link,
+        host_links: Mapping[str, Link] | None,
+        report: ApplyReport,
+    ) -> bool:
         """A veth: container end inside the container's netns with the endpoint's name,
-        MAC, address, MTU and default route; host end a port of the network's bridge."""
+        MAC, address, MTU and default route; host end a port of the network's bridge.
+        `host_links`: this apply's dump of owned links (None: read them one by one)."""
         nl = self._nl
         host_if = host_veth_name(ep.network, ep.name)
         existed = False
         try:
-            existed = nl.get_link(host_if) is not None
+            if host_links is not None:
+                existed = host_if in host_links
+            else:
+                existed = nl.get_link(host_if) is not None
             if not ep.netns:
                 raise DatapathError(f"endpoint {ep.name} has no network namespace path")
-            report.changed += nl.ensure_veth_into_netns(
-                host_if, ep.ifname, ep.netns, mac=ep.mac, mtu=net.mtu
+            pair = nl.ensure_veth_into_netns(
+                host_if, ep.ifname, ep.netns, mac=ep.mac, mtu=net.mtu, master=bridge,
+                host_links=host_links,
             )
-            report.changed += nl.set_master(host_if, bridge_name(net.vni))
-            report.changed += nl.ensure_arp_retrans(ep.ifname, ARP_RETRANS_MS, ep.netns)
-            report.changed += nl.ensure_address(ep.ifname, ep.ip, net.prefixlen, ep.netns)
-            report.changed += nl.ensure_default_route(net.gateway, ep.ifname, ep.netns)
+            report.changed += pair.changed
+            peer = pair.peer
+            report.changed += nl.ensure_arp_retrans(peer, ARP_RETRANS_MS, ep.netns)
+            report.changed += nl.ensure_address(peer, ep.ip, net.prefixlen, ep.netns)
+            report.changed += nl.ensure_default_route(net.gateway, peer, ep.netns)
         except DatapathError as exc:
             report.fail(endpoint_id(ep), f"{ep.container}: {exc}")
             if not existed or isinstance(exc, NetnsNotFound):
@@ -211,17 +274,23 @@ class WeaveDriver:
     # -- sweep --------------------------------------------------------------------------
 
     def _owned(self) -> list[str]:
-        names = [link.name for link in self._nl.list_links(OWNED_PREFIX)]
-        return sorted((n for n in names if owned_role(n) is not None), key=_sweep_key)
+        return _sorted_owned({link.name: link for link in self._nl.list_links(OWNED_PREFIX)})
+
+    def _list_owned(self, report: ApplyReport) -> dict[str, Link] | None:
+        """This driver's links by name, from one dump; None (and a report entry) on failure."""
+        try:
+            links = self._nl.list_links(OWNED_PREFIX)
+        except DatapathError as exc:
+            report.fail("link:*", f"cannot list links: {exc}")
+            return None
+        return {link.name: link for link in links if owned_role(link.name) is not None}
 
     def _sweep_listed(self, keep: set[str], report: ApplyReport) -> bool:
         """Remove every owned link not in `keep`, found by listing; False if listing failed."""
-        try:
-            owned = self._owned()
-        except DatapathError as exc:
-            report.fail("link:*", f"cannot list links to sweep: {exc}")
+        owned = self._list_owned(report)
+        if owned is None:
             return False
-        self._remove([name for name in owned if name not in keep], report)
+        self._remove([name for name in _sorted_owned(owned) if name not in keep], report)
         return True
 
     def _remove(self, names: list[str], report: ApplyReport) -> None:
@@ -278,6 +347,33 @@ class WeaveDriver:
 
 def _sweep_key(name: str) -> tuple[int, str]:
     return (_SWEEP_ORDER[owned_role(name) or "veth"], name)
+
+
+def round_robin(ids: Sequence[str], cursor: str | None, n: int) -> tuple[set[str], str | None]:
+    """The next `n` of the sorted `ids` after `cursor` (wrapping around), and the new
+    cursor. Ids added or removed between calls only shift the window."""
+    if len(ids) <= n:
+        return set(ids), None
+    start = 0 if cursor is None else bisect.bisect_right(ids, cursor)
+    window = [ids[(start + i) % len(ids)] for i in range(n)]
+    return set(window), window[-1] if window else cursor
+
+
+def host_end_ok(link: Link | None, bridge: Link, net: Network) -> bool:
+    """The host end of an endpoint's veth is as apply leaves it (from a link dump)."""
+    return (
+        link is not None
+        and link.kind == "veth"
+        and link.peer_index > 0
+        and link.master == bridge.index
+        and link.mtu == net.mtu
+        and link.up
+        and link.addrgenmode in (None, ADDRGENMODE_NONE)
+    )
+
+
+def _sorted_owned(links: Mapping[str, Link]) -> list[str]:
+    return sorted((n for n in links if owned_role(n) is not None), key=_sweep_key)
 
 
 def _fail_network(ns: NetworkState, message: str, report: ApplyReport) -> None:

@@ -9,10 +9,14 @@ joined by a veth underlay, and sends real packets across the VXLAN overlay.
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import secrets
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from netd.model import Endpoint, Host, Network, mac_from_ip
-from netd.netlink import ROUTE_PROTO, Netlink
+from netd.netlink import ROUTE_PROTO, Netlink, NetnsNotFound
+from netd.nsopener import NsOpener
 from netd.plugin import ApplyReport, HostState, NetworkState, endpoint_id
 from plugins.weave.driver import WeaveDriver
 from plugins.weave.names import bridge_name, host_veth_name, vxlan_name
@@ -98,12 +103,9 @@ def vni() -> int:
     return 16_000_000 + secrets.randbelow(700_000)
 
 
-@pytest.fixture
-def driver(vni: int) -> Iterator[WeaveDriver]:
-    """A driver whose links (this VNI's bridge/vxlan and tw* endpoints' veths) are
-    removed by name at teardown, whatever the test did."""
-    drv = WeaveDriver()
-    yield drv
+def remove_links(drv: WeaveDriver, vni: int) -> None:
+    """Close `drv` and delete by name the links it made (this VNI's bridge/vxlan, the
+    veths of its endpoints)."""
     drv.close()
     nl = Netlink()
     for name in sorted(link_names()):
@@ -112,6 +114,14 @@ def driver(vni: int) -> Iterator[WeaveDriver]:
     nl.delete_link(vxlan_name(vni))
     nl.delete_link(bridge_name(vni))
     nl.close()
+
+
+@pytest.fixture
+def driver(vni: int) -> Iterator[WeaveDriver]:
+    """A driver whose links are removed by name at teardown, whatever the test did."""
+    drv = WeaveDriver()
+    yield drv
+    remove_links(drv, vni)
 
 
 @pytest.fixture
@@ -363,6 +373,169 @@ def test_host_side_links_have_no_ipv6_link_local(
         assert "fe80" not in ipv6_addrs(name), name
     assert addrgenmode("eth0", a) != "none"  # the container side is the container's
 
+
+
+def has_addr(ns: str, ip: str) -> bool:
+    return ip in in_netns(ns, "ip", "-o", "-4", "addr", "show", "dev", "eth0").stdout
+
+
+def test_verify_budget_checks_containers_round_robin_and_broken_hosts_at_once(
+    make_netns: Callable[[str], str], vni: int
+) -> None:
+    net = network(vni)
+    names = [make_netns("tvc") for _ in range(3)]
+    eps = [endpoint(net, n, LOCAL.name, netns_path(ns), 10 + i)
+           for i, (n, ns) in enumerate(zip("abc", names, strict=True))]
+    desired = state(net, eps)
+    drv = WeaveDriver(verify_budget=1)
+    try:
+        ok(drv.apply(desired, sweep=False, verify=True))  # first pass: all; window at "a"
+        assert all(has_addr(ns, ep.ip) for ns, ep in zip(names, eps, strict=True))
+        for ns in names:  # container-side drift everywhere
+            in_netns(ns, "ip", "addr", "flush", "dev", "eth0")
+        subprocess.run(["ip", "link", "del", host_veth_name(net.name, "c")], check=True)
+
+        # window "b"; c's host end is gone, so c is rebuilt whatever the window
+        assert ok(drv.apply(desired, sweep=False, verify=True)).changed > 0
+        assert [has_addr(ns, ep.ip) for ns, ep in zip(names, eps, strict=True)] == [
+            False, True, True
+        ]
+        ok(drv.apply(desired, sweep=False, verify=True))  # window "c"
+        assert not has_addr(names[0], eps[0].ip)
+        ok(drv.apply(desired, sweep=False, verify=True))  # window "a"
+        assert has_addr(names[0], eps[0].ip)
+        assert ok(drv.apply(desired, sweep=False, verify=True)).changed == 0
+        assert ping(names[0], eps[2].ip)
+    finally:
+        remove_links(drv, vni)
+
+
+# -- the netns opener ---------------------------------------------------------------
+
+
+def opener_gone(pid: int, timeout: float = 5.0) -> bool:
+    """`pid` has exited (gone, or a zombie nobody reaped yet) within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_opener_missing_netns_is_not_found_and_nothing_created(nl: Netlink) -> None:
+    missing = netns_path(unique("tvx"))
+    with pytest.raises(NetnsNotFound):
+        nl.get_link("lo", missing)
+    opener = NsOpener()
+    try:
+        with pytest.raises(FileNotFoundError):
+            opener.open(missing)
+        with pytest.raises(OSError, match="not a network namespace"):
+            opener.open("/etc/hostname")
+    finally:
+        opener.close()
+    assert not os.path.exists(missing)
+
+
+def test_opener_sockets_serve_link_addr_route_neigh(
+    nl: Netlink, make_netns: Callable[[str], str]
+) -> None:
+    ns = make_netns("tvc")
+    path = netns_path(ns)
+    host_if = unique("tvh", 8)
+    try:
+        pair = nl.ensure_veth_into_netns(host_if, "eth0", path, mac="02:42:0a:63:00:02",
+                                         mtu=MTU)
+        assert nl.opener_pid is not None  # the container end was read through the opener
+        assert pair.changed > 0 and pair.peer.name == "eth0"
+        assert {link.name for link in nl.list_links(netns=path)} == {"lo", "eth0"}
+        nl.ensure_address(pair.peer, "10.99.0.2", 24, path)
+        nl.ensure_default_route("10.99.0.1", pair.peer, path)
+        nl.ensure_arp_retrans(pair.peer, 100, path)
+        nl._ipr(path).neigh("add", ifindex=pair.peer.index, dst="10.99.0.9",
+                            lladdr="02:42:0a:63:00:09", state=0x80)
+        assert "10.99.0.2/24" in in_netns(ns, "ip", "-o", "addr", "show", "dev", "eth0").stdout
+        route = in_netns(ns, "ip", "route", "show", "default").stdout
+        assert f"default via 10.99.0.1 dev eth0 proto {ROUTE_PROTO}" in route
+        neigh = in_netns(ns, "ip", "neigh", "show", "dev", "eth0").stdout
+        assert "10.99.0.9 lladdr 02:42:0a:63:00:09 PERMANENT" in neigh
+        retrans = in_netns(ns, "cat", "/proc/sys/net/ipv4/neigh/eth0/retrans_time_ms").stdout
+        assert retrans.strip() == "100"
+    finally:
+        nl.delete_link(host_if)
+
+
+def test_opener_exits_when_netlink_closed_or_its_thread_ends(
+    make_netns: Callable[[str], str],
+) -> None:
+    path = netns_path(make_netns("tvc"))
+    nl = Netlink()
+    try:
+        worker = threading.Thread(target=nl.get_link, args=("lo", path))
+        worker.start()
+        worker.join()
+        first = nl.opener_pid
+        assert first is not None
+        # started by a thread that has ended: PR_SET_PDEATHSIG killed it ...
+        assert opener_gone(first)
+        assert nl.get_link("lo", path) is not None  # ... and it is restarted on demand
+        second = nl.opener_pid
+        assert second is not None and second != first
+    finally:
+        nl.close()
+    assert opener_gone(second)
+
+
+_HOLD_OPENER = """
+import sys, time
+from netd.netlink import Netlink
+nl = Netlink()
+nl.get_link("lo", sys.argv[1])
+print(nl.opener_pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_opener_dies_with_its_parent(make_netns: Callable[[str], str]) -> None:
+    path = netns_path(make_netns("tvc"))
+    parent = subprocess.Popen([sys.executable, "-c", _HOLD_OPENER, path], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        pid = int(parent.stdout.readline())
+        assert not opener_gone(pid, timeout=0.2)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        assert opener_gone(pid)
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def fd_count(pid: int | str = "self") -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_opener_leaks_no_fds_over_many_opens(
+    nl: Netlink, make_netns: Callable[[str], str]
+) -> None:
+    path = netns_path(make_netns("tvc"))
+    nl.get_link("lo", path)
+    nl.close_netns(path)
+    assert nl.opener_pid is not None
+    gc.collect()  # earlier tests' garbage must not close fds during the count
+    mine, theirs = fd_count(), fd_count(nl.opener_pid)
+    for _ in range(200):
+        assert nl.get_link("lo", path) is not None
+        nl.close_netns(path)
+    gc.collect()
+    assert fd_count() <= mine  # a leak would show as up to 200 more
+    assert fd_count(nl.opener_pid) == theirs
 
 # -- two hosts ----------------------------------------------------------------------
 
