@@ -8,18 +8,20 @@ so peers keep their tunnels to this host across a restart.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import signal
 import sys
 import threading
 from importlib.metadata import entry_points
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 from netd import config as config_mod
 from netd import netlink
-from netd.api import ApiServer
-from netd.errors import NetdError
+from netd.api import ApiServer, ensure_socket_free
+from netd.errors import Conflict, NetdError
 from netd.hosts import HostRegistration
 from netd.model import Host
 from netd.plugin import Driver
@@ -67,8 +69,23 @@ def load_drivers(state_dir: Any) -> dict[str, Driver]:
     return drivers
 
 
+def lock_state_dir(state_dir: Path) -> TextIO:
+    """One daemon per state dir: the lock lives as long as the returned file is open."""
+    lock = open(state_dir / "netd.lock", "w")  # noqa: SIM115
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise Conflict(
+            f"another netd is already running with state dir {state_dir}"
+        ) from None
+    return lock
+
+
 def run(cfg: config_mod.Config) -> None:
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = lock_state_dir(cfg.state_dir)
+    ensure_socket_free(cfg.socket)
     store = open_store(cfg.store or None, cfg.state_dir)
     keys = Keys()
     underlay_ip = cfg.underlay_ip or netlink.default_underlay_ip()
@@ -112,6 +129,7 @@ def run(cfg: config_mod.Config) -> None:
     for driver in drivers.values():
         driver.close()
     store.close()
+    lock.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import socket
 import socketserver
 import threading
 from collections.abc import Callable
@@ -143,12 +144,28 @@ class _RequestHandler(BaseHTTPRequestHandler):
         return "unix"
 
 
+def ensure_socket_free(path: Path) -> None:
+    """Refuse to take over a socket another live daemon serves; a stale one is fine."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError:
+        return  # nobody listens: a leftover of a daemon that was killed
+    finally:
+        probe.close()
+    raise Conflict(f"another netd is already serving on {path}; stop it or use --socket")
+
+
 class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
     def __init__(self, path: Path, service: Service) -> None:
         self.service = service
         path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_socket_free(path)
         if path.exists() or path.is_symlink():
             path.unlink()
         tmp = path.with_name(path.name + ".tmp")

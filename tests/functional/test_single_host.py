@@ -10,8 +10,10 @@ from __future__ import annotations
 import difflib
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -302,3 +304,23 @@ def test_container_by_netns_path_and_by_pid(lab: Lab) -> None:
     assert result.returncode != 0 and "no process with PID" in result.stderr
     result = lab.netctl("h1", "attach", "/etc/hostname", "--network", "blue", check=False)
     assert result.returncode != 0 and "not a network namespace" in result.stderr
+
+
+def test_second_daemon_on_same_socket_or_state_dir_is_refused(lab: Lab, tmp_path: Path) -> None:
+    host = lab.hosts["h1"]
+    netd = str(Path(sys.executable).with_name("netd"))
+    base = ["nsenter", f"--net=/run/netns/{host.netns}", netd, "--host", "h1",
+            "--store", lab.store_url]
+    same_socket = subprocess.run(
+        [*base, "--socket", str(host.socket), "--state-dir", str(tmp_path / "other")],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert same_socket.returncode != 0
+    assert "already serving on" in same_socket.stderr
+    same_state = subprocess.run(
+        [*base, "--socket", str(tmp_path / "other.sock"), "--state-dir", str(host.state_dir)],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert same_state.returncode != 0
+    assert "already running with state dir" in same_state.stderr
+    assert lab.netctl_json("h1", "status")["store"]["reachable"]
