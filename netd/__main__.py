@@ -12,6 +12,7 @@ import fcntl
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
 from importlib.metadata import entry_points
@@ -21,7 +22,7 @@ from typing import Any, TextIO
 from netd import config as config_mod
 from netd import netlink
 from netd.api import ApiServer, ensure_socket_free
-from netd.errors import Conflict, NetdError
+from netd.errors import Conflict, InvalidInput, NetdError
 from netd.hosts import HostRegistration
 from netd.model import Host
 from netd.plugin import Driver
@@ -82,14 +83,42 @@ def lock_state_dir(state_dir: Path) -> TextIO:
     return lock
 
 
+def lock_netns() -> socket.socket:
+    """One daemon per network namespace: two would sweep each other's links. An
+    abstract unix socket name is per netns and vanishes with the process."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind("\0netd-netns-lock")
+    except OSError:
+        sock.close()
+        raise Conflict(
+            "another netd is already running in this network namespace "
+            "(one netd per host)"
+        ) from None
+    return sock
+
+
 def run(cfg: config_mod.Config) -> None:
-    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    lock = lock_state_dir(cfg.state_dir)
+    for directory, what, mode in (
+        (cfg.state_dir, "state dir", 0o700),
+        (cfg.socket.parent, "API socket", 0o755),  # the socket itself is 0660
+    ):
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=mode)
+        except OSError as exc:
+            raise InvalidInput(f"cannot create {what} {directory}: {exc.strerror}") from None
     ensure_socket_free(cfg.socket)
+    lock = lock_state_dir(cfg.state_dir)
+    netns_lock = lock_netns()
     store = open_store(cfg.store or None, cfg.state_dir)
     keys = Keys()
     underlay_ip = cfg.underlay_ip or netlink.default_underlay_ip()
     underlay_mtu = netlink.underlay_mtu(underlay_ip)
+    if underlay_mtu is None:
+        raise InvalidInput(
+            f"underlay IP {underlay_ip} is not an address of this host; peers could not "
+            "reach it (give --underlay-ip one of this host's addresses)"
+        )
     host = Host(name=cfg.host, underlay_ip=underlay_ip, underlay_mtu=underlay_mtu)
     drivers = load_drivers(cfg.state_dir)
     driver_data: dict[str, dict[str, Any]] = {}
@@ -106,11 +135,17 @@ def run(cfg: config_mod.Config) -> None:
     )
     registration.start()
     reconciler = Reconciler(
-        store, keys, drivers, lambda: registration.host, resync_interval=cfg.resync_interval
+        store, keys, drivers, lambda: registration.host, resync_interval=cfg.resync_interval,
+        # a live host re-registers within one keepalive interval (ttl/3) of the store
+        # coming back; only a host silent beyond that is torn down
+        host_grace=max(cfg.host_ttl / 3, 1.0) + 1.0,
     )
     reconciler.start()
     service = Service(store, keys, registration, reconciler)
-    server = ApiServer(cfg.socket, service)
+    try:
+        server = ApiServer(cfg.socket, service)
+    except OSError as exc:
+        raise InvalidInput(f"cannot create API socket {cfg.socket}: {exc.strerror}") from None
     server.start()
     log.info(
         "netd ready: host %s underlay %s (mtu %d), drivers %s, socket %s",
@@ -130,6 +165,7 @@ def run(cfg: config_mod.Config) -> None:
         driver.close()
     store.close()
     lock.close()
+    netns_lock.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,6 +14,8 @@ from netd.model import check_name, parse_ip
 
 DEFAULT_SOCKET = Path("/run/netd/netd.sock")
 DEFAULT_STATE_DIR = Path("/var/lib/netd")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "text")
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,8 @@ def parser() -> argparse.ArgumentParser:
                    "(default 30)")
     p.add_argument("--resync-interval", type=float, help="seconds between full resyncs "
                    "(default 30)")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--log-format", choices=["json", "text"])
+    p.add_argument("--log-level", choices=LOG_LEVELS)
+    p.add_argument("--log-format", choices=LOG_FORMATS)
     return p
 
 
@@ -73,14 +75,25 @@ def _from_file(config: Config, path: Path) -> Config:
         raise InvalidInput(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(f"config file {path} is not valid TOML: {exc}") from None
-    known = {f.name: f for f in fields(Config)}
+    known = {f.name for f in fields(Config)}
     values: dict[str, Any] = {}
     for raw_key, value in data.items():
         key = raw_key.replace("-", "_")
         if key not in known:
             raise InvalidInput(f"config file {path}: unknown setting {raw_key!r}")
+        expected = _FILE_TYPES.get(key, str)
+        if isinstance(value, bool) or not isinstance(value, expected):
+            names = " or ".join(t.__name__ for t in expected) if isinstance(expected, tuple) \
+                else expected.__name__
+            raise InvalidInput(f"config file {path}: {raw_key} must be a {names}, not {value!r}")
         values[key] = Path(value) if key in ("socket", "state_dir") else value
     return replace(config, **values)
+
+
+_FILE_TYPES: dict[str, type | tuple[type, ...]] = {
+    "host_ttl": int,
+    "resync_interval": (int, float),
+}
 
 
 def _finish(config: Config) -> Config:
@@ -90,4 +103,12 @@ def _finish(config: Config) -> Config:
         parse_ip(config.underlay_ip, "underlay IP")
     if config.host_ttl < 1:
         raise InvalidInput("--host-ttl must be at least 1 second")
-    return replace(config, host=host)
+    if config.resync_interval < 1:
+        raise InvalidInput("--resync-interval must be at least 1 second")
+    for name, choices in (("log_level", LOG_LEVELS), ("log_format", LOG_FORMATS)):
+        if getattr(config, name) not in choices:
+            raise InvalidInput(
+                f"{name.replace('_', '-')} must be one of {', '.join(choices)}, "
+                f"not {getattr(config, name)!r}"
+            )
+    return replace(config, host=host, resync_interval=float(config.resync_interval))

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from netd.errors import NetdError
+from netd.errors import Conflict, NetdError
 from netd.model import Host
 from netd.store.base import Store
 from netd.store.keys import Keys
@@ -67,15 +67,32 @@ class HostRegistration:
         except (OSError, ValueError):
             return 0
 
+    def _claim(self) -> None:
+        """Take this host's name in the store, or refuse if another live daemon has it.
+
+        The record exists only while its lease lives. If it carries the lease saved in
+        our state dir, it is ours from before a restart: keep it (peers see nothing).
+        Any other live lease belongs to another daemon using the same --host."""
+        current = self._store.get(self._keys.host(self._host.name))
+        saved = self._saved_lease()
+        if current is not None and current.lease and current.lease == saved:
+            if self._store.keepalive(saved):
+                self._lease = saved
+                return
+        elif current is not None and current.lease:
+            other = Host.from_json(current.value)
+            raise Conflict(
+                f"host name {self._host.name!r} is already registered by another live netd "
+                f"(underlay {other.underlay_ip}); give this daemon another --host, or wait "
+                f"up to {self._ttl} s if that daemon is gone"
+            )
+        self._lease = self._store.grant_lease(self._ttl)
+        self._lease_file.write_text(str(self._lease))
+
     def _publish(self) -> None:
         with self._lock:
             if not self._lease:
-                saved = self._saved_lease()
-                if saved and self._store.keepalive(saved):
-                    self._lease = saved
-                else:
-                    self._lease = self._store.grant_lease(self._ttl)
-                    self._lease_file.write_text(str(self._lease))
+                self._claim()
             self._store.put(self._keys.host(self._host.name), self._host.to_json(), self._lease)
 
     def _run(self) -> None:
@@ -92,7 +109,12 @@ class HostRegistration:
                     self._on_change()
                     continue
                 current = self._store.get(self._keys.host(self.host.name))
-                if current is None or current.value != self.host.to_json():
+                if current is not None and current.lease != lease:
+                    log.error(
+                        "host name %s is now registered by another daemon (lease %d); "
+                        "not fighting over it", self.host.name, current.lease,
+                    )
+                elif current is None or current.value != self.host.to_json():
                     self._publish()
             except NetdError as exc:
                 log.warning("host registration: %s", exc)

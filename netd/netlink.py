@@ -699,8 +699,8 @@ def default_underlay_ip() -> str:
     return "127.0.0.1"
 
 
-def underlay_mtu(ip: str) -> int:
-    """MTU of the link that carries `ip` (1500 when the address is not local)."""
+def underlay_mtu(ip: str) -> int | None:
+    """MTU of the link that carries `ip`; None when `ip` is no address of this netns."""
     with IPRoute() as ipr:
         for addr in ipr.get_addr(family=_AF_INET, address=ip):
             links = ipr.link("get", index=addr["index"])
@@ -708,4 +708,4 @@ def underlay_mtu(ip: str) -> int:
                 mtu = int(links[0].get_attr("IFLA_MTU") or 1500)
                 # loopback's 65536 is no underlay: treat a loopback-only host as 1500
                 return 1500 if mtu > 9216 else mtu
-    return 1500
+    return None

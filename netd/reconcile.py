@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from netd.calc import Snapshot, desired_states
@@ -48,6 +48,7 @@ class Reconciler:
         this_host: Callable[[], Host],
         resync_interval: float = 30.0,
         retry_interval: float = 1.0,
+        host_grace: float = 0.0,
     ) -> None:
         self._store = store
         self._keys = keys
@@ -55,6 +56,10 @@ class Reconciler:
         self._this_host = this_host
         self._resync_interval = resync_interval
         self._retry_interval = retry_interval
+        self._retry_delay = retry_interval
+        self._host_grace = host_grace
+        # hosts whose registry key vanished: (last record, when); see _with_departed
+        self._departed: dict[str, tuple[Host, float]] = {}
         self._cache = _DecodedCache(keys)
         self._status = SyncStatus()
         self._cond = threading.Condition()
@@ -82,6 +87,32 @@ class Reconciler:
     def snapshot(self) -> Snapshot:
         with self._cond:
             return self._cache.snapshot()
+
+    def _with_departed(self, snapshot: Snapshot) -> Snapshot:
+        """Keep a vanished host in the desired state for `host_grace` seconds.
+
+        A lease can expire for a reason that is not the host's death: the store was
+        unreachable (or paused) longer than the TTL, and every lease lapsed at once.
+        Live daemons re-register within one keepalive interval of the store coming
+        back; tearing their tunnels down meanwhile would cut traffic between healthy
+        hosts. A host that does not come back within the grace is dropped."""
+        now = time.monotonic()
+        for name in [n for n in self._departed if n in snapshot.hosts]:
+            del self._departed[name]
+        for name in [n for n, (_, t) in self._departed.items() if now - t >= self._host_grace]:
+            del self._departed[name]
+        if not self._departed:
+            return snapshot
+        hosts = {name: host for name, (host, _) in self._departed.items()}
+        return replace(snapshot, hosts={**hosts, **snapshot.hosts})
+
+    def _note_departures(self, before: Mapping[str, Host], after: Mapping[str, Host]) -> None:
+        if self._host_grace <= 0:
+            return
+        now = time.monotonic()
+        for name, host in before.items():
+            if name not in after and name not in self._departed:
+                self._departed[name] = (host, now)
 
     def wait_applied(self, revision: int, timeout: float) -> bool:
         """Block until a snapshot at >= revision has been applied (True) or timeout."""
@@ -120,29 +151,33 @@ class Reconciler:
     def _list_and_watch(self) -> None:
         items, revision = self._store.list(self._keys.root())
         with self._cond:
+            before = self._cache.hosts()
             self._cache = _DecodedCache(self._keys, {kv.key: kv.value for kv in items})
+            self._note_departures(before, self._cache.hosts())
         self._set_store_state(True, "")
         watch = self._store.watch(self._keys.root(), revision + 1)
         try:
             self._apply(revision, verify=True)
             next_resync = time.monotonic() + self._resync_interval
             while not self._stop.is_set():
-                wait = 0.2
-                if self._status.errors:
-                    wait = min(wait, self._retry_interval)
-                events = watch.get(timeout=wait)
+                events = watch.get(timeout=0.2)
                 for ev in events:
                     revision = max(revision, ev.revision)
                     with self._cond:
                         if ev.type == "put" and ev.value is not None:
                             self._cache.put(ev.key, ev.value)
                         else:
+                            before = self._cache.hosts()
                             self._cache.delete(ev.key)
+                            self._note_departures(before, self._cache.hosts())
                 due = time.monotonic() >= next_resync
                 retry = bool(self._status.errors) and (
-                    time.time() - self._status.last_sync >= self._retry_interval
+                    time.time() - self._status.last_sync >= self._retry_delay
                 )
-                if events or due or retry or self._kick.is_set():
+                grace_over = any(
+                    time.monotonic() - t >= self._host_grace for _, t in self._departed.values()
+                )
+                if events or due or retry or grace_over or self._kick.is_set():
                     self._kick.clear()
                     self._apply(revision, verify=due)
                     if due:
@@ -151,7 +186,7 @@ class Reconciler:
             watch.close()
 
     def _apply(self, revision: int, verify: bool) -> None:
-        snapshot = self.snapshot()
+        snapshot = self._with_departed(self.snapshot())
         host = self._this_host()
         desired = desired_states(snapshot, host, set(self._drivers))
         sweep = self._status.syncs > 0
@@ -164,8 +199,15 @@ class Reconciler:
             except Exception as exc:
                 log.exception("driver %s failed", name)
                 report.fail(f"driver:{name}", f"internal error: {exc}")
+        previous = self._status.errors
         for item, message in report.errors.items():
-            log.warning("apply failed for %s: %s", item, message)
+            level = logging.DEBUG if previous.get(item) == message else logging.WARNING
+            log.log(level, "apply failed for %s: %s", item, message)
+        # the same items failing the same way again: back off (1 s, 2 s ... 30 s)
+        if report.errors and report.errors == previous:
+            self._retry_delay = min(self._retry_delay * 2, 30.0)
+        else:
+            self._retry_delay = self._retry_interval
         if report.changed:
             log.info("applied revision %d: %d kernel changes", revision, report.changed)
         with self._cond:
@@ -224,6 +266,9 @@ class _DecodedCache:
         for source, table in self._tables(part):
             for name in source:
                 table.pop(name, None)
+
+    def hosts(self) -> dict[str, Host]:
+        return dict(self._hosts)
 
     def snapshot(self) -> Snapshot:
         return Snapshot(
