@@ -132,6 +132,7 @@ class WeaveDriver:
                 keep |= backend.link_names(ns)
                 keep |= {host_veth_name(ep.network, ep.name) for ep in ns.local}
                 plans.append((backend, ns))
+        self._refresh_neighbours_of_removed(plans)
         # verify: the host side of every endpoint comes from this one dump
         owned = self._list_owned(report) if verify else None
         if sweep and (verify or not self._listed_sweep_done):
@@ -159,6 +160,20 @@ class WeaveDriver:
         self._named |= keep
         self._nl.close_unused(set())
         return report
+
+    def _refresh_neighbours_of_removed(self, plans: list[tuple[Backend, NetworkState]]) -> None:
+        """An endpoint going away may take its container's default route with it: the
+        container's remaining endpoints are applied again so one of them installs it."""
+        wanted = {endpoint_id(ep): ep for _, ns in plans for ep in ns.local}
+        gone = {
+            done[-1].netns
+            for item, done in self._applied.items()
+            if item.startswith("endpoint:") and item not in wanted
+            and isinstance(done, tuple) and isinstance(done[-1], Endpoint)
+        }
+        for item, ep in wanted.items():
+            if ep.netns in gone:
+                self._applied.pop(item, None)
 
     def _forget(self, ns: NetworkState) -> None:
         for item in (network_id(ns.network), remotes_id(ns.network)):
@@ -189,8 +204,9 @@ class WeaveDriver:
         if not fresh:
             self._forget(ns)
             if not backend.apply_network(ns, host, report):
+                reason = report.errors.get(network_id(net), "")
                 for ep in ns.local:
-                    report.fail(endpoint_id(ep), f"network {net.name} is not ready")
+                    report.fail(endpoint_id(ep), f"network {net.name} is not ready: {reason}")
                 return
             self._applied[network_id(net)] = fingerprint
         bridge: Link | None = None

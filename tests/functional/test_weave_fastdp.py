@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -626,3 +627,39 @@ def test_two_hosts_talk_over_vxlan_and_sweep_cleans_a_host(
     assert "ndb" not in left and "ndv" not in left and "ndh" not in left
     assert ua in left  # not netd's: untouched
     assert not ping(cb, ep_a.ip)
+
+
+def test_detaching_the_default_route_network_moves_the_route(
+    driver: WeaveDriver, make_netns: Callable[[str], str], vni: int
+) -> None:
+    """A container on two networks loses its default route with the first one's veth;
+    the next apply must give it one via the remaining network."""
+    first, second = network(vni), network(vni + 1)
+    c = make_netns("twr")
+    on_first = endpoint(first, "r", LOCAL.name, netns_path(c), 10)
+    on_second = replace(endpoint(second, "r", LOCAL.name, netns_path(c), 10), ifname="eth1")
+
+    def both(*eps: Endpoint) -> HostState:
+        nets = {}
+        for ep in eps:
+            net = first if ep.network == first.name else second
+            nets[net.name] = NetworkState(network=net, local=(ep,), remote=(), peers=())
+        return HostState(host=LOCAL, networks=nets, hosts={LOCAL.name: LOCAL})
+
+    try:
+        ok(driver.apply(both(on_first, on_second), sweep=False, verify=True))
+        route = in_netns(c, "ip", "route", "show", "default").stdout
+        assert f"via {first.gateway} dev eth0" in route
+        ok(driver.apply(both(on_second), sweep=False, verify=False))
+        route = in_netns(c, "ip", "route", "show", "default").stdout
+        assert f"via {second.gateway} dev eth1" in route, route
+    finally:
+        driver.close()
+        nl = Netlink()
+        for name in sorted(link_names()):
+            if name.startswith("ndh") and name in driver._named:
+                nl.delete_link(name)
+        for v in (vni, vni + 1):
+            nl.delete_link(vxlan_name(v))
+            nl.delete_link(bridge_name(v))
+        nl.close()
