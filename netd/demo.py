@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -22,10 +23,12 @@ from netd.lab import Lab, run
 
 KEEP_FILE = Path("/run/netd-demo.json")
 
+# Both tenants use the same subnet on purpose: if isolation failed, the other
+# tenant's containers would be one ARP away, so every "x" in the matrix means something.
 NETWORKS = [
-    # name, tenant, subnet, backend, extra flags
-    ("frontend", "acme", "10.10.0.0/24", "fastdp", ()),
-    ("backend", "globex", "10.20.0.0/24", "sleeve", ("--encrypt",)),
+    # name, tenant, subnet, first host octet, backend, extra flags
+    ("frontend", "acme", "10.10.0.0/24", 10, "fastdp", ()),
+    ("backend", "globex", "10.10.0.0/24", 20, "sleeve", ("--encrypt",)),
 ]
 
 
@@ -42,21 +45,27 @@ def run_demo(keep: bool = False, hosts: int = 3, as_json: bool = False) -> int:
     if hosts < 2 or hosts > 20:
         print("netctl: demo --hosts must be 2..20", file=sys.stderr)
         return 2
+    if keep and KEEP_FILE.exists():
+        print("netctl: a demo is already up; remove it first with `netctl demo --down`",
+              file=sys.stderr)
+        return 1
     store = "etcd" if shutil.which("etcd") else "embedded"
-    lab = Lab(hosts=hosts, store=store, host_ttl=10)
+    lab = Lab(hosts=hosts, store=store, host_ttl=10, prefix=f"dm{secrets.token_hex(2)}")
     say = (lambda *a: None) if as_json else (lambda *a: print(*a, file=sys.stderr))
+    kept = False
     try:
         say(f"starting {hosts} simulated hosts (store: {store}, lab {lab.prefix}) ...")
         lab.start()
         first = next(iter(lab.hosts))
-        for name, tenant, subnet, backend, extra in NETWORKS:
+        for name, tenant, subnet, _octet, backend, extra in NETWORKS:
             lab.netctl(first, "network", "create", name, "--subnet", subnet,
                        "--tenant", tenant, "--backend", backend, *extra)
-            say(f"network {name}: tenant {tenant}, {subnet}, weave/{backend} {' '.join(extra)}")
+            say(f"network {name}: tenant {tenant}, {subnet}, weave/{backend} {' '.join(extra)}"
+                .rstrip())
         containers: list[dict[str, str]] = []
         for i, host in enumerate(lab.hosts, start=1):
-            for name, _tenant, subnet, _backend, _extra in NETWORKS:
-                ip = subnet.rsplit(".", 1)[0] + f".{10 + i}"
+            for name, _tenant, subnet, octet, _backend, _extra in NETWORKS:
+                ip = subnet.rsplit(".", 1)[0] + f".{octet + i}"
                 netns = lab.add_container(host, f"{name[:3]}{i}")
                 lab.netctl(host, "attach", netns, "--network", name, "--ip", ip)
                 containers.append({"netns": netns, "host": host, "network": name, "ip": ip})
@@ -72,14 +81,17 @@ def run_demo(keep: bool = False, hosts: int = 3, as_json: bool = False) -> int:
                   if ok else "UNEXPECTED connectivity, see the matrix")
         if keep:
             _keep(lab)
+            kept = True
             say(_explore_help(lab, containers))
-            return 0 if ok else 1
         return 0 if ok else 1
+    except KeyboardInterrupt:
+        print("netctl: demo interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:
         print(f"netctl: demo failed: {exc}", file=sys.stderr)
         return 1
     finally:
-        if not keep:
+        if not kept:
             say("tearing down ...")
             lab.close()
 
@@ -157,14 +169,45 @@ def down() -> int:
         print("netctl: no demo is running", file=sys.stderr)
         return 1
     state = json.loads(KEEP_FILE.read_text())
-    for pid in state["pids"]:
+    mine = [pid for pid in state["pids"] if _is_lab_process(pid, state["dir"])]
+    for pid in mine:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in mine) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in mine:
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     for netns in reversed(state["namespaces"]):
-        run(["ip", "netns", "del", netns], check=False)
+        if netns.startswith(state["prefix"] + "-"):
+            run(["ip", "netns", "del", netns], check=False)
     shutil.rmtree(state["dir"], ignore_errors=True)
     KEEP_FILE.unlink()
     print(f"demo {state['prefix']} removed")
     return 0
 
+
+def _is_lab_process(pid: int, lab_dir: str) -> bool:
+    """Only a process whose command line names the lab's directory is the demo's."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return False
+    return lab_dir.encode() in cmdline
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0]
+    except (OSError, IndexError):
+        return ""

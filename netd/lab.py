@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 UNDERLAY_NET = "10.250.0"
 ETCD_ADDRESS = f"{UNDERLAY_NET}.254"
@@ -86,6 +86,7 @@ class Lab:
         self.containers: dict[str, str] = {}  # container netns -> host name
         self._namespaces: list[str] = []
         self._etcd: subprocess.Popen[bytes] | None = None
+        self._logs: list[IO[bytes]] = []  # child processes' log files, closed by close()
         self._n_hosts = hosts
         self.store_url = ""
 
@@ -127,7 +128,15 @@ class Lab:
         for netns in reversed(self._namespaces):
             run(["ip", "netns", "del", netns], check=False)
         self._namespaces.clear()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _log_file(self, path: Path) -> IO[bytes]:
+        log = open(path, "ab")  # noqa: SIM115 - the child writes to it until close()
+        self._logs.append(log)
+        return log
 
     def _add_netns(self, name: str) -> None:
         run(["ip", "netns", "add", name])
@@ -136,7 +145,7 @@ class Lab:
     def _start_etcd(self) -> None:
         url = f"http://{ETCD_ADDRESS}:2379"
         peer = f"http://{ETCD_ADDRESS}:2380"
-        log = open(self.dir / "etcd.log", "wb")  # noqa: SIM115
+        log = self._log_file(self.dir / "etcd.log")
         self._etcd = subprocess.Popen(
             ns_exec(
                 self.switch, "etcd", "--name", "lab", "--data-dir", str(self.dir / "etcd"),
@@ -191,7 +200,7 @@ class Lab:
             "--resync-interval", str(self.resync_interval), "--log-level", "info",
             *host.extra_args,
         )
-        log = open(host.log, "ab")  # noqa: SIM115
+        log = self._log_file(host.log)
         host.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + wait
         while not host.socket.exists():
@@ -216,9 +225,8 @@ class Lab:
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
-            if True:
-                proc.kill()
-                proc.wait()
+            proc.kill()
+            proc.wait()
 
     # --- containers and commands -------------------------------------------------------
     def add_container(self, host: str, name: str) -> str:
