@@ -18,6 +18,8 @@ Wire format, 8-byte header (model.SLEEVE_HEADER), then the payload:
 Payload: the Ethernet frame; with the gso flag, a 10-byte virtio_net_hdr (little
 endian, as the TAP gives it) precedes the frame. Encrypted: nonce | AES-GCM(payload) |
 tag with the 8 header bytes as associated data, so the underlay shows no inner header.
+Each authentic datagram's nonce then passes the sender's replay window (crypto.PeerReplay,
+one per network and peer IP, touched only by the RX thread): a nonce is accepted once.
 A frame that is not GSO never carries the virtio header, so a full-MTU frame fits the
 underlay exactly (network MTU = underlay - 28 - 14 - 8 [- 28]); plain frames whose
 checksum the kernel left to the "device" carry its position in bytes 5..7, encrypted
@@ -39,7 +41,14 @@ from typing import Any
 from netd.errors import Conflict, DatapathError, InvalidInput, NotFound
 from netd.model import SLEEVE_HEADER, check_mac, check_mtu, check_vni
 from plugins.weave import tap
-from plugins.weave.crypto import OVERHEAD, FrameCipher, FrameRejected
+from plugins.weave.crypto import (
+    NONCE_SIZE,
+    OVERHEAD,
+    REPLAYED,
+    FrameCipher,
+    FrameRejected,
+    PeerReplay,
+)
 
 DEFAULT_PORT = 6784
 MAGIC = 0x57
@@ -118,6 +127,8 @@ class _Stats:
     bytes_in: int = 0
     flooded: int = 0
     drops_auth: int = 0  # failed authentication, or plaintext on an encrypted network
+    drops_replay: int = 0  # authentic, but its nonce was already received
+    drops_too_old: int = 0  # authentic, but below the replay window or a retired prefix
     drops_unknown_peer: int = 0
     drops_malformed: int = 0
     drops_oversize: int = 0
@@ -140,6 +151,7 @@ class _Network:
         self.cipher: FrameCipher | None = None
         self.peers: tuple[Addr, ...] = ()
         self.peer_by_ip: dict[str, Addr] = {}
+        self.replay: dict[str, PeerReplay] = {}  # by peer IP; owned by the RX thread
         self.static_ips: dict[bytes, str] = {}
         self.static: dict[bytes, Addr] = {}
         self.learned: dict[bytes, Addr] = {}
@@ -243,6 +255,7 @@ class SleeveEngine:
             else:
                 net.mtu = mtu
                 if key != net.key:
+                    net.replay = {ip: PeerReplay() for ip in net.peer_by_ip}
                     net.cipher = cipher
             net.key = key
 
@@ -251,7 +264,11 @@ class SleeveEngine:
         addrs = tuple(dict.fromkeys(parse_peer(p, self.port) for p in peers))
         with self._lock:
             net = self._network(vni)
+            old = net.replay
+            replay = {ip: old.get(ip) or PeerReplay() for ip, _ in addrs}
+            net.replay = {**old, **replay}  # the RX thread finds a new peer's state first
             net.peer_by_ip = {ip: (ip, port) for ip, port in addrs}
+            net.replay = replay
             net.peers = addrs
             net.static = self._resolve_static(net, net.static_ips)
             keep = set(addrs)
@@ -442,6 +459,7 @@ class SleeveEngine:
         pv_frame = pv[VNET:]
         recv_view = mv[2:]
         hdr_view = mv[2:10]
+        nonce_view = mv[10 : 10 + NONCE_SIZE]
         recvfrom_into = self._sock.recvfrom_into
         dontwait = socket.MSG_DONTWAIT
         poller = select.poll()
@@ -485,6 +503,17 @@ class SleeveEngine:
                         size = VNET + cipher.open_into(hdr_view, mv[10:end], pv_frame)
                 except FrameRejected:
                     st.drops_auth += 1
+                    continue
+                replay = net.replay.get(addr[0])
+                if replay is None:  # removed by set_peers meanwhile
+                    st.drops_unknown_peer += 1
+                    continue
+                verdict = replay.accept(int.from_bytes(nonce_view, "big"))
+                if verdict:
+                    if verdict == REPLAYED:
+                        st.drops_replay += 1
+                    else:
+                        st.drops_too_old += 1
                     continue
                 frame = pv[:size]
             elif flags & F_ENCRYPTED:

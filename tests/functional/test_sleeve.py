@@ -11,13 +11,14 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from netd.model import network_mtu
-from plugins.weave.crypto import FrameCipher
+from plugins.weave.crypto import WINDOW, FrameCipher
 from plugins.weave.sleeve import F_ENCRYPTED, MAGIC, header
 from tests.support.sleeve_runner import SleeveLab, in_ns, sh
 
@@ -126,43 +127,60 @@ def test_vnis_are_isolated(lab: Lab) -> None:
     assert lab.mac("a1") in lab.net(lab.h2, PLAIN)["learned_macs"]  # control: it did flood
 
 
-def _pcap_udp_packets(path: Path) -> list[tuple[bytes, bytes]]:
-    """(outer IPv4 header, UDP payload) of every captured IPv4/UDP Ethernet frame."""
+def _pcap_ipv4_packets(path: Path) -> list[bytes]:
+    """The IPv4 packets of every captured IPv4 Ethernet frame, as they were on the wire."""
     data = path.read_bytes()
     out, pos = [], 24
     while pos + 16 <= len(data):
         incl = struct.unpack_from("<I", data, pos + 8)[0]
         frame = data[pos + 16 : pos + 16 + incl]
         pos += 16 + incl
-        if frame[12:14] != b"\x08\x00":
-            continue
-        ihl = (frame[14] & 0x0F) * 4
-        ip_hdr = frame[14 : 14 + ihl]
-        if ip_hdr[9] != 17:
-            continue
-        out.append((ip_hdr, frame[14 + ihl + 8 :]))
+        if frame[12:14] == b"\x08\x00":
+            out.append(frame[14:])
     return out
 
 
-def test_underlay_carries_no_plaintext_when_encrypted(lab: Lab) -> None:
-    pcap = Path(tempfile.mkdtemp(prefix="ts-sleeve-")) / "underlay.pcap"
+def _udp_packets(packets: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """(outer IPv4 header, UDP payload) of every IPv4/UDP packet."""
+    out = []
+    for packet in packets:
+        ihl = (packet[0] & 0x0F) * 4
+        if packet[9] == 17:
+            out.append((packet[:ihl], packet[ihl + 8 :]))
+    return out
+
+
+@contextmanager
+def _capture(netns: str, bpf: str) -> Iterator[list[bytes]]:
+    """tcpdump on the underlay interface of host `netns` while the block runs; after the
+    block the yielded list holds the captured IPv4 packets."""
+    packets: list[bytes] = []
+    pcap = Path(tempfile.mkdtemp(prefix="tr-sleeve-")) / "underlay.pcap"
     dump = subprocess.Popen(
-        in_ns(lab.h1, "tcpdump", "--immediate-mode", "-Z", "root", "-i", "tsu0", "-n",
-              "-U", "-w", str(pcap), "udp"),
+        in_ns(netns, "tcpdump", "--immediate-mode", "-Z", "root", "-i", "tsu0", "-n",
+              "-U", "-w", str(pcap), bpf),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
-        assert dump.stderr is not None
-        assert "listening" in dump.stderr.readline()
+        try:
+            assert dump.stderr is not None
+            assert "listening" in dump.stderr.readline()
+            yield packets
+            time.sleep(0.3)
+        finally:
+            dump.send_signal(signal.SIGINT)
+            dump.wait(timeout=10)
+        packets.extend(_pcap_ipv4_packets(pcap))
+    finally:
+        shutil.rmtree(pcap.parent)
+
+
+def test_underlay_carries_no_plaintext_when_encrypted(lab: Lab) -> None:
+    with _capture(lab.h1, "udp") as captured:
         for src, dst, vni in (("a1", "a2", PLAIN), ("b1", "b2", ENC)):
             result = lab.ping(src, IP[dst], "-p", PATTERN, "-M", "do", "-s", str(MTU[vni] - 28))
             assert result.returncode == 0, result.stdout
-        time.sleep(0.3)
-    finally:
-        dump.send_signal(signal.SIGINT)
-        dump.wait(timeout=10)
-    packets = _pcap_udp_packets(pcap)
-    shutil.rmtree(pcap.parent)
+    packets = _udp_packets(captured)
     by_vni: dict[int, list[tuple[bytes, bytes]]] = {PLAIN: [], ENC: []}
     for ip_hdr, payload in packets:
         if len(payload) >= 8 and payload[0] == MAGIC:
@@ -224,6 +242,81 @@ def test_frames_from_unknown_hosts_and_forged_frames_are_dropped(lab: Lab) -> No
         assert enc["learned_macs"].get("02:aa:00:00:00:02") == peer_ip  # control
     finally:
         sh("ip", "-n", lab.h2, "addr", "del", f"{stranger}/24", "dev", "tsu0", check=False)
+
+
+def _with_udp_checksum(packet: bytes) -> bytes:
+    """A captured packet with its UDP checksum completed: a veth capture shows only the
+    pseudo-header sum that checksum offload would have finished."""
+    ihl = (packet[0] & 0x0F) * 4
+    udp = bytearray(packet[ihl:])
+    udp[6:8] = b"\0\0"
+    data = packet[12:20] + bytes((0, 17)) + len(udp).to_bytes(2, "big") + udp
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    udp[6:8] = ((~total & 0xFFFF) or 0xFFFF).to_bytes(2, "big")
+    return packet[:ihl] + bytes(udp)
+
+
+def _replay_from(netns: str, packets: list[bytes]) -> None:
+    """Re-send captured IPv4 packets (outer header included) from netns, unchanged but
+    for the UDP checksum."""
+    packets = [_with_udp_checksum(p) for p in packets]
+    code = (
+        "import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_RAW, "
+        "socket.IPPROTO_RAW)\n"
+        "for p in sys.argv[1:]:\n"
+        "    b=bytes.fromhex(p); s.sendto(b, (socket.inet_ntoa(b[16:20]), 0))"
+    )
+    sh(*in_ns(netns, "python3", "-c", code, *(p.hex() for p in packets)))
+
+
+def _sealed_from(packets: list[bytes], vni: int) -> list[bytes]:
+    return [
+        p for p in packets
+        if len(p) > 60 and p[9] == 17 and p[28] == MAGIC and p[29] & F_ENCRYPTED
+        and int.from_bytes(p[30:33], "big") == vni
+    ]
+
+
+def test_replayed_encrypted_frames_are_dropped_while_live_traffic_flows(lab: Lab) -> None:
+    peer_ip = lab.lab.underlay_ip[lab.h2]
+    with _capture(lab.h1, f"udp and src host {peer_ip} and dst port 6784") as captured:
+        result = lab.ping("b1", IP["b2"], count=3)
+        assert result.returncode == 0, result.stdout
+    sealed = _sealed_from(captured, ENC)
+    assert len(sealed) >= 3, f"captured {len(captured)} packets, {len(sealed)} sealed"
+    before = lab.net(lab.h1, ENC)
+    live = subprocess.Popen(
+        in_ns(lab.ns["b1"], "ping", "-c", "10", "-i", "0.1", "-W", "1", IP["b2"]),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        time.sleep(0.2)
+        _replay_from(lab.h2, sealed * 2)
+    finally:
+        out, _ = live.communicate(timeout=20)
+    assert live.returncode == 0 and " 0% packet loss" in out, out
+    time.sleep(0.2)
+    after = lab.net(lab.h1, ENC)
+    assert after["drops_replay"] - before["drops_replay"] == 2 * len(sealed)
+    assert after["drops_auth"] == before["drops_auth"]  # authentic: the exact bytes
+    assert after["drops_too_old"] == before["drops_too_old"]
+    assert after["frames_in"] > before["frames_in"]  # the live pings
+
+    # once more than the window of newer frames arrived, they are too old instead
+    flood = sh(*in_ns(lab.ns["b1"], "ping", "-f", "-q", "-c", str(WINDOW + 100), IP["b2"]),
+               check=False, timeout=60)
+    assert flood.returncode == 0, flood.stdout + flood.stderr
+    _replay_from(lab.h2, sealed)
+    time.sleep(0.2)
+    final = lab.net(lab.h1, ENC)
+    assert final["drops_too_old"] - after["drops_too_old"] == len(sealed)
+    assert final["drops_replay"] == after["drops_replay"]
+    result = lab.ping("b1", IP["b2"])
+    assert result.returncode == 0, result.stdout
 
 
 def test_restarted_engine_adopts_persistent_tap(lab: Lab) -> None:

@@ -123,7 +123,7 @@ class SleeveLab:
     """Two (or more) simulated hosts with a veth/bridge underlay and sleeve networks."""
 
     def __init__(self, hosts: int = 2) -> None:
-        self.tag = "ts" + secrets.token_hex(3)
+        self.tag = "tr" + secrets.token_hex(3)
         self.namespaces: list[str] = []
         self.engines: dict[str, SleeveProc] = {}
         self.hosts: list[str] = []

@@ -1,15 +1,30 @@
-"""Sleeve crypto and framing helpers: round trip, tamper rejection, nonce uniqueness."""
+"""Sleeve crypto and framing helpers: round trip, tamper rejection, nonce uniqueness,
+anti-replay windows."""
 
 from __future__ import annotations
 
 import os
+import random
 import threading
 
 import pytest
 
 from netd.errors import InvalidInput
 from plugins.weave import crypto
-from plugins.weave.crypto import OVERHEAD, FrameCipher, FrameRejected, NonceSource
+from plugins.weave.crypto import (
+    ACCEPTED,
+    MAX_PREFIXES,
+    MAX_RETIRED,
+    OVERHEAD,
+    REPLAYED,
+    TOO_OLD,
+    WINDOW,
+    FrameCipher,
+    FrameRejected,
+    NonceSource,
+    PeerReplay,
+    ReplayWindow,
+)
 from plugins.weave.sleeve import MAGIC, complete_checksum, header, parse_peer
 
 HDR = header(4242, 1)
@@ -136,3 +151,108 @@ def test_parse_peer() -> None:
     for bad in ("nohost", "10.0.0.1:0", "10.0.0.1:x"):
         with pytest.raises(InvalidInput):
             parse_peer(bad, 6784)
+
+
+def test_window_accepts_in_order_and_rejects_duplicates() -> None:
+    window = ReplayWindow()
+    assert [window.accept(c) for c in range(5000)] == [ACCEPTED] * 5000
+    assert window.accept(4999) == REPLAYED  # the highest one
+    assert window.accept(4000) == REPLAYED
+    assert window.accept(5000 - WINDOW) == REPLAYED  # the oldest still in the window
+    assert window.accept(5000 - WINDOW - 1) == TOO_OLD
+    assert window.accept(0) == TOO_OLD
+
+
+def test_window_accepts_reordered_frames_once() -> None:
+    window = ReplayWindow()
+    assert window.accept(100) == ACCEPTED
+    for counter in (50, 99, 0, 101, 98):
+        assert window.accept(counter) == ACCEPTED
+        assert window.accept(counter) == REPLAYED
+    assert window.accept(WINDOW) == ACCEPTED  # 0 drops out of the window, 1 stays
+    assert window.accept(2) == ACCEPTED
+    assert window.accept(0) == TOO_OLD
+
+
+def test_window_jump_beyond_its_size_forgets_the_past() -> None:
+    window = ReplayWindow()
+    for counter in (0, 1, 2):
+        window.accept(counter)
+    top = (1 << 32) - 1
+    assert window.accept(top) == ACCEPTED
+    assert window.accept(2) == TOO_OLD
+    assert window.accept(top - 1) == ACCEPTED
+    assert window.accept(top) == REPLAYED
+    assert window.seen.bit_length() <= WINDOW
+
+
+def test_window_matches_a_reference_model_under_random_reordering() -> None:
+    rng = random.Random(7)
+    window, seen, top = ReplayWindow(), set(), -1
+    counters = list(range(20_000))
+    for i in range(0, len(counters), 500):  # shuffle in chunks, and duplicate some
+        chunk = counters[i : i + 500] + rng.sample(counters[max(0, i - 3000) : i + 500], 100)
+        rng.shuffle(chunk)
+        for c in chunk:
+            if c <= top - WINDOW:
+                expected = TOO_OLD
+            elif c in seen:
+                expected = REPLAYED
+            else:
+                expected = ACCEPTED
+                seen.add(c)
+                top = max(top, c)
+            assert window.accept(c) == expected, c
+    assert window.seen.bit_length() <= WINDOW
+
+
+def _nonce(prefix: int, counter: int) -> int:
+    return prefix << 32 | counter
+
+
+def test_peer_accepts_a_new_prefix_and_keeps_the_previous_ones() -> None:
+    peer = PeerReplay()
+    old, new = 0x1111, 0x2222  # e.g. before and after a restart or a counter wrap
+    assert peer.accept(_nonce(old, 7)) == ACCEPTED
+    assert peer.accept(_nonce(new, 0)) == ACCEPTED
+    assert peer.accept(_nonce(new, 0)) == REPLAYED
+    assert peer.accept(_nonce(old, 7)) == REPLAYED  # each prefix has its own window
+    assert peer.accept(_nonce(old, 6)) == ACCEPTED  # late frame of the previous prefix
+    assert peer.prefixes() == (2, 0)
+
+
+def test_peer_memory_is_bounded_and_evicted_prefixes_stay_refused() -> None:
+    peer = PeerReplay()
+    prefixes = list(range(1, 1001))
+    for prefix in prefixes:
+        assert peer.accept(_nonce(prefix, 5)) == ACCEPTED
+        assert peer.accept(_nonce(prefix, 5)) == REPLAYED
+    assert peer.prefixes() == (MAX_PREFIXES, MAX_RETIRED)
+    retired = prefixes[-MAX_PREFIXES - 1]
+    assert peer.accept(_nonce(retired, 6)) == TOO_OLD  # a replay of an older incarnation
+    live = prefixes[-MAX_PREFIXES]
+    assert peer.accept(_nonce(live, 6)) == ACCEPTED
+    assert peer.accept(_nonce(prefixes[-1], 5)) == REPLAYED
+
+
+def test_peer_evicts_the_least_recently_used_prefix() -> None:
+    peer = PeerReplay()
+    current = 0xAAAA
+    peer.accept(_nonce(current, 0))
+    for i, other in enumerate(range(1, 2 * MAX_PREFIXES)):
+        peer.accept(_nonce(other, 0))
+        assert peer.accept(_nonce(current, i + 1)) == ACCEPTED  # in use: never evicted
+    assert peer.accept(_nonce(current, 1)) == REPLAYED
+
+
+def test_sealed_frames_replay_check_uses_the_wire_nonce() -> None:
+    """The receiver's view: authenticate, then check the nonce read from the frame."""
+    sender, receiver = FrameCipher(bytes(32)), FrameCipher(bytes(32))
+    peer = PeerReplay()
+    sealed = [sender.seal(HDR, b"frame %d" % i) for i in range(3)]
+    restarted = FrameCipher(bytes(32)).seal(HDR, b"after restart")
+    verdicts = []
+    for frame in [sealed[1], sealed[0], sealed[2], sealed[1], restarted, sealed[2]]:
+        receiver.open(HDR, frame)
+        verdicts.append(peer.accept(int.from_bytes(frame[: crypto.NONCE_SIZE], "big")))
+    assert verdicts == [ACCEPTED, ACCEPTED, ACCEPTED, REPLAYED, ACCEPTED, REPLAYED]
