@@ -223,13 +223,14 @@ def test_two_hosts_ping_over_sleeve(lab: Lab, encrypt: bool) -> None:
 
         # the underlay carries UDP 6784 between the hosts; encrypted hides the inner IP
         dump = subprocess.Popen(
-            ns_exec(lab.hosts["h2"].netns, "tcpdump", "-c", "4", "-n", "-x", "-i", "ul0",
-                    "udp", "port", "6784"),
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            ns_exec(lab.hosts["h2"].netns, "tcpdump", "--immediate-mode", "-c", "4", "-n",
+                    "-x", "-i", "ul0", "udp", "port", "6784"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         try:
-            time.sleep(0.5)
-            lab.ping(a, f"{base}.0.11", count=2, interval=0.2)
+            assert dump.stderr is not None
+            dump.stderr.readline()  # "listening on ul0 ...": the capture is running
+            lab.ping(a, f"{base}.0.11", count=4, interval=0.2)
             out, _ = dump.communicate(timeout=10)
         finally:
             if dump.poll() is None:
@@ -268,12 +269,12 @@ def test_links_deleted_behind_netds_back_are_repaired_by_resync(lab: Lab) -> Non
     try:
         assert lab.wait_ping(a, "10.42.0.11")
         veth = host_veth_name("slfix", a)
+        before = (ifindex(lab, "h1", tap_name(vni)), ifindex(lab, "h1", veth))
         run(ns_exec(h1, "ip", "link", "del", tap_name(vni)))
         run(ns_exec(h1, "ip", "link", "del", veth))
-        assert lab.ping(b, "10.42.0.10").returncode != 0
         # the periodic resync (verify=True, every 2 s in this lab) rebuilds both
-        assert wait_for(lambda: ifindex(lab, "h1", tap_name(vni)) != 0
-                        and ifindex(lab, "h1", veth) != 0)
+        assert wait_for(lambda: ifindex(lab, "h1", tap_name(vni)) not in (0, before[0])
+                        and ifindex(lab, "h1", veth) not in (0, before[1]))
         assert lab.wait_ping(b, "10.42.0.10", timeout=15)
     finally:
         lab.netctl("h1", "detach", a, "--network", "slfix", check=False)
