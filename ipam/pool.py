@@ -43,6 +43,9 @@ class Plan:
     ip: str  # the reserved address ("" for release plans)
     conditions: tuple[Condition, ...] = ()
     operations: tuple[Operation, ...] = ()
+    # reserve plans: the endpoint's sticky address before (None: it had no record), so
+    # a failed caller can put the name record back as it was (plan_undo)
+    previous_sticky: str | None = None
 
 
 class _View:
@@ -201,7 +204,26 @@ class AddressPool:
         if sticky.value != ip or sticky.mod_revision == 0:
             conditions.append(Condition(name_key, sticky.mod_revision))
             operations.append(Put(name_key, json.dumps({"ip": ip})))
-        return Plan(ip, tuple(conditions), tuple(operations))
+        previous = sticky.value if sticky.mod_revision else None
+        return Plan(ip, tuple(conditions), tuple(operations), previous)
+
+    def plan_undo(self, endpoint: str, plan: Plan, revision: int) -> Plan:
+        """Undo a reserve `plan` committed at `revision`: remove the address record it
+        created and put the name record back as it was, each only if still unchanged."""
+        net = self.network.name
+        addr_key = self.keys.ipam_address(net, plan.ip)
+        name_key = self.keys.ipam_name(net, endpoint)
+        conditions: list[Condition] = []
+        operations: list[Operation] = []
+        for op in plan.operations:
+            if not isinstance(op, Put) or op.key not in (addr_key, name_key):
+                continue
+            conditions.append(Condition(op.key, revision))
+            if op.key == name_key and plan.previous_sticky is not None:
+                operations.append(Put(name_key, json.dumps({"ip": plan.previous_sticky})))
+            else:
+                operations.append(Delete(op.key))
+        return Plan("", tuple(conditions), tuple(operations))
 
     def invalidate(self) -> None:
         """Forget the cached view of the pool; the next automatic pick re-reads it."""

@@ -15,7 +15,6 @@ import signal
 import socket
 import sys
 import threading
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,7 +24,7 @@ from netd.api import ApiServer, ensure_socket_free
 from netd.errors import Conflict, InvalidInput, NetdError
 from netd.hosts import HostRegistration
 from netd.model import Host
-from netd.plugin import Driver
+from netd.plugin import load_drivers
 from netd.reconcile import Reconciler
 from netd.service import Service
 from netd.store import open_store
@@ -58,16 +57,6 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
-
-
-def load_drivers(state_dir: Any) -> dict[str, Driver]:
-    drivers: dict[str, Driver] = {}
-    for ep in entry_points(group="netd.plugins"):
-        try:
-            drivers[ep.name] = ep.load()(state_dir=state_dir)
-        except Exception as exc:
-            log.error("driver %s failed to load: %s", ep.name, exc)
-    return drivers
 
 
 def lock_state_dir(state_dir: Path) -> TextIO:
@@ -120,7 +109,7 @@ def run(cfg: config_mod.Config) -> None:
             "reach it (give --underlay-ip one of this host's addresses)"
         )
     host = Host(name=cfg.host, underlay_ip=underlay_ip, underlay_mtu=underlay_mtu)
-    drivers = load_drivers(cfg.state_dir)
+    drivers = load_drivers(state_dir=cfg.state_dir)
     driver_data: dict[str, dict[str, Any]] = {}
     for name, driver in drivers.items():
         driver_data[name] = driver.setup(host)
@@ -141,7 +130,7 @@ def run(cfg: config_mod.Config) -> None:
         host_grace=max(cfg.host_ttl / 3, 1.0) + 1.0,
     )
     reconciler.start()
-    service = Service(store, keys, registration, reconciler)
+    service = Service(store, keys, registration, reconciler, drivers)
     try:
         server = ApiServer(cfg.socket, service)
     except OSError as exc:

@@ -113,8 +113,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal", f"internal error: {exc}")
 
     def _body(self) -> dict[str, Any]:
-        length = int(self.headers.get("Content-Length") or 0)
+        header = (self.headers.get("Content-Length") or "0").strip()
+        if not header.isdigit():
+            self.close_connection = True  # the body's end is unknown: no further request
+            raise InvalidInput(f"invalid Content-Length {header!r}: expected a byte count")
+        length = int(header)
         if length > MAX_BODY:
+            self.close_connection = True
             raise InvalidInput("request body too large")
         if not length:
             return {}
@@ -161,6 +166,9 @@ def ensure_socket_free(path: Path) -> None:
 
 class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    # listen() backlog: bursts of netctl calls (scripts attaching many containers at
+    # once) queue here instead of failing with EAGAIN (socketserver's default is 5)
+    request_queue_size = 128
 
     def __init__(self, path: Path, service: Service) -> None:
         self.service = service

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from netd.errors import NetdError
 from netd.model import Endpoint, Host, Network
 from netd.plugin import HostState, NetworkState
-from netd.store.base import KeyValue
 from netd.store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,3 @@ def desired_states(
         driver: HostState(host=this_host, networks=nets, hosts=hosts)
         for driver, nets in per_driver.items()
     }
-
-
-def kvs_to_dict(items: list[KeyValue]) -> dict[str, str]:
-    return {kv.key: kv.value for kv in items}

@@ -7,19 +7,27 @@ Errors print one line to stderr and exit non-zero; all logic lives in the daemon
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import http.client
+import io
 import json
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote, urlencode
 
 from netd.config import DEFAULT_SOCKET
 
 EXIT_ERROR = 1
+EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+# connect() on a unix socket whose listen backlog is full fails at once with EAGAIN
+# (it does not wait as TCP does): try again after these pauses before giving up
+CONNECT_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)
 
 
 class CliError(Exception):
@@ -34,10 +42,22 @@ class _UnixConnection(http.client.HTTPConnection):
         self._path = path
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
+        for delay in (*CONNECT_RETRY_DELAYS, None):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self._path)
+            except BlockingIOError as exc:  # the daemon's accept queue is full
+                sock.close()
+                if exc.errno != errno.EAGAIN or delay is None:
+                    raise
+                time.sleep(delay)
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            self.sock = sock
+            return
 
 
 class Client:
@@ -129,6 +149,12 @@ def _print_hosts(value: list[dict[str, Any]]) -> str:
     )
 
 
+def _ago(when: Any) -> str:
+    if not isinstance(when, int | float) or when <= 0:
+        return "never"
+    return f"{max(0.0, time.time() - when):.1f} s ago"
+
+
 def _print_status(s: dict[str, Any]) -> str:
     store = s["store"]
     lines = [
@@ -137,14 +163,48 @@ def _print_status(s: dict[str, Any]) -> str:
         f"store: {'reachable' if store['reachable'] else 'UNREACHABLE ' + store['error']} "
         f"(revision {store['revision']})",
         f"networks: {s['networks']}  local endpoints: {s['endpoints']}",
-        f"last sync: applied revision {s['applied_revision']}, {s['syncs']} syncs",
+        f"last sync: {_ago(s.get('last_sync'))}, applied revision {s['applied_revision']}, "
+        f"{s['syncs']} syncs",
     ]
+    if s.get("drivers") is not None:
+        lines.insert(1, f"drivers: {', '.join(s['drivers']) or 'none'}")
     if s["errors"]:
         lines.append("errors:")
         lines += [f"  {item}: {msg}" for item, msg in sorted(s["errors"].items())]
     else:
         lines.append("errors: none")
+    lines += _datapath_lines(s.get("datapath") or {})
     return "\n".join(lines)
+
+
+def _datapath_lines(datapath: dict[str, Any]) -> list[str]:
+    """One line per driver: link, network and port counts, sleeve traffic if any."""
+    if "error" in datapath and not isinstance(datapath["error"], dict):
+        return [f"datapath: {datapath['error']}"]
+    lines = ["datapath:" if datapath else "datapath: no driver loaded"]
+    for driver, seen in sorted(datapath.items()):
+        if not isinstance(seen, dict):
+            lines.append(f"  {driver}: {seen}")
+            continue
+        parts = [f"{len(seen.get('links') or {})} links",
+                 f"{len(seen.get('networks') or {})} networks"]
+        if "ports" in seen:
+            parts.append(f"{seen['ports']} ports")
+        sleeve = seen.get("sleeve") or {}
+        drops = sleeve.get("host") or {}
+        if drops:
+            parts.append("sleeve " + " ".join(f"{k}={v}" for k, v in sorted(drops.items())))
+        lines.append(f"  {driver}: " + ", ".join(parts))
+        for vni, net in sorted((sleeve.get("networks") or {}).items()):
+            counters = " ".join(
+                f"{k}={v}" for k, v in sorted(net.items())
+                if isinstance(v, int) and not isinstance(v, bool) and k != "mtu"
+            )
+            peers = len(net.get("peers") or ())
+            error = f" error: {net['error']}" if net.get("error") else ""
+            lines.append(f"    sleeve vni {vni} ({net.get('tap')}): {peers} peers {counters}"
+                         f"{error}".rstrip())
+    return lines
 
 
 # --- commands -----------------------------------------------------------------------
@@ -170,12 +230,27 @@ def cmd_network_create(c: Client, a: argparse.Namespace) -> tuple[Any, Callable[
     )
 
 
+JSON_HELP = "print machine-readable JSON (also errors, as one line on stderr)"
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A (sub)command's parser: it takes --json as well, so `netctl network ls --json`
+    works like `netctl --json network ls`. Its default is left unset so that a command
+    without it keeps what the top level parsed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                          help=JSON_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="netctl", description="Control the netd daemon on this host.")
     p.add_argument("--socket", type=Path, default=DEFAULT_SOCKET,
                    help=f"netd API socket (default {DEFAULT_SOCKET})")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           parser_class=_CommandParser)
 
     net = sub.add_parser("network", help="create, list, inspect and remove networks")
     nsub = net.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -254,8 +329,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fail(message: str, code: int, as_json: bool) -> NoReturn:
+    if as_json:
+        print(json.dumps({"error": message}), file=sys.stderr)
+    else:
+        print(f"netctl: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Parse argv; with --json anywhere, a usage error is one JSON line too."""
+    parser = build_parser()
+    if "--json" not in argv:
+        return parser.parse_args(argv)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return parser.parse_args(argv)
+    except SystemExit as exc:
+        if not exc.code:
+            raise
+        lines = [line for line in captured.getvalue().splitlines() if line.strip()]
+        message = lines[-1].split(": error: ", 1)[-1] if lines else "invalid arguments"
+        _fail(message, EXIT_USAGE, True)
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = _parse(list(sys.argv[1:] if argv is None else argv))
     if args.command == "demo":
         from netd import demo
 
@@ -266,8 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         value, render = args.run(client, args)
     except CliError as exc:
-        print(f"netctl: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code, args.json)
     if args.json:
         print(json.dumps(value, indent=2, sort_keys=True))
     else:

@@ -32,10 +32,26 @@ def _is_netns(path: Path) -> bool:
         return False
 
 
+def endpoint_name(ref: str) -> str:
+    """The endpoint name a reference stands for, whether or not the container still
+    exists (detach after the process died): `pid-N` for a PID or a /proc/N/... path,
+    the last component of another path, else the netns name itself."""
+    if not isinstance(ref, str) or not ref:
+        raise InvalidInput(f"invalid container reference {ref!r}: give a netns name, path or PID")
+    if ref.isdigit():
+        return f"pid-{ref}"
+    if ref.startswith("/"):
+        parts = Path(ref).parts
+        if parts[:2] == ("/", "proc") and len(parts) > 2 and parts[2].isdigit():
+            return f"pid-{parts[2]}"
+        return check_name(Path(ref).name, "container name")
+    return check_name(ref, "container name")
+
+
 def resolve(ref: str) -> ContainerRef:
     """Find the container's netns, or raise NotFound / InvalidInput with a clear message."""
-    if not ref:
-        raise InvalidInput("container reference is empty")
+    if not isinstance(ref, str) or not ref:
+        raise InvalidInput(f"invalid container reference {ref!r}: give a netns name, path or PID")
     if ref.isdigit():
         path = Path(f"/proc/{ref}/ns/net")
         if not path.exists():
@@ -47,9 +63,7 @@ def resolve(ref: str) -> ContainerRef:
             raise NotFound(f"container {ref!r} not found: no such netns path")
         if not _is_netns(path):
             raise InvalidInput(f"{ref!r} is not a network namespace")
-        parts = path.parts
-        name = f"pid-{parts[2]}" if parts[:2] == ("/", "proc") and len(parts) > 2 else path.name
-        return ContainerRef(ref=ref, name=check_name(name, "container name"), netns=str(path))
+        return ContainerRef(ref=ref, name=endpoint_name(ref), netns=str(path))
     check_name(ref, "container name")
     path = NETNS_DIR / ref
     if not _is_netns(path):

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Self
 
 import netaddr
 
-from netd.errors import InvalidInput
+from netd.errors import InvalidInput, Unsupported
 
 DRIVERS: dict[str, tuple[str, ...]] = {
     # driver -> backends; the first is the default
@@ -72,29 +72,73 @@ def check_mac(value: str) -> str:
     return mac
 
 
+def check_int(value: Any, what: str) -> int:
+    """An integer as JSON gives it: no bool, no float, no string (1.9 is not 1)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"invalid {what} {value!r}: expected an integer")
+    return value
+
+
+def check_bool(value: Any, what: str) -> bool:
+    """A JSON true/false: the string "false" is not false."""
+    if not isinstance(value, bool):
+        raise InvalidInput(f"invalid {what} {value!r}: expected true or false")
+    return value
+
+
+def check_str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(f"invalid {what} {value!r}: expected a string")
+    return value
+
+
+def check_str_list(value: Any, what: str) -> tuple[str, ...]:
+    """A list of strings; a bare string is refused (it is not a list of its letters)."""
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise InvalidInput(f"invalid {what} {value!r}: expected a list of strings")
+    return tuple(value)
+
+
+def check_options(value: Any) -> dict[str, str]:
+    """Driver options: an object of string keys to string values."""
+    if not isinstance(value, dict):
+        raise InvalidInput(f"invalid driver options {value!r}: expected an object of KEY: VALUE")
+    for key, item in value.items():
+        if not isinstance(key, str) or not key or not isinstance(item, str):
+            raise InvalidInput(
+                f"invalid driver option {key!r}={item!r}: keys and values must be strings"
+            )
+    return dict(value)
+
+
 def check_vni(value: Any) -> int:
-    try:
-        vni = int(value)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"invalid VNI {value!r}: expected an integer") from None
+    vni = check_int(value, "VNI")
     if not VNI_MIN <= vni <= VNI_MAX:
         raise InvalidInput(f"invalid VNI {vni}: must be {VNI_MIN}..{VNI_MAX}")
     return vni
 
 
 def check_mtu(value: Any) -> int:
-    try:
-        mtu = int(value)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"invalid MTU {value!r}: expected an integer") from None
+    mtu = check_int(value, "MTU")
     if not MTU_MIN <= mtu <= MTU_MAX:
         raise InvalidInput(f"invalid MTU {mtu}: must be {MTU_MIN}..{MTU_MAX}")
     return mtu
 
 
+# ranges a tenant subnet must not touch: packets to them are never routed as unicast
+RESERVED_RANGES: tuple[tuple[str, str], ...] = (
+    ("0.0.0.0/8", "'this network' range"),
+    ("127.0.0.0/8", "loopback range"),
+    ("224.0.0.0/4", "multicast range"),
+    ("240.0.0.0/4", "reserved range (and broadcast)"),
+)
+
+
 def parse_subnet(value: str) -> netaddr.IPNetwork:
+    if not isinstance(value, str):
+        raise InvalidInput(f"invalid subnet {value!r}: expected CIDR like 10.1.0.0/24")
     try:
-        net = netaddr.IPNetwork(value, flags=netaddr.NOHOST if False else 0)
+        net = netaddr.IPNetwork(value)
     except (netaddr.AddrFormatError, ValueError, TypeError):
         raise InvalidInput(f"invalid subnet {value!r}: expected CIDR like 10.1.0.0/24") from None
     if "/" not in str(value):
@@ -107,10 +151,18 @@ def parse_subnet(value: str) -> netaddr.IPNetwork:
         )
     if net.prefixlen > 30:
         raise InvalidInput(f"invalid subnet {value!r}: prefix must be /30 or shorter")
+    for cidr, what in RESERVED_RANGES:
+        if subnets_overlap(str(net.cidr), cidr):
+            raise InvalidInput(
+                f"invalid subnet {value!r}: it overlaps the {what} {cidr}; "
+                "use a private range such as 10.0.0.0/8"
+            )
     return net
 
 
 def parse_ip(value: str, what: str = "IP address") -> netaddr.IPAddress:
+    if not isinstance(value, str):
+        raise InvalidInput(f"invalid {what} {value!r}: expected dotted IPv4 like 10.1.0.5")
     try:
         ip = netaddr.IPAddress(value)
     except (netaddr.AddrFormatError, ValueError, TypeError):
@@ -269,18 +321,22 @@ def validate_network(
     options: dict[str, str] | None = None,
     underlay_mtu: int = 1500,
 ) -> Network:
-    """A Network from user input, defaults filled in; vni may stay 0 (allocated later)."""
+    """A Network from user input, defaults filled in; vni may stay 0 (allocated later).
+
+    Types are checked strictly (this is where JSON enters); an explicit MTU must fit
+    the backend over `underlay_mtu` (this host's underlay)."""
     check_name(name, "network name")
     tenant = check_name(tenant or DEFAULT_TENANT, "tenant name")
-    driver = driver or DEFAULT_DRIVER
+    driver = check_str(driver, "driver") if driver is not None else DEFAULT_DRIVER
     if driver not in DRIVERS:
         raise InvalidInput(f"unknown driver {driver!r}: choose one of {', '.join(DRIVERS)}")
-    backend = backend or DRIVERS[driver][0]
+    backend = check_str(backend, "backend") if backend is not None else DRIVERS[driver][0]
     if backend not in DRIVERS[driver]:
         raise InvalidInput(
             f"driver {driver} has no backend {backend!r}: choose one of "
             f"{', '.join(DRIVERS[driver])}"
         )
+    encrypt = check_bool(encrypt, "encrypt")
     if encrypt and (driver, backend) != ("weave", "sleeve"):
         raise InvalidInput("--encrypt needs --driver weave --backend sleeve")
     net = parse_subnet(subnet)
@@ -289,11 +345,15 @@ def validate_network(
     if gw_addr not in net or gw_addr in (net.network, net.broadcast):
         raise InvalidInput(f"gateway {gw} is not a usable address of {net.cidr}")
     vni_value = 0 if vni is None else check_vni(vni)
-    mtu_value = network_mtu(backend, underlay_mtu, encrypt) if mtu is None else check_mtu(mtu)
-    opts = dict(options or {})
-    for key, value in opts.items():
-        if not key or not isinstance(value, str):
-            raise InvalidInput(f"invalid driver option {key!r}={value!r}")
+    largest = network_mtu(backend, underlay_mtu, encrypt)
+    mtu_value = largest if mtu is None else check_mtu(mtu)
+    if mtu_value > largest:
+        raise InvalidInput(
+            f"MTU {mtu_value} is too large for {backend} over this host's underlay MTU "
+            f"{underlay_mtu}: at most {largest} ({underlay_mtu} less "
+            f"{underlay_mtu - largest} bytes of encapsulation)"
+        )
+    opts = {} if options is None else check_options(options)
     return Network(
         name=name,
         subnet=str(net.cidr),
@@ -303,15 +363,25 @@ def validate_network(
         tenant=tenant,
         driver=driver,
         backend=backend,
-        encrypt=bool(encrypt),
+        encrypt=encrypt,
         options=opts,
     )
+
+
+def check_underlay_fits(network: Network, underlay_mtu: int) -> None:
+    """Refuse a network whose MTU plus encapsulation does not fit this underlay: big
+    packets would vanish silently (a black hole), so say it up front."""
+    largest = network_mtu(network.backend, underlay_mtu, network.encrypt)
+    if network.mtu > largest:
+        overhead = underlay_mtu - largest
+        raise Unsupported(
+            f"this host's underlay MTU {underlay_mtu} is too small for network "
+            f"{network.name}: its MTU {network.mtu} plus {overhead} bytes of {network.backend} "
+            f"encapsulation needs {network.mtu + overhead}; raise the underlay MTU or use "
+            f"a network with MTU <= {largest}"
+        )
 
 
 def subnets_overlap(a: str, b: str) -> bool:
     na, nb = netaddr.IPNetwork(a), netaddr.IPNetwork(b)
     return na.first <= nb.last and nb.first <= na.last
-
-
-def with_vni(network: Network, vni: int) -> Network:
-    return replace(network, vni=vni)

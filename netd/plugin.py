@@ -12,13 +12,15 @@ Item ids in an ApplyReport: "network:<name>" and "endpoint:<network>/<endpoint>"
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
-from netd.errors import InvalidInput
 from netd.model import Endpoint, Host, Network
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,11 +37,6 @@ class HostState:
     host: Host  # this host
     networks: Mapping[str, NetworkState]  # networks of one driver that this host serves
     hosts: Mapping[str, Host]  # every live host, this one included
-
-    def endpoint_ids(self) -> set[str]:
-        return {
-            endpoint_id(ep) for ns in self.networks.values() for ep in ns.local
-        }
 
 
 def endpoint_id(ep: Endpoint) -> str:
@@ -93,11 +90,13 @@ class Driver(Protocol):
         ...
 
 
-def load_driver(name: str, **kwargs: Any) -> Driver:
-    """Instantiate the driver registered under entry point group netd.plugins."""
+def load_drivers(**kwargs: Any) -> dict[str, Driver]:
+    """Every driver registered under entry point group netd.plugins, instantiated with
+    `kwargs`; one that fails to load is logged and skipped, so the others still serve."""
+    drivers: dict[str, Driver] = {}
     for ep in entry_points(group="netd.plugins"):
-        if ep.name == name:
-            cls = ep.load()
-            driver: Driver = cls(**kwargs)
-            return driver
-    raise InvalidInput(f"no netd driver named {name!r} is installed")
+        try:
+            drivers[ep.name] = ep.load()(**kwargs)
+        except Exception as exc:
+            log.error("driver %s failed to load: %s", ep.name, exc)
+    return drivers

@@ -31,6 +31,13 @@ class Keys:
     def network(self, name: str) -> str:
         return f"{self.networks()}{name}"
 
+    def removals(self) -> str:
+        return f"{self.prefix}/removing/"
+
+    def network_removal(self, name: str) -> str:
+        """Marks a network that `network rm` is removing: attaches are refused meanwhile."""
+        return f"{self.removals()}{name}"
+
     def vnis(self) -> str:
         return f"{self.prefix}/vni/"
 
@@ -70,6 +77,13 @@ class Keys:
 
     def ipam_name(self, network: str, endpoint: str) -> str:
         return f"{self.ipam_names(network)}{endpoint}"
+
+    def ipam_macs(self, network: str) -> str:
+        return f"{self.ipam(network)}mac/"
+
+    def ipam_mac(self, network: str, mac: str) -> str:
+        """One endpoint's claim on a MAC address, so no two endpoints of a network share one."""
+        return f"{self.ipam_macs(network)}{mac}"
 
     def secrets(self) -> str:
         return f"{self.prefix}/secrets/"

@@ -8,6 +8,7 @@ host and container namespaces exactly as they were.
 from __future__ import annotations
 
 import difflib
+import json
 import re
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from netd.lab import Lab, ns_exec, run
+from netd.store.embedded import EmbeddedStore
+from netd.store.keys import Keys
 
 pytestmark = pytest.mark.root
 
@@ -181,6 +184,11 @@ BAD_NETWORK = [
     (["n1", "--subnet", "10.40.0.0/24", "--gateway", "10.41.0.1"], "gateway"),
     (["n1", "--subnet", "10.40.0.0/24", "--backend", "gre"], "no backend"),
     (["n1", "--subnet", "10.40.0.0/24", "--encrypt"], "--encrypt"),
+    (["n1", "--subnet", "10.40.0.0/24", "--driver", "flannel"],
+     "driver flannel is not available in this netd (available: weave)"),
+    (["n1", "--subnet", "10.40.0.0/24", "--mtu", "1500"], "underlay MTU 1500: at most 1450"),
+    (["n1", "--subnet", "224.1.0.0/16"], "multicast"),
+    (["n1", "--subnet", "127.5.0.0/16"], "loopback"),
 ]
 
 
@@ -222,19 +230,33 @@ def test_network_rm_with_endpoints_is_refused(lab: Lab) -> None:
     assert "busy" not in nets
 
 
+def store_records(lab: Lab) -> dict[str, str]:
+    """Every record in the lab's shared store file but the (lease-refreshed) host registry."""
+    keys = Keys()
+    store = EmbeddedStore(Path(lab.store_url.removeprefix("sqlite://")))
+    try:
+        items, _ = store.list(keys.root())
+    finally:
+        store.close()
+    return {kv.key: kv.value for kv in items if not kv.key.startswith(keys.hosts())}
+
+
 def test_failed_attach_rolls_back(lab: Lab) -> None:
     """The container already has `eth0` as an alternative name of another link: the
-    kernel refuses the veth half way, and netd must undo the reservation and links."""
+    kernel refuses the veth half way, and netd must undo the reservation and links,
+    leaving the store exactly as it was (no sticky reservation for the name either)."""
     c = lab.add_container("h1", "halfway")
     run(ns_exec(c, "ip", "link", "property", "add", "dev", "lo", "altname", "eth0"))
     before_eps = lab.netctl_json("h1", "endpoint", "ls")
     before_host_links = links(lab.hosts["h1"].netns)
+    before_store = store_records(lab)
     result = lab.netctl("h1", "attach", c, "--network", "blue", "--ip", "10.30.0.77",
                         check=False)
     assert result.returncode != 0
     assert len(result.stderr.strip().splitlines()) == 1
     assert lab.netctl_json("h1", "endpoint", "ls") == before_eps
     assert links(lab.hosts["h1"].netns) == before_host_links
+    assert store_records(lab) == before_store
     # the address was released: another container can take it
     d = lab.add_container("h1", "taker")
     assert lab.netctl_json("h1", "attach", d, "--network", "blue", "--ip", "10.30.0.77")
@@ -324,3 +346,65 @@ def test_second_daemon_on_same_socket_or_state_dir_is_refused(lab: Lab, tmp_path
     assert same_state.returncode != 0
     assert "already running with state dir" in same_state.stderr
     assert lab.netctl_json("h1", "status")["store"]["reachable"]
+
+
+def test_same_name_in_another_netns_is_refused(lab: Lab, tmp_path: Path) -> None:
+    """A netns bind-mounted elsewhere under the name of an attached container is another
+    container: attaching it must not answer with the first one's endpoint."""
+    c = lab.add_container("h1", "twin")
+    first = lab.netctl_json("h1", "attach", c, "--network", "blue")
+    other = tmp_path / c
+    other.touch()
+    run(["unshare", f"--net={other}", "true"])
+    try:
+        result = lab.netctl("h1", "attach", str(other), "--network", "blue", check=False)
+        assert result.returncode != 0
+        assert "another namespace with the same endpoint name" in result.stderr
+        result = lab.netctl("h1", "attach", c, "--network", "blue", "--ifname", "eth7",
+                            check=False)
+        assert result.returncode != 0 and "as interface eth0" in result.stderr
+        assert lab.netctl_json("h1", "endpoint", "ls", "--network", "blue").count(first) == 1
+    finally:
+        run(["umount", str(other)], check=False)
+        lab.netctl("h1", "detach", c, "--network", "blue")
+        lab.remove_container(c)
+
+
+def test_concurrent_attaches_of_one_container(lab: Lab) -> None:
+    """Two networks at once: each attach gets its own ethN, both succeed."""
+    lab.netctl("h1", "network", "create", "cc1", "--subnet", "10.33.0.0/24")
+    lab.netctl("h1", "network", "create", "cc2", "--subnet", "10.34.0.0/24")
+    c = lab.add_container("h1", "conc")
+    try:
+        procs = [
+            subprocess.Popen(
+                [str(Path(sys.executable).with_name("netctl")), "--socket",
+                 str(lab.hosts["h1"].socket), "attach", c, "--network", net, "--json"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            for net in ("cc1", "cc2")
+        ]
+        outs = [p.communicate(timeout=60) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+        assert sorted(json.loads(out)["ifname"] for out, _ in outs) == ["eth0", "eth1"]
+        assert "eth0" in links(c) and "eth1" in links(c)
+    finally:
+        for net in ("cc1", "cc2"):
+            lab.netctl("h1", "detach", c, "--network", net, check=False)
+            lab.netctl("h1", "network", "rm", net, check=False)
+        lab.remove_container(c)
+
+
+def test_status_shows_datapath_and_json_after_command(lab: Lab, pair: tuple[str, str]) -> None:
+    status = lab.netctl_json("h1", "status")
+    weave = status["datapath"]["weave"]
+    assert any(role == "bridge" for role in weave["links"].values())
+    assert weave["ports"] >= 2  # the pair's veths
+    assert status["drivers"] == ["weave"]
+    table = lab.netctl("h1", "status").stdout
+    assert "datapath:" in table and "weave:" in table
+    after = json.loads(lab.netctl("h1", "network", "ls", "--json").stdout)
+    assert after == lab.netctl_json("h1", "network", "ls")
+    result = lab.netctl("h1", "network", "inspect", "nope", "--json", check=False)
+    assert result.returncode != 0
+    assert json.loads(result.stderr) == {"error": "network 'nope' not found"}

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+from collections.abc import Iterator
+from dataclasses import fields
 from importlib.resources import files
+from pathlib import Path
+
+import pytest
 
 from netd import api
 from netd.errors import Conflict, DatapathError, InvalidInput, NetdError, NotFound
+from netd.model import Host
+from netd.service import Service
+from netd.store.embedded import EmbeddedStore
+from netd.store.keys import Keys
+from tests.unit.test_service import make_service
 
 
 def _openapi() -> dict[str, object]:
@@ -37,3 +48,82 @@ def test_error_statuses() -> None:
         pass
 
     assert api.status_for(Odd("x")) == 500
+
+
+def _operations() -> list[tuple[str, str, dict[str, object]]]:
+    return [
+        (path, method, op)
+        for path, ops in _openapi()["paths"].items()  # type: ignore[attr-defined]
+        for method, op in ops.items()
+    ]
+
+
+def test_every_operation_documents_internal_errors() -> None:
+    for path, method, op in _operations():
+        assert "500" in op["responses"], f"{method} {path}"  # type: ignore[operator]
+    for path, method in (("/v1/networks", "post"), ("/v1/attach", "post")):
+        ops = _openapi()["paths"][path]  # type: ignore[index]
+        assert "501" in ops[method]["responses"]  # driver missing, underlay MTU too small
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    store = EmbeddedStore(tmp_path / "netd.db")
+    yield make_service(store)
+    store.close()
+
+
+def test_status_and_host_schemas_match_what_is_served(service: Service) -> None:
+    schemas = _openapi()["components"]["schemas"]  # type: ignore[index]
+    assert set(schemas["Status"]["properties"]) == set(service.status())
+    assert set(schemas["Host"]["properties"]) == {f.name for f in fields(Host)}
+    service.store.put(Keys().host("h1"), service.host.to_json())
+    (row,) = service.list_hosts()
+    assert set(schemas["HostListEntry"]["properties"]) == set(row)
+    hosts = _openapi()["paths"]["/v1/hosts"]["get"]  # type: ignore[index]
+    items = hosts["responses"]["200"]["content"]["application/json"]["schema"]["items"]
+    assert items == {"$ref": "#/components/schemas/HostListEntry"}
+
+
+@pytest.fixture
+def server(service: Service, tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "api.sock"
+    srv = api.ApiServer(path, service)
+    srv.start()
+    yield path
+    srv.stop()
+
+
+def _raw(path: Path, request: bytes) -> tuple[int, dict[str, object]]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+            head, sep, body = data.partition(b"\r\n\r\n")
+            length = re.search(rb"Content-Length: (\d+)", head)
+            if sep and length and len(body) >= int(length.group(1)):
+                break
+    status = int(data.split(b" ", 2)[1])
+    return status, json.loads(data.partition(b"\r\n\r\n")[2])
+
+
+def test_bad_content_length_is_a_bad_request(server: Path) -> None:
+    status, body = _raw(server, b"POST /v1/networks HTTP/1.1\r\nHost: x\r\n"
+                                b"Content-Length: abc\r\n\r\n")
+    assert status == 400
+    assert "Content-Length" in body["error"]["message"]  # type: ignore[index]
+
+
+def test_wrongly_typed_fields_are_bad_requests(server: Path) -> None:
+    for fields_ in ({"options": "x"}, {"vni": 1.9}, {"encrypt": "false"}):
+        payload = json.dumps({"name": "n", "subnet": "10.1.0.0/24", **fields_}).encode()
+        status, body = _raw(server, b"POST /v1/networks HTTP/1.1\r\nHost: x\r\n"
+                            b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
+        assert status == 400, body
+
+
+def test_backlog_takes_bursts() -> None:
+    assert api.ApiServer.request_queue_size >= 128

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -46,3 +50,108 @@ def test_config_errors(tmp_path: Path) -> None:
         config.load(["--underlay-ip", "300.1.1.1"])
     with pytest.raises(InvalidInput, match="host name"):
         config.load(["--host", "a/b"])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--json", "network", "ls"], ["network", "ls", "--json"], ["network", "--json", "ls"],
+     ["status", "--json"], ["attach", "c", "--network", "n", "--json"],
+     ["host", "ls", "--json"], ["endpoint", "ls", "--network", "n", "--json"]],
+)
+def test_json_anywhere(argv: list[str]) -> None:
+    assert cli.build_parser().parse_args(argv).json is True
+
+
+def test_json_defaults_off() -> None:
+    assert cli.build_parser().parse_args(["network", "ls"]).json is False
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["network", "ls", "--json"], ["--json", "network", "ls"], ["network", "bogus", "--json"]],
+)
+def test_json_errors_are_one_json_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--socket", str(tmp_path / "none.sock"), *argv])
+    assert exc.value.code != 0
+    out = capsys.readouterr()
+    assert out.out == ""
+    lines = out.err.splitlines()
+    assert len(lines) == 1
+    assert json.loads(lines[0])["error"]
+
+
+def _http_server(listener: socket.socket, start_after: float,
+                 fillers: list[socket.socket]) -> None:
+    """After a while, drop the connections that filled the queue, then answer every
+    connection with an empty JSON list."""
+    time.sleep(start_after)
+    for s in fillers:
+        s.close()
+    listener.settimeout(5)
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(5)
+            try:
+                request = conn.recv(65536)
+            except OSError:
+                continue
+            if request:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: 2\r\nConnection: close\r\n\r\n[]")
+
+
+def test_client_retries_a_full_backlog(tmp_path: Path) -> None:
+    """A unix socket with a full accept queue refuses connect() with EAGAIN at once; the
+    client waits a little and tries again instead of failing."""
+    path = str(tmp_path / "busy.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    fillers = []
+    try:
+        while True:  # fill the accept queue
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            fillers.append(s)
+            try:
+                s.connect(path)
+            except BlockingIOError:
+                break
+        server = threading.Thread(target=_http_server, args=(listener, 0.3, fillers),
+                                  daemon=True)
+        server.start()
+        assert cli.Client(Path(path), timeout=5).request("GET", "/v1/networks") == []
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
+
+
+def test_status_rendering_shows_store_and_datapath() -> None:
+    status = {
+        "host": {"name": "h1", "underlay_ip": "10.0.0.1", "underlay_mtu": 1500},
+        "drivers": ["weave"],
+        "store": {"reachable": False, "revision": 0, "error": "etcd unreachable"},
+        "networks": 2, "endpoints": 3, "last_sync": 0, "applied_revision": 41, "syncs": 9,
+        "errors": {},
+        "datapath": {"weave": {
+            "links": {"nwb1": "bridge", "nwv1": "vxlan", "nwp1": "veth"},
+            "networks": {"1": {"bridge": "nwb1", "vxlan": "nwv1"}}, "ports": 1,
+            "sleeve": {"networks": {"7": {"tap": "nwt7", "tx_frames": 5, "rx_frames": 4,
+                                          "peers": ["10.0.0.2"], "running": True}},
+                       "host": {"drops_unknown_vni": 0}},
+        }},
+    }
+    out = cli._print_status(status)
+    assert "UNREACHABLE etcd unreachable" in out
+    assert "drivers: weave" in out
+    assert "weave: 3 links, 1 networks, 1 ports" in out
+    assert "sleeve vni 7 (nwt7): 1 peers rx_frames=4 tx_frames=5" in out
+    assert "last sync: never" in out

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from netd.errors import InvalidInput
+from netd.errors import InvalidInput, Unsupported
 from netd.model import (
     Endpoint,
     Network,
     check_ip_in_subnet,
     check_mac,
+    check_underlay_fits,
     mac_from_ip,
     network_mtu,
     subnets_overlap,
@@ -102,3 +103,60 @@ def test_round_trip() -> None:
                   ifname="eth0", ip="10.1.0.5", mac="02:42:0a:01:00:05",
                   security_groups=("web",))
     assert Endpoint.from_json(ep.to_json()) == ep
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"vni": 1.9}, "VNI 1.9: expected an integer"),
+        ({"vni": True}, "VNI True: expected an integer"),
+        ({"mtu": 1400.0}, "MTU"),
+        ({"mtu": "1400"}, "MTU"),
+        ({"encrypt": "false"}, "expected true or false"),
+        ({"options": "x"}, "driver options"),
+        ({"options": {"prefix": 1}}, "driver option"),
+        ({"options": {"": "x"}}, "driver option"),
+        ({"driver": ["weave"]}, "driver"),
+        ({"subnet": 10}, "invalid subnet"),
+        ({"gateway": 167837697}, "gateway"),
+    ],
+)
+def test_json_types_are_strict(kw: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        net(**kw)
+
+
+@pytest.mark.parametrize(
+    ("subnet", "what"),
+    [
+        ("224.1.0.0/16", "multicast"),
+        ("239.255.0.0/24", "multicast"),
+        ("240.0.0.0/8", "reserved"),
+        ("255.255.255.0/24", "reserved"),
+        ("127.1.0.0/16", "loopback"),
+        ("0.0.0.0/8", "'this network'"),
+        ("0.0.0.0/0", "'this network'"),
+        ("192.0.0.0/2", "multicast"),
+    ],
+)
+def test_unroutable_subnets_are_refused(subnet: str, what: str) -> None:
+    with pytest.raises(InvalidInput, match=f"overlaps the {what}"):
+        net(subnet=subnet)
+
+
+def test_explicit_mtu_must_fit_the_underlay() -> None:
+    assert net(mtu=1450).mtu == 1450
+    with pytest.raises(InvalidInput, match=r"MTU 1500 is too large .* underlay MTU 1500: "
+                                           r"at most 1450"):
+        net(mtu=1500)
+    assert net(mtu=8950, underlay_mtu=9000).mtu == 8950
+    with pytest.raises(InvalidInput, match="at most 1422"):  # 1500 - 42 - 8 - 28
+        net(mtu=1450, driver="weave", backend="sleeve", encrypt=True)
+    assert net(mtu=1500, driver="flannel", backend="host-gw").mtu == 1500
+
+
+def test_underlay_fits() -> None:
+    blue = net()  # 1450 over fastdp
+    check_underlay_fits(blue, 1500)
+    with pytest.raises(Unsupported, match=r"underlay MTU 1400 .* MTU 1450 plus 50 .* needs 1500"):
+        check_underlay_fits(blue, 1400)

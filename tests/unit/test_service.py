@@ -1,0 +1,461 @@
+"""The API's logic over a real (embedded) store, with the kernel side faked.
+
+The reconciler, the host registration, container resolution and the netns link
+listing are fakes, so each test can force an interleaving (a `network rm` between an
+attach's read and its commit, two attaches of one container at once) or a datapath
+failure, and then check the store's exact contents.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from netd.calc import Snapshot
+from netd.container import ContainerRef, endpoint_name
+from netd.errors import (
+    Conflict,
+    DatapathError,
+    InvalidInput,
+    NotFound,
+    StoreUnavailable,
+    Unsupported,
+)
+from netd.model import Host, Network
+from netd.reconcile import SyncStatus
+from netd.service import Service
+from netd.store.base import CommitResult, Condition, DeletePrefix, KeyValue, Operation
+from netd.store.embedded import EmbeddedStore
+from netd.store.keys import Keys
+
+KEYS = Keys()
+
+
+class FakeRegistration:
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+
+class FakeReconciler:
+    """Applies everything at once; `errors` and `applies` script the datapath's answer."""
+
+    def __init__(self) -> None:
+        self.errors: dict[str, str] = {}
+        self.applies = True
+        self.waited: list[int] = []
+
+    def wait_applied(self, revision: int, timeout: float) -> bool:
+        self.waited.append(revision)
+        return self.applies
+
+    def item_error(self, item: str) -> str | None:
+        return self.errors.get(item)
+
+    def status(self) -> SyncStatus:
+        return SyncStatus(revision=7, last_sync=1.0, syncs=3, store_ok=False,
+                          store_error="watch: etcd unreachable")
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot()
+
+    def observe(self) -> dict[str, Any]:
+        return {"weave": {"links": {"nwb1": "bridge"}, "networks": {}, "ports": 0}}
+
+
+class HookedStore(EmbeddedStore):
+    """An embedded store that runs `before_commit(ops)` / `before_list(prefix)` first."""
+
+    before_commit: Callable[[Sequence[Operation]], None] | None = None
+    before_list: Callable[[str], None] | None = None
+
+    def commit(self, conditions: Sequence[Condition],
+               operations: Sequence[Operation]) -> CommitResult:
+        if self.before_commit is not None:
+            self.before_commit(operations)
+        return super().commit(conditions, operations)
+
+    def list(self, prefix: str) -> tuple[list[KeyValue], int]:
+        if self.before_list is not None:
+            self.before_list(prefix)
+        return super().list(prefix)
+
+
+def fake_resolve(ref: str) -> ContainerRef:
+    if ref.isdigit():
+        netns = f"/proc/{ref}/ns/net"
+    elif ref.startswith("/"):
+        netns = ref
+    else:
+        netns = f"/run/netns/{ref}"
+    return ContainerRef(ref=ref, name=endpoint_name(ref), netns=netns)
+
+
+def no_links(netns: str) -> set[str]:
+    return set()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[HookedStore]:
+    s = HookedStore(tmp_path / "netd.db")
+    yield s
+    s.close()
+
+
+def make_service(store: EmbeddedStore, underlay_mtu: int = 1500,
+                 links: Callable[[str], set[str]] = no_links) -> Service:
+    host = Host(name="h1", underlay_ip="192.0.2.1", underlay_mtu=underlay_mtu)
+    return Service(store, KEYS, FakeRegistration(host), FakeReconciler(),  # type: ignore[arg-type]
+                   {"weave"}, containers=fake_resolve, links=links)
+
+
+@pytest.fixture
+def svc(store: HookedStore) -> Service:
+    service = make_service(store)
+    service.create_network({"name": "blue", "subnet": "10.1.0.0/24"})
+    return service
+
+
+def contents(store: EmbeddedStore) -> dict[str, str]:
+    """Every record but the host registry."""
+    items, _ = store.list(KEYS.root())
+    return {kv.key: kv.value for kv in items if not kv.key.startswith(KEYS.hosts())}
+
+
+def attach(svc: Service, container: str, network: str = "blue", **kw: Any) -> dict[str, Any]:
+    return svc.attach({"container": container, "network": network, **kw}).to_dict()
+
+
+# --- network rm racing attach -------------------------------------------------------------
+@pytest.mark.parametrize("moment", ["first look", "second look", "delete"])
+def test_attach_during_rm_never_both_succeed(
+    svc: Service, store: HookedStore, moment: str
+) -> None:
+    """A whole attach runs at one moment of a `network rm` (before its first or second
+    look at the endpoints, or between the last look and the delete): exactly one of
+    them succeeds, and the store stays consistent either way."""
+    outcome: dict[str, Any] = {}
+    looks = 0
+
+    def run_attach() -> None:
+        store.before_list = store.before_commit = None
+        try:
+            outcome["attach"] = attach(svc, "c1")
+        except (Conflict, NotFound) as exc:
+            outcome["attach"] = exc
+
+    def at_look(prefix: str) -> None:
+        nonlocal looks
+        if prefix == KEYS.endpoints("blue"):
+            looks += 1
+            if (looks, moment) in ((1, "first look"), (2, "second look")):
+                run_attach()
+
+    def at_delete(ops: Sequence[Operation]) -> None:
+        if moment == "delete" and DeletePrefix(KEYS.endpoints("blue")) in ops:
+            run_attach()
+
+    store.before_list, store.before_commit = at_look, at_delete
+    try:
+        svc.remove_network("blue")
+        outcome["rm"] = "ok"
+    except Conflict as exc:
+        outcome["rm"] = exc
+    assert "attach" in outcome, "the interleaving did not happen"
+    attached = isinstance(outcome["attach"], dict)
+    removed = outcome["rm"] == "ok"
+    assert attached != removed, outcome
+    if removed:
+        assert contents(store) == {KEYS.tenant("default"): '{"name": "default"}'}
+    else:
+        assert svc.list_endpoints("blue")[0].name == "c1"
+        assert store.get(KEYS.network_removal("blue")) is None
+
+
+def test_attach_reading_the_network_before_rm_fails_cleanly(
+    svc: Service, store: HookedStore
+) -> None:
+    def rm_first(ops: Sequence[Operation]) -> None:
+        store.before_commit = None
+        svc.remove_network("blue")
+
+    store.before_commit = rm_first
+    with pytest.raises(NotFound, match="removed"):
+        attach(svc, "c1")
+    assert contents(store) == {KEYS.tenant("default"): '{"name": "default"}'}
+
+
+def test_attach_retries_with_the_rewritten_network_record(
+    svc: Service, store: HookedStore
+) -> None:
+    """A refused `network rm` rewrites the record: an attach that read it before plans
+    again with the new revision instead of failing eight times on the old one."""
+    def rewrite(ops: Sequence[Operation]) -> None:
+        store.before_commit = None
+        kv = store.get(KEYS.network("blue"))
+        assert kv is not None
+        store.put(kv.key, kv.value)
+
+    store.before_commit = rewrite
+    assert attach(svc, "c1")["name"] == "c1"
+
+
+def test_attach_refused_while_network_is_being_removed(svc: Service, store: HookedStore) -> None:
+    lease = store.grant_lease(10)
+    store.put(KEYS.network_removal("blue"), "h9", lease)
+    with pytest.raises(Conflict, match="being removed"):
+        attach(svc, "c1")
+    store.revoke_lease(lease)
+    assert attach(svc, "c1")["name"] == "c1"
+
+
+def test_refused_rm_leaves_no_marker(svc: Service, store: HookedStore) -> None:
+    attach(svc, "c1")
+    with pytest.raises(Conflict, match="detach them first"):
+        svc.remove_network("blue")
+    assert store.get(KEYS.network_removal("blue")) is None
+
+
+# --- repeated attach -----------------------------------------------------------------------
+def test_same_name_from_another_netns_is_refused(svc: Service) -> None:
+    attach(svc, "c1")
+    with pytest.raises(Conflict, match="another namespace"):
+        attach(svc, "/tmp/x/c1")
+    attach(svc, "4242")
+    with pytest.raises(Conflict, match="another namespace"):
+        attach(svc, "pid-4242")
+
+
+def test_repeat_with_other_ifname_is_refused(svc: Service) -> None:
+    first = attach(svc, "c1")
+    assert attach(svc, "c1", ifname="eth0") == first
+    with pytest.raises(Conflict, match="as interface eth0"):
+        attach(svc, "c1", ifname="eth3")
+
+
+def test_repeat_attach_waits_for_the_datapath(svc: Service, store: HookedStore) -> None:
+    attach(svc, "c1")
+    record = store.get(KEYS.endpoint("blue", "c1"))
+    assert record is not None
+    reconciler: FakeReconciler = svc.reconciler  # type: ignore[assignment]
+    reconciler.waited.clear()
+    attach(svc, "c1")
+    assert reconciler.waited == [record.mod_revision]
+    reconciler.applies = False
+    with pytest.raises(DatapathError, match="did not apply"):
+        attach(svc, "c1")
+    reconciler.applies = True
+    reconciler.errors["endpoint:blue/c1"] = "veth refused"
+    with pytest.raises(DatapathError, match="veth refused"):
+        attach(svc, "c1")
+
+
+# --- drivers and MTU -------------------------------------------------------------------------
+def test_driver_not_loaded_is_refused(svc: Service, store: HookedStore) -> None:
+    with pytest.raises(Unsupported, match=r"driver flannel is not available in this netd "
+                                          r"\(available: weave\)"):
+        svc.create_network({"name": "f", "subnet": "10.2.0.0/24", "driver": "flannel"})
+    assert store.get(KEYS.network("f")) is None
+    other = Network(name="f", subnet="10.2.0.0/24", gateway="10.2.0.1", vni=9, mtu=1450,
+                    driver="flannel", backend="vxlan")
+    store.put(KEYS.network("f"), other.to_json())
+    with pytest.raises(Unsupported, match="driver flannel is not available"):
+        attach(svc, "c1", network="f")
+    assert store.list(KEYS.endpoints())[0] == []
+
+
+def test_underlay_too_small_for_the_network_is_refused(store: HookedStore) -> None:
+    make_service(store).create_network({"name": "blue", "subnet": "10.1.0.0/24"})  # mtu 1450
+    small = make_service(store, underlay_mtu=1400)
+    with pytest.raises(Unsupported, match=r"underlay MTU 1400 is too small .* needs 1500"):
+        attach(small, "c1")
+    assert store.list(KEYS.endpoints())[0] == []
+
+
+# --- MAC claims --------------------------------------------------------------------------------
+def test_derived_mac_cannot_duplicate_an_explicit_one(svc: Service, store: HookedStore) -> None:
+    attach(svc, "c", ip="10.1.0.5", mac="02:42:0a:01:00:14")
+    before = contents(store)
+    with pytest.raises(Conflict, match=r"MAC 02:42:0a:01:00:14 is already used by c"):
+        attach(svc, "d", ip="10.1.0.20")
+    assert contents(store) == before
+    with pytest.raises(Conflict, match="already used by c"):
+        attach(svc, "e", mac="02:42:0a:01:00:14")
+    assert store.get(KEYS.ipam_mac("blue", "02:42:0a:01:00:14")) is not None
+    svc.detach({"container": "c", "network": "blue"})
+    assert store.get(KEYS.ipam_mac("blue", "02:42:0a:01:00:14")) is None
+    assert attach(svc, "d", ip="10.1.0.20")["mac"] == "02:42:0a:01:00:14"
+
+
+def test_rm_removes_mac_claims(svc: Service, store: HookedStore) -> None:
+    attach(svc, "c", mac="02:00:00:00:00:01")
+    svc.detach({"container": "c", "network": "blue"})
+    svc.remove_network("blue")
+    assert store.list(KEYS.ipam("blue"))[0] == []
+
+
+# --- concurrency within one container ------------------------------------------------------------
+def test_concurrent_attaches_of_one_container_get_distinct_ifnames(store: HookedStore) -> None:
+    def slow_links(netns: str) -> set[str]:
+        time.sleep(0.3)  # both attaches would read the container's links at once
+        return {"lo"}
+
+    svc = make_service(store, links=slow_links)
+    svc.create_network({"name": "blue", "subnet": "10.1.0.0/24"})
+    svc.create_network({"name": "red", "subnet": "10.2.0.0/24"})
+    results: dict[str, Any] = {}
+
+    def run(network: str) -> None:
+        results[network] = attach(svc, "c1", network=network)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in ("blue", "red")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert {r["ifname"] for r in results.values()} == {"eth0", "eth1"}
+
+
+# --- rollback and detach -----------------------------------------------------------------------
+def test_failed_attach_leaves_the_store_as_before(svc: Service, store: HookedStore) -> None:
+    reconciler: FakeReconciler = svc.reconciler  # type: ignore[assignment]
+    before = contents(store)
+    reconciler.errors["endpoint:blue/c1"] = "kernel said no"
+    with pytest.raises(DatapathError, match="kernel said no"):
+        attach(svc, "c1", ip="10.1.0.77")
+    assert contents(store) == before  # no sticky name record left behind
+
+    reconciler.errors.clear()
+    attach(svc, "c1", ip="10.1.0.5")
+    svc.detach({"container": "c1", "network": "blue"})
+    before = contents(store)  # c1's sticky reservation is 10.1.0.5
+    reconciler.errors["endpoint:blue/c1"] = "kernel said no"
+    with pytest.raises(DatapathError):
+        attach(svc, "c1", ip="10.1.0.6")
+    assert contents(store) == before
+
+
+def test_detach_replans_when_the_address_record_changes(svc: Service, store: HookedStore) -> None:
+    attach(svc, "c1", ip="10.1.0.5")
+
+    def touch_address(ops: Sequence[Operation]) -> None:
+        store.before_commit = None
+        kv = store.get(KEYS.ipam_address("blue", "10.1.0.5"))
+        assert kv is not None
+        store.put(kv.key, kv.value)
+
+    store.before_commit = touch_address
+    svc.detach({"container": "c1", "network": "blue"})
+    assert store.get(KEYS.ipam_address("blue", "10.1.0.5")) is None
+    assert store.get(KEYS.endpoint("blue", "c1")) is None
+    assert store.list(KEYS.ipam_macs("blue"))[0] == []
+
+
+def test_detach_reports_the_apply_timeout(svc: Service) -> None:
+    attach(svc, "c1")
+    svc.reconciler.applies = False  # type: ignore[attr-defined]
+    with pytest.raises(DatapathError, match="did not apply"):
+        svc.detach({"container": "c1", "network": "blue"})
+    assert svc.list_endpoints("blue") == []
+
+
+def test_detach_by_the_proc_path_of_a_dead_process(svc: Service) -> None:
+    attach(svc, "999999999")
+    ep = svc.detach({"container": "/proc/999999999/ns/net", "network": "blue"})
+    assert ep.name == "pid-999999999"
+
+
+def test_endpoint_names() -> None:
+    assert endpoint_name("/proc/123/ns/net") == "pid-123"
+    assert endpoint_name("123") == "pid-123"
+    assert endpoint_name("/run/netns/c1") == "c1"
+    assert endpoint_name("c1") == "c1"
+
+
+# --- strict request types -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("request_fields", "message"),
+    [
+        ({"options": "x"}, "driver options"),
+        ({"options": {"a": 1}}, "driver option"),
+        ({"vni": 1.9}, "VNI"),
+        ({"vni": True}, "VNI"),
+        ({"vni": "5"}, "VNI"),
+        ({"mtu": 1400.5}, "MTU"),
+        ({"encrypt": "false"}, "encrypt"),
+        ({"driver": 5}, "driver"),
+        ({"subnet": 5}, "subnet"),
+        ({"subnet": "224.1.0.0/16"}, "multicast"),
+    ],
+)
+def test_create_refuses_wrong_types(svc: Service, store: HookedStore,
+                                    request_fields: dict[str, Any], message: str) -> None:
+    before = contents(store)
+    with pytest.raises(InvalidInput, match=message):
+        svc.create_network({"name": "n", "subnet": "10.9.0.0/24", **request_fields})
+    assert contents(store) == before
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "message"),
+    [
+        ({"sg": "abc"}, "list of strings"),
+        ({"sg": [1]}, "list of strings"),
+        ({"ip": 5}, "IP"),
+        ({"mac": 5}, "MAC"),
+        ({"ifname": 5}, "interface name"),
+        ({"container": ["c1"]}, "container"),
+    ],
+)
+def test_attach_refuses_wrong_types(svc: Service, store: HookedStore,
+                                    request_fields: dict[str, Any], message: str) -> None:
+    before = contents(store)
+    with pytest.raises(InvalidInput, match=message):
+        svc.attach({"container": "c1", "network": "blue", **request_fields})
+    assert contents(store) == before
+
+
+# --- status ---------------------------------------------------------------------------------------
+class DownStore(EmbeddedStore):
+    def revision(self) -> int:
+        raise StoreUnavailable("etcd unreachable at http://192.0.2.9:2379 (connection refused)")
+
+    def list(self, prefix: str) -> tuple[list[KeyValue], int]:
+        raise StoreUnavailable("etcd unreachable")
+
+    def get(self, key: str) -> KeyValue | None:
+        raise StoreUnavailable("etcd unreachable")
+
+
+class HangingStore(EmbeddedStore):
+    def revision(self) -> int:
+        time.sleep(6)
+        return 1
+
+
+@pytest.mark.parametrize("kind", [DownStore, HangingStore])
+def test_status_answers_without_the_store(tmp_path: Path, kind: type[EmbeddedStore]) -> None:
+    store = kind(tmp_path / "netd.db")
+    try:
+        svc = make_service(store)
+        started = time.monotonic()
+        status = svc.status()
+        assert time.monotonic() - started < 3.0
+    finally:
+        store.close()
+    assert status["store"]["reachable"] is False
+    assert status["store"]["error"]
+    assert status["applied_revision"] == 7 and status["last_sync"] == 1.0
+    assert status["datapath"]["weave"]["links"] == {"nwb1": "bridge"}
+
+
+def test_status_shows_the_datapath(svc: Service) -> None:
+    status = svc.status()
+    assert status["store"]["reachable"] is True
+    assert status["drivers"] == ["weave"]
+    assert "weave" in status["datapath"]
+
