@@ -1,55 +1,80 @@
 """Datapath throughput: iperf3 TCP container to container across two simulated hosts.
 
-Issue 3. One lab (two host namespaces on an underlay bridge, embedded store), in one run,
-each row measured the same way (`iperf3 -c` for --seconds, --parallel streams):
+Issue 3. One lab (two host namespaces on an underlay bridge, embedded store). Every
+path is set up first, then measured --repeat times, round-robin (each round visits
+every path, starting one path later than the round before), so drift on a shared
+machine hits all paths alike. Each measurement is `iperf3 -c` for --seconds with
+--parallel streams, server in the h2-side container:
 
 * underlay      host netns to host netns over the underlay veths, no overlay;
-* hand-built    kernel VXLAN of fastdp's shape built here with `ip`/`bridge` commands:
-                per host a bridge, a vxlan device (nolearning, proxy, static fdb and
-                neighbour entries for the remote container), a veth into a container
-                netns; MTU 1450 like fastdp. The reference fastdp should match;
+* hand-built    kernel VXLAN of fastdp's shape built here with `ip`/`bridge` commands,
+                in the same host namespaces over the same underlay: per host a bridge,
+                a vxlan device (VNI 4000, dstport 4789, nolearning, proxy; its bridge
+                port learning off, neigh_suppress on), static fdb entries (the remote
+                MAC and the all-zero flood entry) and a permanent neighbour entry, a
+                veth into a container netns; MTU 1450, no IPv6 link-local addresses,
+                100 ms container ARP retransmit, kernel default offloads: what fastdp
+                builds. The reference fastdp should match;
 * fastdp        netd weave fastdp network, containers attached through the API;
 * sleeve        netd weave sleeve (userspace UDP), plain;
 * sleeve+enc    netd weave sleeve, encrypted.
 
-A row that cannot be set up or measured prints "n/a: <why>" and the run goes on.
-Ratios are against hand-built VXLAN and against the underlay of the same run.
+The run checks that hand-built and fastdp really have the same shape (vxlan and bridge
+port parameters, MTUs, offload features of every link on the path) and prints any
+difference. A path that cannot be set up, or a measurement that fails, prints
+"n/a: <why>" and the run goes on. Per path: median Mbit/s with min and max over the
+repeats; ratios are of medians, against hand-built VXLAN and against the underlay.
 
 Run as root from the repo root:
-    .venv/bin/python -m bench.datapath [--seconds 8] [--parallel 1] [--rows ...] [--json]
+    .venv/bin/python -m bench.datapath [--seconds 8] [--parallel 1] [--repeat 3]
+        [--rows ...] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from bench.stats import lab_prefix, table
+from bench.stats import lab_prefix, spread, table
 from netd.cli import Client, CliError
 from netd.lab import Lab, ns_exec, run
 from netd.model import mac_from_ip
+from plugins.weave.names import bridge_name, host_veth_name, vxlan_name
 
 ROWS = ("underlay", "hand-built", "fastdp", "sleeve", "sleeve+enc")
 HB_VNI = 4000
 HB_MTU = 1450
 HB_SUBNET = "10.98.0"
+HB_ARP_RETRANS_MS = 100  # what netd's weave driver sets on container interfaces
+ZERO_MAC = "00:00:00:00:00:00"
+FASTDP_NET = "dp-fa"
 
 
 class RowError(Exception):
-    """This row cannot be measured; the message says why."""
+    """This path cannot be measured; the message says why."""
 
 
-def iperf(lab: Lab, server_ns: str, client_ns: str, ip: str, seconds: int,
-          parallel: int) -> dict[str, Any]:
-    server = subprocess.Popen(ns_exec(server_ns, "iperf3", "-s", "-1", "-B", ip),
+@dataclass(frozen=True)
+class Path:
+    """Where iperf3 runs for one row: client netns → server netns at `ip`."""
+
+    client_ns: str
+    server_ns: str
+    ip: str
+
+
+def iperf(path: Path, seconds: int, parallel: int) -> dict[str, Any]:
+    server = subprocess.Popen(ns_exec(path.server_ns, "iperf3", "-s", "-1", "-B", path.ip),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.3)
-        result = run(ns_exec(client_ns, "iperf3", "-c", ip, "-t", str(seconds),
+        result = run(ns_exec(path.client_ns, "iperf3", "-c", path.ip, "-t", str(seconds),
                              "-P", str(parallel), "-J"),
                      check=False, timeout=seconds + 30)
         data = json.loads(result.stdout or "{}")
@@ -65,10 +90,11 @@ def iperf(lab: Lab, server_ns: str, client_ns: str, ip: str, seconds: int,
         server.wait()
 
 
-def _sh(netns: str, *cmd: str) -> None:
+def _sh(netns: str, *cmd: str) -> str:
     result = run(ns_exec(netns, *cmd), check=False)
     if result.returncode != 0:
         raise RowError(f"{' '.join(cmd)} in {netns}: {result.stderr.strip()}")
+    return result.stdout
 
 
 def _reachable(lab: Lab, netns: str, ip: str) -> None:
@@ -76,14 +102,14 @@ def _reachable(lab: Lab, netns: str, ip: str) -> None:
         raise RowError(f"no ping reply from {ip} within 15 s")
 
 
-# --- rows ------------------------------------------------------------------------------
-def underlay(lab: Lab, seconds: int, parallel: int) -> dict[str, Any]:
+# --- paths -----------------------------------------------------------------------------
+def underlay(lab: Lab) -> Path:
     h1, h2 = lab.hosts["h1"], lab.hosts["h2"]
-    return iperf(lab, h2.netns, h1.netns, h2.underlay_ip, seconds, parallel)
+    return Path(h1.netns, h2.netns, h2.underlay_ip)
 
 
-def hand_built(lab: Lab, seconds: int, parallel: int) -> dict[str, Any]:
-    """Bridge + vxlan (nolearning, proxy) + static fdb/neigh + veth, like fastdp."""
+def hand_built(lab: Lab) -> Path:
+    """Bridge + vxlan (nolearning, proxy) + static fdb/neigh + veth: fastdp's shape."""
     hosts = [lab.hosts["h1"], lab.hosts["h2"]]
     containers = [lab.add_container(h.name, f"hb{i}") for i, h in enumerate(hosts, 1)]
     ips = [f"{HB_SUBNET}.{i}" for i in (1, 2)]
@@ -93,26 +119,32 @@ def hand_built(lab: Lab, seconds: int, parallel: int) -> dict[str, Any]:
         ns = host.netns
         _sh(ns, "ip", "link", "add", "hbbr", "mtu", str(HB_MTU), "type", "bridge")
         _sh(ns, "ip", "link", "add", "hbvx", "mtu", str(HB_MTU), "type", "vxlan", "id",
-            str(HB_VNI), "dstport", "4789", "local", host.underlay_ip, "nolearning", "proxy")
+            str(HB_VNI), "dstport", "4789", "local", host.underlay_ip,
+            "nolearning", "proxy")
         _sh(ns, "ip", "link", "set", "hbvx", "master", "hbbr")
         _sh(ns, "bridge", "link", "set", "dev", "hbvx", "learning", "off", "neigh_suppress", "on")
-        _sh(ns, "ip", "link", "add", "hbh0", "mtu", str(HB_MTU), "type", "veth", "peer", "name",
-            "eth0", "netns", ctr)
+        _sh(ns, "ip", "link", "add", "hbh0", "mtu", str(HB_MTU), "type", "veth", "peer",
+            "name", "eth0", "netns", ctr, "address", macs[i],
+            "mtu", str(HB_MTU))
         _sh(ns, "ip", "link", "set", "hbh0", "master", "hbbr")
         for link in ("hbbr", "hbvx", "hbh0"):
+            _sh(ns, "ip", "link", "set", "dev", link, "addrgenmode", "none")
             _sh(ns, "ip", "link", "set", link, "up")
-        _sh(ns, "bridge", "fdb", "append", macs[peer], "dev", "hbvx",
-            "dst", hosts[peer].underlay_ip, "self", "permanent")
+        for mac in (macs[peer], ZERO_MAC):
+            _sh(ns, "bridge", "fdb", "append", mac, "dev", "hbvx",
+                "dst", hosts[peer].underlay_ip, "self", "permanent")
         _sh(ns, "ip", "neigh", "replace", ips[peer], "lladdr", macs[peer], "dev", "hbvx",
             "nud", "permanent")
-        _sh(ctr, "ip", "link", "set", "eth0", "address", macs[i], "mtu", str(HB_MTU), "up")
+        _sh(ctr, "ip", "ntable", "change", "name", "arp_cache", "dev", "eth0",
+            "retrans", str(HB_ARP_RETRANS_MS))
+        _sh(ctr, "ip", "link", "set", "eth0", "up")
         _sh(ctr, "ip", "addr", "add", f"{ips[i]}/24", "dev", "eth0")
     _reachable(lab, containers[0], ips[1])
-    return iperf(lab, containers[1], containers[0], ips[1], seconds, parallel)
+    return Path(containers[0], containers[1], ips[1])
 
 
-def _netd_row(backend: str, encrypt: bool) -> Callable[[Lab, int, int], dict[str, Any]]:
-    def measure(lab: Lab, seconds: int, parallel: int) -> dict[str, Any]:
+def _netd_row(backend: str, encrypt: bool) -> Callable[[Lab], Path]:
+    def setup(lab: Lab) -> Path:
         tag = backend[:2] + ("e" if encrypt else "")
         net = f"dp-{tag}"
         third = {"fastdp": 1, "sleeve": 2}[backend] + (1 if encrypt else 0)
@@ -134,15 +166,12 @@ def _netd_row(backend: str, encrypt: bool) -> Callable[[Lab, int, int], dict[str
         except CliError as exc:
             raise RowError(str(exc)) from None
         _reachable(lab, ctrs[0], ips[1])
-        result = iperf(lab, ctrs[1], ctrs[0], ips[1], seconds, parallel)
-        for host, ctr in zip(("h1", "h2"), ctrs, strict=True):
-            clients[host].request("POST", "/v1/detach", {"container": ctr, "network": net})
-        return result
+        return Path(ctrs[0], ctrs[1], ips[1])
 
-    return measure
+    return setup
 
 
-MEASURES: dict[str, Callable[[Lab, int, int], dict[str, Any]]] = {
+SETUPS: dict[str, Callable[[Lab], Path]] = {
     "underlay": underlay,
     "hand-built": hand_built,
     "fastdp": _netd_row("fastdp", False),
@@ -151,41 +180,154 @@ MEASURES: dict[str, Callable[[Lab, int, int], dict[str, Any]]] = {
 }
 
 
-def measure_all(rows: list[str], seconds: int, parallel: int) -> dict[str, dict[str, Any]]:
-    results: dict[str, dict[str, Any]] = {}
+# --- shape check: hand-built vs fastdp ----------------------------------------------------
+_VOLATILE = {  # per-device identities and counters, not configuration
+    "id", "local", "bridge_id", "root_id", "designated_root", "designated_bridge",
+    "hello_timer", "tcn_timer", "topology_change_timer", "gc_timer", "forward_delay_timer",
+    "hold_timer", "message_age_timer", "no", "id_alias", "port_id", "port_no",
+    "root_port", "root_path_cost", "designated_port", "designated_cost",
+}
+
+
+def _link(netns: str, name: str) -> dict[str, Any]:
+    info = json.loads(_sh(netns, "ip", "-d", "-j", "link", "show", "dev", name))[0]
+    linkinfo = info.get("linkinfo", {})
+    data = {k: v for k, v in (linkinfo.get("info_data") or {}).items() if k not in _VOLATILE}
+    port = {k: v for k, v in (linkinfo.get("info_slave_data") or {}).items()
+            if k not in _VOLATILE}
+    features = _sh(netns, "ethtool", "-k", name).splitlines()[1:]
+    return {
+        "kind": linkinfo.get("info_kind"),
+        "mtu": info.get("mtu"),
+        "addrgenmode": (info.get("inet6_addr_gen_mode")),
+        "qdisc": info.get("qdisc"),
+        "txqlen": info.get("txqlen"),
+        "gso_max_size": info.get("gso_max_size"),
+        "gro_max_size": info.get("gro_max_size"),
+        "num_tx_queues": info.get("num_tx_queues"),
+        "num_rx_queues": info.get("num_rx_queues"),
+        "info_data": data,
+        "bridge_port": port,
+        "offloads": {k.strip(): v.strip().removesuffix(" [fixed]")
+                     for k, v in (line.split(":", 1) for line in features if ":" in line)},
+    }
+
+
+def _diff(a: Any, b: Any, where: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in sorted(a.keys() | b.keys()):
+            out += _diff(a.get(key), b.get(key), f"{where}.{key}")
+        return out
+    return [] if a == b else [f"{where}: hand-built {a!r}, fastdp {b!r}"]
+
+
+def shape_differences(lab: Lab) -> list[str]:
+    """Configuration differences between the hand-built path and fastdp's, both hosts."""
+    net = Client(lab.hosts["h1"].socket).request("GET", f"/v1/networks/{FASTDP_NET}")
+    vni = int(net["vni"])
+    endpoints = {ep["host"]: ep for ep in net["endpoints"]}
+    out: list[str] = []
+    for i, name in enumerate(("h1", "h2"), 1):
+        host, ep = lab.hosts[name], endpoints[name]
+        pairs = [
+            ("bridge", host.netns, "hbbr", host.netns, bridge_name(vni)),
+            ("vxlan", host.netns, "hbvx", host.netns, vxlan_name(vni)),
+            ("host veth", host.netns, "hbh0", host.netns,
+             host_veth_name(FASTDP_NET, ep["name"])),
+            ("container veth", f"{lab.prefix}-hb{i}", "eth0", ep["container"], ep["ifname"]),
+        ]
+        for what, hb_ns, hb_name, fd_ns, fd_name in pairs:
+            out += _diff(_link(hb_ns, hb_name), _link(fd_ns, fd_name), f"{name} {what}")
+    return out
+
+
+# --- measurement ---------------------------------------------------------------------------
+def measure_all(rows: list[str], seconds: int, parallel: int,
+                repeat: int) -> tuple[dict[str, dict[str, Any]], list[str] | str | None]:
+    paths: dict[str, Path] = {}
+    runs: dict[str, list[dict[str, Any]]] = {row: [] for row in rows}
+    errors: dict[str, list[str]] = {row: [] for row in rows}
+    shape: list[str] | str | None = None
     with Lab(hosts=2, prefix=lab_prefix()) as lab:
         for row in rows:
             try:
-                results[row] = MEASURES[row](lab, seconds, parallel)
+                paths[row] = SETUPS[row](lab)
             except (RowError, subprocess.TimeoutExpired, CliError) as exc:
-                results[row] = {"error": str(exc)}
-            print(f"  {row}: {results[row]}", flush=True)
-    base = {k: results.get(k, {}).get("mbit_s") for k in ("hand-built", "underlay")}
+                errors[row].append(f"setup: {exc}")
+                print(f"  {row}: n/a: {exc}", flush=True)
+        if "hand-built" in paths and "fastdp" in paths:
+            try:
+                shape = shape_differences(lab)
+            except (RowError, CliError, ValueError, KeyError) as exc:
+                shape = f"could not compare: {exc}"
+        ready = [row for row in rows if row in paths]
+        for round_no in range(repeat):
+            start = round_no % len(ready) if ready else 0
+            for row in ready[start:] + ready[:start]:
+                try:
+                    runs[row].append(iperf(paths[row], seconds, parallel))
+                    print(f"  round {round_no + 1}/{repeat} {row}: {runs[row][-1]}", flush=True)
+                except (RowError, subprocess.TimeoutExpired, ValueError) as exc:
+                    errors[row].append(str(exc))
+                    print(f"  round {round_no + 1}/{repeat} {row}: n/a: {exc}", flush=True)
+    return summarize(rows, runs, errors), shape
+
+
+def summarize(rows: list[str], runs: dict[str, list[dict[str, Any]]],
+              errors: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        mbits = [r["mbit_s"] for r in runs[row]]
+        result: dict[str, Any] = {"runs": runs[row], "errors": errors[row]}
+        if mbits:
+            s = spread(mbits)
+            result.update(median_mbit_s=round(s["median"]), min_mbit_s=s["min"],
+                          max_mbit_s=s["max"], retransmits_median=round(
+                              statistics.median(r["retransmits"] for r in runs[row])))
+        results[row] = result
+    base = {k: results.get(k, {}).get("median_mbit_s") for k in ("hand-built", "underlay")}
     for result in results.values():
         for name, mbit in base.items():
-            if "mbit_s" in result and mbit:
-                result[f"vs_{name}"] = round(result["mbit_s"] / mbit, 2)
+            if "median_mbit_s" in result and mbit:
+                result[f"vs_{name}"] = round(result["median_mbit_s"] / mbit, 2)
     return results
 
 
-def render(results: dict[str, dict[str, Any]], seconds: int, parallel: int) -> str:
+def render(results: dict[str, dict[str, Any]], shape: list[str] | str | None,
+           seconds: int, parallel: int, repeat: int) -> str:
     rows = []
     for name, r in results.items():
-        if "error" in r:
-            rows.append((name, f"n/a: {r['error'][:90]}", "", "", ""))
-        else:
-            rows.append((name, r["mbit_s"], r.get("vs_hand-built", ""),
-                         r.get("vs_underlay", ""), r["retransmits"]))
-    head = (f"iperf3 TCP container to container across 2 hosts, {seconds} s, "
-            f"{parallel} stream(s)")
-    return head + "\n" + table(rows, ["path", "Mbit/s", "vs hand-built", "vs underlay",
-                                      "retransmits"])
+        if "median_mbit_s" not in r:
+            rows.append((name, 0, "n/a", "", "", "", ""))
+            continue
+        rows.append((name, len(r["runs"]), r["median_mbit_s"],
+                     f"{r['min_mbit_s']}-{r['max_mbit_s']}", r.get("vs_hand-built", ""),
+                     r.get("vs_underlay", ""), r["retransmits_median"]))
+    lines = [
+        f"iperf3 TCP container to container across 2 hosts, {seconds} s, {parallel} "
+        f"stream(s), {repeat} round(s) round-robin",
+        table(rows, ["path", "runs", "median Mbit/s", "min-max", "vs hand-built",
+                     "vs underlay", "retransmits (median)"]),
+    ]
+    for name, r in results.items():
+        if r["errors"]:
+            lines.append(f"  {name}: {len(r['errors'])} failure(s): {r['errors'][0][:160]}")
+    if isinstance(shape, list):
+        lines.append("hand-built vs fastdp shape: " + (
+            "identical (vxlan/bridge-port parameters, MTUs, offloads)" if not shape
+            else f"{len(shape)} difference(s):"))
+        lines += [f"  {d}" for d in shape]
+    elif shape is not None:
+        lines.append(f"hand-built vs fastdp shape: {shape}")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=int, default=8, help="iperf3 time per row")
+    parser.add_argument("--seconds", type=int, default=8, help="iperf3 time per run")
     parser.add_argument("-P", "--parallel", type=int, default=1, help="iperf3 streams")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds over all paths")
     parser.add_argument("--rows", default=",".join(ROWS),
                         help=f"comma-separated subset of {','.join(ROWS)}")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -194,11 +336,13 @@ def main() -> None:
     unknown = set(rows) - set(ROWS)
     if unknown:
         parser.error(f"unknown row(s): {', '.join(sorted(unknown))}")
-    results = measure_all(rows, args.seconds, args.parallel)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    results, shape = measure_all(rows, args.seconds, args.parallel, args.repeat)
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({"rows": results, "shape_differences": shape}, indent=2))
     else:
-        print(render(results, args.seconds, args.parallel))
+        print(render(results, shape, args.seconds, args.parallel, args.repeat))
 
 
 if __name__ == "__main__":
