@@ -13,7 +13,7 @@ Item ids in an ApplyReport: "network:<name>" and "endpoint:<network>/<endpoint>"
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
@@ -37,6 +37,24 @@ class HostState:
     host: Host  # this host
     networks: Mapping[str, NetworkState]  # networks of one driver that this host serves
     hosts: Mapping[str, Host]  # every live host, this one included
+
+
+def remote_endpoints(
+    ns: NetworkState, hosts: Mapping[str, Host], report: ApplyReport
+) -> Iterator[tuple[Endpoint, Host]]:
+    """Each remote endpoint of the network with the host it lives on; one whose host is
+    unknown is reported as failed and skipped."""
+    for ep in ns.remote:
+        peer = hosts.get(ep.host)
+        if peer is None:
+            report.fail(endpoint_id(ep), f"host {ep.host} of remote endpoint is not known")
+            continue
+        yield ep, peer
+
+
+def other_peers(ns: NetworkState, host: Host) -> list[Host]:
+    """The network's peer hosts, never this host (not even under another name)."""
+    return [p for p in ns.peers if p.name != host.name and p.underlay_ip != host.underlay_ip]
 
 
 def endpoint_id(ep: Endpoint) -> str:

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from netd.errors import DatapathError
 from netd.model import Host
 from netd.netlink import ZERO_MAC, FdbEntry, Netlink
-from netd.plugin import ApplyReport, NetworkState, endpoint_id, network_id
+from netd.plugin import (
+    ApplyReport,
+    NetworkState,
+    network_id,
+    other_peers,
+    remote_endpoints,
+)
 from plugins.weave.names import bridge_name, vxlan_name
 
 
@@ -68,16 +74,11 @@ class FastDP:
     ) -> FastdpRemotes:
         fdb: set[FdbEntry] = set()
         neigh: dict[str, str] = {}
-        for ep in ns.remote:
-            peer = hosts.get(ep.host)
-            if peer is None:
-                report.fail(endpoint_id(ep), f"host {ep.host} of remote endpoint is not known")
-                continue
+        for ep, peer in remote_endpoints(ns, hosts, report):
             fdb.add(FdbEntry(ep.mac, peer.underlay_ip))
             neigh[ep.ip] = ep.mac
-        for peer in ns.peers:
-            if peer.name != host.name and peer.underlay_ip != host.underlay_ip:
-                fdb.add(FdbEntry(ZERO_MAC, peer.underlay_ip))
+        for peer in other_peers(ns, host):
+            fdb.add(FdbEntry(ZERO_MAC, peer.underlay_ip))
         return FastdpRemotes(frozenset(fdb), tuple(sorted(neigh.items())))
 
     def apply_remotes(

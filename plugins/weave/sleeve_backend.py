@@ -24,7 +24,13 @@ from typing import Any
 from netd.errors import DatapathError, NetdError
 from netd.model import Host
 from netd.netlink import Netlink
-from netd.plugin import ApplyReport, NetworkState, endpoint_id, network_id
+from netd.plugin import (
+    ApplyReport,
+    NetworkState,
+    network_id,
+    other_peers,
+    remote_endpoints,
+)
 from plugins.weave import tap
 from plugins.weave.names import bridge_name, tap_name, vni_of
 from plugins.weave.sleeve import DEFAULT_PORT, SleeveEngine
@@ -105,17 +111,9 @@ class Sleeve:
         self, ns: NetworkState, host: Host, hosts: Mapping[str, Host], report: ApplyReport
     ) -> SleeveRemotes:
         macs: dict[str, str] = {}
-        for ep in ns.remote:
-            peer = hosts.get(ep.host)
-            if peer is None:
-                report.fail(endpoint_id(ep), f"host {ep.host} of remote endpoint is not known")
-                continue
+        for ep, peer in remote_endpoints(ns, hosts, report):
             macs[ep.mac] = peer.underlay_ip
-        peers = {
-            f"{p.underlay_ip}:{sleeve_port(p)}"
-            for p in ns.peers
-            if p.name != host.name and p.underlay_ip != host.underlay_ip
-        }
+        peers = {f"{p.underlay_ip}:{sleeve_port(p)}" for p in other_peers(ns, host)}
         return SleeveRemotes(tuple(sorted(peers)), tuple(sorted(macs.items())))
 
     def apply_remotes(
