@@ -148,10 +148,13 @@ def run(cfg: config_mod.Config) -> None:
         pass
     log.info("stopping; the datapath stays in place")
     server.stop()
-    reconciler.stop()
+    idle = reconciler.stop()
     registration.stop()
-    for driver in drivers.values():
-        driver.close()
+    if idle:
+        for driver in drivers.values():
+            driver.close()
+    else:  # never pull a driver's sockets from under an apply still running
+        log.warning("an apply is still running; exiting without closing the drivers")
     store.close()
     lock.close()
     netns_lock.close()

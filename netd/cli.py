@@ -160,8 +160,8 @@ def _print_status(s: dict[str, Any]) -> str:
     lines = [
         f"host: {s['host']['name']} ({s['host']['underlay_ip']}, underlay mtu "
         f"{s['host']['underlay_mtu']})",
-        f"store: {'reachable' if store['reachable'] else 'UNREACHABLE ' + store['error']} "
-        f"(revision {store['revision']})",
+        (f"store: reachable (revision {store['revision']})" if store["reachable"]
+         else f"store: UNREACHABLE {store['error']}"),
         f"networks: {s['networks']}  local endpoints: {s['endpoints']}",
         f"last sync: {_ago(s.get('last_sync'))}, applied revision {s['applied_revision']}, "
         f"{s['syncs']} syncs",
@@ -338,20 +338,19 @@ def _fail(message: str, code: int, as_json: bool) -> NoReturn:
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    """Parse argv; with --json anywhere, a usage error is one JSON line too."""
+    """Parse argv; a usage error is one line (one JSON line with --json anywhere)."""
     parser = build_parser()
-    if "--json" not in argv:
-        return parser.parse_args(argv)
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
             return parser.parse_args(argv)
     except SystemExit as exc:
-        if not exc.code:
+        if not exc.code:  # --help (printed to stdout) or a clean exit
             raise
         lines = [line for line in captured.getvalue().splitlines() if line.strip()]
         message = lines[-1].split(": error: ", 1)[-1] if lines else "invalid arguments"
-        _fail(message, EXIT_USAGE, True)
+        as_json = "--json" in argv
+        _fail(message if as_json else f"{message} (see netctl --help)", EXIT_USAGE, as_json)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from netd.lab import Lab, run
+from netd.lab import Lab, console_script, run
 
 KEEP_FILE = Path("/run/netd-demo.json")
 
@@ -151,15 +151,16 @@ def _keep(lab: Lab) -> None:
 
 
 def _explore_help(lab: Lab, containers: list[dict[str, str]]) -> str:
+    netctl = console_script("netctl")
     first = next(iter(lab.hosts.values()))
     c = containers[0]
     return (
         "\nthe demo is still up. Try:\n"
-        f"  netctl --socket {first.socket} network ls\n"
-        f"  netctl --socket {first.socket} endpoint ls\n"
-        f"  netctl --socket {first.socket} host ls\n"
+        f"  {netctl} --socket {first.socket} network ls\n"
+        f"  {netctl} --socket {first.socket} endpoint ls\n"
+        f"  {netctl} --socket {first.socket} host ls\n"
         f"  nsenter --net=/run/netns/{c['netns']} ping {containers[2]['ip']}\n"
-        "remove it with: netctl demo --down"
+        f"remove it with: {netctl} demo --down"
     )
 
 

@@ -39,18 +39,11 @@ class HostRegistration:
         self._lease = 0
         self._on_change = on_change
         self._stop = threading.Event()
-        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="host-lease", daemon=True)
 
     @property
     def host(self) -> Host:
-        with self._lock:
-            return self._host
-
-    def update(self, host: Host) -> None:
-        with self._lock:
-            self._host = host
-        self._publish()
+        return self._host  # immutable: readers never wait for the store
 
     def start(self) -> None:
         self._publish()
@@ -80,31 +73,32 @@ class HostRegistration:
                 self._lease = saved
                 return
         elif current is not None and current.lease:
-            other = Host.from_json(current.value)
+            try:
+                other = Host.from_json(current.value).underlay_ip
+            except (NetdError, ValueError):
+                other = "unknown"
             raise Conflict(
                 f"host name {self._host.name!r} is already registered by another live netd "
-                f"(underlay {other.underlay_ip}); give this daemon another --host, or wait "
+                f"(underlay {other}); give this daemon another --host, or wait "
                 f"up to {self._ttl} s if that daemon is gone"
             )
         self._lease = self._store.grant_lease(self._ttl)
         self._lease_file.write_text(str(self._lease))
 
     def _publish(self) -> None:
-        with self._lock:
-            if not self._lease:
-                self._claim()
-            self._store.put(self._keys.host(self._host.name), self._host.to_json(), self._lease)
+        # only start() (before the thread runs) and the thread itself get here
+        if not self._lease:
+            self._claim()
+        self._store.put(self._keys.host(self._host.name), self._host.to_json(), self._lease)
 
     def _run(self) -> None:
         interval = max(0.2, self._ttl / 3)
         while not self._stop.wait(interval):
             try:
-                with self._lock:
-                    lease = self._lease
+                lease = self._lease
                 if not self._store.keepalive(lease):
                     log.warning("host lease %d expired; registering again", lease)
-                    with self._lock:
-                        self._lease = 0
+                    self._lease = 0
                     self._publish()
                     self._on_change()
                     continue
@@ -118,3 +112,5 @@ class HostRegistration:
                     self._publish()
             except NetdError as exc:
                 log.warning("host registration: %s", exc)
+            except Exception:  # the lease must outlive any surprise: retry next interval
+                log.exception("host registration failed unexpectedly; retrying")

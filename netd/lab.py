@@ -40,7 +40,7 @@ def ns_exec(netns: str, *cmd: str) -> list[str]:
     return ["nsenter", f"--net=/run/netns/{netns}", *cmd]
 
 
-def _bin(name: str) -> str:
+def console_script(name: str) -> str:
     """A console script of this installation (the venv's), else from PATH."""
     candidate = Path(sys.executable).with_name(name)
     if candidate.exists():
@@ -194,7 +194,7 @@ class Lab:
     def start_netd(self, name: str, wait: float = 20.0) -> None:
         host = self.hosts[name]
         cmd = ns_exec(
-            host.netns, _bin("netd"), "--host", name, "--underlay-ip", host.underlay_ip,
+            host.netns, console_script("netd"), "--host", name, "--underlay-ip", host.underlay_ip,
             "--store", self.store_url, "--socket", str(host.socket),
             "--state-dir", str(host.state_dir), "--host-ttl", str(self.host_ttl),
             "--resync-interval", str(self.resync_interval), "--log-level", "info",
@@ -245,7 +245,7 @@ class Lab:
 
     def netctl(self, host: str, *args: str, check: bool = True,
                timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        cmd = [_bin("netctl"), "--socket", str(self.hosts[host].socket), *args]
+        cmd = [console_script("netctl"), "--socket", str(self.hosts[host].socket), *args]
         result = run(cmd, check=False, timeout=timeout)
         if check and result.returncode != 0:
             raise RuntimeError(f"netctl {' '.join(args)} on {host} failed: {result.stderr.strip()}")

@@ -71,10 +71,12 @@ class Reconciler:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop after the apply in progress; False if it did not finish within timeout."""
         self._stop.set()
         self._kick.set()
         self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def kick(self) -> None:
         """Ask for an apply soon even without a store change (e.g. host data changed)."""
