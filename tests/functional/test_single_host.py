@@ -408,3 +408,26 @@ def test_status_shows_datapath_and_json_after_command(lab: Lab, pair: tuple[str,
     result = lab.netctl("h1", "network", "inspect", "nope", "--json", check=False)
     assert result.returncode != 0
     assert json.loads(result.stderr) == {"error": "network 'nope' not found"}
+
+
+def test_recreated_container_is_plugged_in_again_with_its_address() -> None:
+    """A container whose netns vanished stays attached (its address kept, the failure
+    shown in status); when a netns of the same name comes back, the next resync plugs it
+    in again without any command."""
+    with Lab(hosts=1, store="embedded", resync_interval=2.0) as lab:
+        lab.netctl("h1", "network", "create", "blue", "--subnet", "10.30.0.0/24")
+        c = lab.add_container("h1", "phoenix")
+        ep = lab.netctl_json("h1", "attach", c, "--network", "blue")
+        lab.remove_container(c)
+        deadline = time.monotonic() + 15
+        while not lab.netctl_json("h1", "status")["errors"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert any("phoenix" in item for item in lab.netctl_json("h1", "status")["errors"])
+        assert lab.add_container("h1", "phoenix") == c
+        deadline = time.monotonic() + 40
+        while "eth0" not in links(c) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        addrs = run(ns_exec(c, "ip", "-o", "-4", "addr", "show", "dev", "eth0")).stdout
+        assert f"{ep['ip']}/24" in addrs
+        assert lab.netctl_json("h1", "endpoint", "ls") == [ep]
+        lab.netctl("h1", "detach", c, "--network", "blue")
