@@ -34,6 +34,7 @@ case "$action" in
   test)
     setup
     .venv/bin/ruff check .
+    .venv/bin/mypy
     set +e
     .venv/bin/pytest -q "$@"
     rc=$?

@@ -66,8 +66,12 @@ class Occupancy:
     ) -> None:
         self.network = network
         self._first, self._last, self._gateway = _usable_range(network)
-        self._used = {n for n in map(_to_int, in_use) if self._usable(n)}
-        self._sticky = {n for n in map(_to_int, reserved_by_others) if self._usable(n)}
+        self._used: set[int] = {
+            n for n in map(_to_int, in_use) if n is not None and self._usable(n)
+        }
+        self._sticky: set[int] = {
+            n for n in map(_to_int, reserved_by_others) if n is not None and self._usable(n)
+        }
         self._sticky -= self._used
 
     def _usable(self, n: int | None) -> bool:

@@ -55,6 +55,11 @@ def _created(value: Any) -> tuple[int, Any]:
     return HTTPStatus.CREATED, value
 
 
+def _remove_network(service: Service, name: str) -> dict[str, str]:
+    service.remove_network(name)
+    return {"removed": name}
+
+
 ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", r"/v1/status", lambda s, p, b, q: (200, s.status())),
     ("GET", r"/v1/networks", lambda s, p, b, q: (200, [n.to_dict() for n in s.list_networks()])),
@@ -62,7 +67,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", r"/v1/networks/(?P<name>[^/]+)",
      lambda s, p, b, q: (200, s.inspect_network(p["name"]))),
     ("DELETE", r"/v1/networks/(?P<name>[^/]+)",
-     lambda s, p, b, q: (200, s.remove_network(p["name"]) or {"removed": p["name"]})),
+     lambda s, p, b, q: (200, _remove_network(s, p["name"]))),
     ("GET", r"/v1/endpoints",
      lambda s, p, b, q: (200, [e.to_dict() for e in s.list_endpoints(q.get("network"))])),
     ("POST", r"/v1/attach", lambda s, p, b, q: (200, s.attach(b).to_dict())),

@@ -86,7 +86,7 @@ def _from_file(config: Config, path: Path) -> Config:
             names = " or ".join(t.__name__ for t in expected) if isinstance(expected, tuple) \
                 else expected.__name__
             raise InvalidInput(f"config file {path}: {raw_key} must be a {names}, not {value!r}")
-        values[key] = Path(value) if key in ("socket", "state_dir") else value
+        values[key] = Path(str(value)) if key in ("socket", "state_dir") else value
     return replace(config, **values)
 
 

@@ -168,7 +168,7 @@ class Netlink:
                 ) from None
         cached = cache.get(netns)
         if cached is not None:
-            if cached[0] == inode:
+            if cached[0] == inode or netns is None:
                 return cached[1]
             self.close_netns(netns)
         try:

@@ -12,6 +12,7 @@ writes; a write made through this object wakes this process's watches at once.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import sqlite3
@@ -346,7 +347,7 @@ class EmbeddedStore(ConditionalWrites):
 
     def _events_since(
         self, prefix: str, revision: int
-    ) -> tuple[list[WatchEvent], int]:
+    ) -> tuple[builtins.list[WatchEvent], int]:
         """Events under prefix from `revision` on, and the compact revision they were read at."""
         clause, args = _range_clause(prefix)
         with self._read() as db:

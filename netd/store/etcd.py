@@ -18,7 +18,7 @@ import re
 import socket
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import requests
@@ -277,7 +277,7 @@ class EtcdWatch:
             client = Etcd3Client(host=host, port=port, protocol=protocol, api_path=API_PATH)
             try:
                 response = client.session.post(
-                    client.get_url("/watch"), json=body, stream=True,
+                    client.get_url("/watch"), json=cast(Any, body), stream=True,
                     timeout=(store.timeout, None),
                 )
             except requests.RequestException as exc:
