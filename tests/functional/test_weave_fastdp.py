@@ -104,17 +104,28 @@ def vni() -> int:
     return 16_000_000 + secrets.randbelow(700_000)
 
 
-def remove_links(drv: WeaveDriver, vni: int) -> None:
-    """Close `drv` and delete by name the links it made (this VNI's bridge/vxlan, the
+def remove_links(drv: WeaveDriver, *vnis: int) -> None:
+    """Close `drv` and delete by name the links it made (these VNIs' bridges/vxlans, the
     veths of its endpoints)."""
     drv.close()
     nl = Netlink()
     for name in sorted(link_names()):
         if name.startswith("ndh") and name in drv._named:
             nl.delete_link(name)
-    nl.delete_link(vxlan_name(vni))
-    nl.delete_link(bridge_name(vni))
+    for vni in vnis:
+        nl.delete_link(vxlan_name(vni))
+        nl.delete_link(bridge_name(vni))
     nl.close()
+
+
+def local_endpoints(
+    make_netns: Callable[[str], str], net: Network, count: int, prefix: str = "twc"
+) -> tuple[list[str], list[Endpoint]]:
+    """`count` container namespaces with one endpoint each on `net` (a, b, c ... at .10+)."""
+    names = [make_netns(prefix) for _ in range(count)]
+    eps = [endpoint(net, chr(ord("a") + i), LOCAL.name, netns_path(ns), 10 + i)
+           for i, ns in enumerate(names)]
+    return names, eps
 
 
 @pytest.fixture
@@ -136,9 +147,7 @@ def test_two_local_endpoints_talk_and_reapply_changes_nothing(
     driver: WeaveDriver, make_netns: Callable[[str], str], nl: Netlink, vni: int
 ) -> None:
     net = network(vni)
-    a, b = make_netns("twc"), make_netns("twc")
-    ep_a = endpoint(net, "a", LOCAL.name, netns_path(a), 10)
-    ep_b = endpoint(net, "b", LOCAL.name, netns_path(b), 11)
+    (a, b), (ep_a, ep_b) = local_endpoints(make_netns, net, 2)
     desired = state(net, [ep_a, ep_b])
 
     assert ok(driver.apply(desired, sweep=False, verify=True)).changed > 0
@@ -181,9 +190,7 @@ def test_detach_removes_veth_and_last_one_removes_network(
     driver: WeaveDriver, make_netns: Callable[[str], str], nl: Netlink, vni: int
 ) -> None:
     net = network(vni)
-    a, b = make_netns("twc"), make_netns("twc")
-    ep_a = endpoint(net, "a", LOCAL.name, netns_path(a), 10)
-    ep_b = endpoint(net, "b", LOCAL.name, netns_path(b), 11)
+    (a, b), (ep_a, ep_b) = local_endpoints(make_netns, net, 2)
     ok(driver.apply(state(net, [ep_a, ep_b]), sweep=False, verify=True))
     veth_b = host_veth_name(net.name, "b")
     assert nl.get_link(veth_b) is not None
@@ -202,9 +209,7 @@ def test_bad_container_fails_only_its_endpoint_and_leaks_nothing(
     driver: WeaveDriver, make_netns: Callable[[str], str], nl: Netlink, vni: int
 ) -> None:
     net = network(vni)
-    a, b, c = make_netns("twc"), make_netns("twc"), make_netns("twc")
-    ep_a = endpoint(net, "a", LOCAL.name, netns_path(a), 10)
-    ep_b = endpoint(net, "b", LOCAL.name, netns_path(b), 11)
+    (a, b, c), (ep_a, ep_b, _) = local_endpoints(make_netns, net, 3)
     gone = endpoint(net, "gone", LOCAL.name, netns_path(unique("twc")), 12)
     # c already has an eth0 that netd did not make
     in_netns(c, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "twother")
@@ -313,10 +318,7 @@ def test_verify_false_skips_unchanged_items_and_verify_true_repairs(
     driver: WeaveDriver, make_netns: Callable[[str], str], nl: Netlink, vni: int
 ) -> None:
     net = network(vni)
-    a, b, c = make_netns("tac"), make_netns("tac"), make_netns("tac")
-    ep_a = endpoint(net, "a", LOCAL.name, netns_path(a), 10)
-    ep_b = endpoint(net, "b", LOCAL.name, netns_path(b), 11)
-    ep_c = endpoint(net, "c", LOCAL.name, netns_path(c), 12)
+    (a, _, c), (ep_a, ep_b, ep_c) = local_endpoints(make_netns, net, 3, "tac")
     ok(driver.apply(state(net, [ep_a, ep_b]), sweep=False, verify=True))
     assert set(driver._nl._cache()) <= {None}  # no socket into a container netns is kept
 
@@ -654,12 +656,4 @@ def test_detaching_the_default_route_network_moves_the_route(
         route = in_netns(c, "ip", "route", "show", "default").stdout
         assert f"via {second.gateway} dev eth1" in route, route
     finally:
-        driver.close()
-        nl = Netlink()
-        for name in sorted(link_names()):
-            if name.startswith("ndh") and name in driver._named:
-                nl.delete_link(name)
-        for v in (vni, vni + 1):
-            nl.delete_link(vxlan_name(v))
-            nl.delete_link(bridge_name(v))
-        nl.close()
+        remove_links(driver, vni, vni + 1)
