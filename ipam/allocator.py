@@ -1,4 +1,4 @@
-"""Address allocation policy: which free address to try next. Pure, no I/O.
+"""Address allocation policy: which free address of a range to try next. Pure, no I/O.
 
 Candidates are random, not "the first free address": when several daemons allocate on
 one network at once, scanning from the bottom makes every client race for the same
@@ -14,6 +14,7 @@ import ipaddress
 import random
 from collections.abc import Iterable, Iterator
 
+from ipam.scope import AddressRange, to_int
 from netd.errors import Exhausted
 from netd.model import Network
 
@@ -21,81 +22,80 @@ from netd.model import Network
 RANDOM_PROBES = 32
 
 
-def _to_int(ip: str) -> int | None:
-    try:
-        return int(ipaddress.IPv4Address(ip))
-    except ValueError:
-        return None
-
-
-def _usable_range(network: Network) -> tuple[int, int, int]:
-    """(first usable, last usable, gateway) as integers."""
-    subnet = ipaddress.IPv4Network(network.subnet)
-    gateway = _to_int(network.gateway)
-    return int(subnet.network_address) + 1, int(subnet.broadcast_address) - 1, (
-        gateway if gateway is not None else -1
-    )
-
-
-def usable_count(network: Network) -> int:
-    """How many addresses of the subnet can be handed out (no network/broadcast/gateway)."""
-    first, last, gateway = _usable_range(network)
-    return last - first + 1 - (1 if first <= gateway <= last else 0)
+def usable_count(scope: AddressRange | Network) -> int:
+    """How many addresses of the range can be handed out (no network/broadcast/gateway)."""
+    return _scope(scope).size()
 
 
 def candidates(
-    network: Network,
+    scope: AddressRange | Network,
     in_use: Iterable[str],
     reserved_by_others: Iterable[str],
     rng: random.Random,
 ) -> Iterator[str]:
-    """Every free address of `network` exactly once, in the order to try them.
+    """Every free address of `scope` exactly once, in the order to try them.
 
-    Free means inside the subnet, not network/broadcast/gateway and not in `in_use`.
-    Addresses in `reserved_by_others` (sticky reservations of other endpoint names)
-    come after all others. Raises Exhausted at once if there is no free address.
+    Free means inside the range, not network/broadcast/gateway/excluded and not in
+    `in_use`. Addresses in `reserved_by_others` (sticky reservations of other endpoint
+    names) come after all others. Raises Exhausted at once if there is no free address.
     """
-    return Occupancy(network, in_use, reserved_by_others).candidates(rng)
+    return Occupancy(_scope(scope), in_use, reserved_by_others).candidates(rng)
+
+
+def _scope(scope: AddressRange | Network) -> AddressRange:
+    return scope if isinstance(scope, AddressRange) else AddressRange.of(scope)
 
 
 class Occupancy:
-    """A network's taken and sticky addresses, parsed once and then picked from many times."""
+    """A range's taken and sticky addresses, parsed once and then picked from many times."""
 
     def __init__(
-        self, network: Network, in_use: Iterable[str], reserved_by_others: Iterable[str]
+        self, scope: AddressRange, in_use: Iterable[str], reserved_by_others: Iterable[str]
     ) -> None:
-        self.network = network
-        self._first, self._last, self._gateway = _usable_range(network)
+        self.scope = scope
+        self._first, self._last = scope.bounds()
+        self._reserved = scope.reserved()
+        self._size = scope.size()
         self._used: set[int] = {
-            n for n in map(_to_int, in_use) if n is not None and self._usable(n)
+            n for n in map(to_int, in_use) if n is not None and self._usable(n)
         }
         self._sticky: set[int] = {
-            n for n in map(_to_int, reserved_by_others) if n is not None and self._usable(n)
+            n for n in map(to_int, reserved_by_others) if n is not None and self._usable(n)
         }
         self._sticky -= self._used
 
     def _usable(self, n: int | None) -> bool:
-        return n is not None and self._first <= n <= self._last and n != self._gateway
+        return n is not None and self._first <= n <= self._last and n not in self._reserved
 
     def add(self, ip: str) -> None:
         """Count `ip` as in use from now on."""
-        n = _to_int(ip)
-        if self._usable(n):
-            assert n is not None
+        n = to_int(ip)
+        if n is not None and self._usable(n):
             self._used.add(n)
             self._sticky.discard(n)
 
+    def discard(self, ip: str, sticky: bool) -> None:
+        """Count `ip` as free again (`sticky`: a name still holds a reservation on it)."""
+        n = to_int(ip)
+        if n is not None and n in self._used:
+            self._used.discard(n)
+            if sticky:
+                self._sticky.add(n)
+
+    def is_used(self, ip: str) -> bool:
+        return to_int(ip) in self._used
+
     def candidates(self, rng: random.Random) -> Iterator[str]:
         """As the module-level candidates(); raises Exhausted at once when full."""
-        free = usable_count(self.network) - len(self._used)
+        free = self._size - len(self._used)
         if free <= 0:
             raise Exhausted(
-                f"network {self.network.name} has no free address ({len(self._used)} in use)"
+                f"network {self.scope.network} has no free address ({len(self._used)} in use)"
             )
         return _order(
             self._first,
             self._last,
-            self._gateway,
+            self._reserved,
             set(self._used),
             set(self._sticky),
             free - len(self._sticky),
@@ -106,14 +106,14 @@ class Occupancy:
 def _order(
     first: int,
     last: int,
-    gateway: int,
+    reserved: frozenset[int],
     used: set[int],
     sticky: set[int],
     preferred: int,
     rng: random.Random,
 ) -> Iterator[str]:
     def taken(n: int) -> bool:
-        return n == gateway or n in used or n in sticky
+        return n in reserved or n in used or n in sticky
 
     seen: set[int] = set()
     if preferred > 0:

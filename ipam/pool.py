@@ -1,17 +1,19 @@
-"""One network's address pool in the store: cluster-wide, race-free, sticky by name.
+"""One address range's pool in the store: cluster-wide, race-free, sticky by name.
 
 Two records per allocation (keys from netd.store.keys):
 * `Keys.ipam_address(net, ip)` = {"owner": endpoint}: the address is in use;
 * `Keys.ipam_name(net, endpoint)` = {"ip": ip}: the endpoint name's sticky reservation.
-Both are written in one conditional commit (the address must be absent, the name
-record unchanged since it was read), so two daemons can never hand out one address
-and a failure leaves no half state. `release` deletes only the address record, so a
-container recreated under the same name gets its address back; `forget` drops both.
 
-`plan_*` methods return the conditions and operations instead of committing, so the
-API can reserve an address and create the endpoint record in one transaction (or pass
-`extra` to `reserve`, which also retries). Keep one AddressPool per network for the
-daemon's lifetime: it caches a short-lived view of the pool for automatic picks.
+The pool only plans: `plan_*` return a `Plan` (conditions and operations) and never
+write. The caller adds its own records and commits everything at once through the
+transaction helper (netd.service.transaction), so an attach reserves its address,
+claims its MAC and writes its endpoint in one transaction: the address must be absent,
+the name record unchanged since it was read. That is the only way addresses are taken,
+in production, tests and benchmarks alike.
+
+Keep one AddressPool per range for the daemon's lifetime: it keeps a short-lived view
+of the range's records so that an automatic pick costs no read (see _View), and the
+caller tells it what happened (`committed`, `collided`, `invalidate`).
 """
 
 from __future__ import annotations
@@ -20,20 +22,20 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from ipam.allocator import Occupancy
-from netd.errors import Conflict, Exhausted, InvalidInput
-from netd.model import Network, check_ip_in_subnet, check_name
+from ipam.scope import AddressRange
+from netd.errors import Conflict, Exhausted
+from netd.model import check_name
 from netd.store.base import Condition, Delete, DeletePrefix, KeyValue, Operation, Put, Store
 from netd.store.keys import Keys
 
-MAX_ATTEMPTS = 64  # commits lost to concurrent writers before giving up
 VIEW_MAX_AGE = 2.0  # seconds a cached view of the pool may guide automatic picks
-
-# the API's part of a combined transaction, computed for the address IPAM chose
-Extra = Callable[[str], tuple[Sequence[Condition], Sequence[Operation]]]
+# a pick that collided re-reads the view if it is older than this: under contention the
+# view must follow the other daemons closely, and a small pool is cheap to re-read
+COLLISION_REREAD_AGE = 0.05
 
 
 @dataclass(frozen=True)
@@ -46,27 +48,7 @@ class Plan:
     # reserve plans: the endpoint's sticky address before (None: it had no record), so
     # a failed caller can put the name record back as it was (plan_undo)
     previous_sticky: str | None = None
-
-
-class _View:
-    """What the pool looked like a moment ago, to choose candidates without a full read.
-
-    Reading every record of a big network for each allocation makes allocation O(n):
-    8 processes filling a /21 over etcd managed 35 alloc/s that way, ~220/s with a
-    view (tests/unit/test_ipam_etcd_concurrency.py). The view is only advice: the commit's
-    conditions decide, and the view is re-read when it is VIEW_MAX_AGE old or claims
-    the pool is full. Each pick is marked in use at once, so a lost commit moves on.
-    """
-
-    def __init__(self, network: Network, snap: _Snapshot) -> None:
-        # an endpoint's own sticky address is taken before a pick (or is in use), so
-        # every sticky address counts as another name's here
-        sticky = [rec.value for rec in snap.sticky.values()]
-        self.occupancy = Occupancy(network, snap.owners, sticky)
-        self.read_at = time.monotonic()
-
-    def age(self) -> float:
-        return time.monotonic() - self.read_at
+    automatic: bool = False  # the address was picked, not asked for
 
 
 @dataclass(frozen=True)
@@ -75,10 +57,27 @@ class _Record:
     mod_revision: int
 
 
-@dataclass(frozen=True)
-class _Snapshot:
-    owners: dict[str, _Record]  # ip -> owning endpoint
-    sticky: dict[str, _Record]  # endpoint -> its sticky ip
+class _View:
+    """What the pool looked like a moment ago, so an automatic pick needs no read.
+
+    Reading every record of a big network for each allocation makes allocation O(n).
+    The view is only advice: the commit's conditions decide. It is re-read when it is
+    VIEW_MAX_AGE old, when it claims the pool is full, or when a commit planned from it
+    failed on an IPAM record. Each pick is marked in use at once, so a lost commit moves
+    on, and the caller's own commits are written into it (`committed`).
+    """
+
+    def __init__(self, scope: AddressRange, owners: dict[str, _Record],
+                 sticky: dict[str, _Record]) -> None:
+        self.owners = owners  # ip -> owning endpoint
+        self.sticky = sticky  # endpoint -> its sticky ip
+        # an endpoint's own sticky address is taken before a pick (or is in use), so
+        # every sticky address counts as another name's here
+        self.occupancy = Occupancy(scope, owners, [rec.value for rec in sticky.values()])
+        self.read_at = time.monotonic()
+
+    def age(self) -> float:
+        return time.monotonic() - self.read_at
 
 
 def _field(kv: KeyValue | None, name: str) -> str:
@@ -100,51 +99,38 @@ class AddressPool:
         self,
         store: Store,
         keys: Keys,
-        network: Network,
+        scope: AddressRange,
         rng: random.Random | None = None,
-        max_attempts: int = MAX_ATTEMPTS,
     ) -> None:
         self.store = store
         self.keys = keys
-        self.network = network
+        self.scope = scope
         self.rng = rng if rng is not None else random.Random()
-        self.max_attempts = max_attempts
         self._lock = threading.Lock()
         self._view: _View | None = None
 
+    @property
+    def network(self) -> str:
+        return self.scope.network
+
     # -- reserve -------------------------------------------------------------------
 
-    def reserve(self, endpoint: str, ip: str | None = None, extra: Extra | None = None) -> str:
-        """Reserve `ip` (or pick one) for `endpoint` and return it.
+    def plan_reserve(
+        self, endpoint: str, ip: str | None = None, avoid: Collection[str] = ()
+    ) -> Plan:
+        """What reserving `ip` (or an automatic pick) for `endpoint` would write.
 
-        `extra(ip)` may add the caller's own conditions and operations to the same
-        commit; it is called again on every retry and may raise to abort.
+        A fixed address is read from the store; an automatic one is planned from the
+        view, so a stale view only makes the commit fail (then: `collided`, plan again).
         """
-        for _ in range(self.max_attempts):
-            plan = self.plan_reserve(endpoint, ip)
-            conditions, operations = list(plan.conditions), list(plan.operations)
-            if extra is not None:
-                more_conditions, more_operations = extra(plan.ip)
-                conditions += more_conditions
-                operations += more_operations
-            if self.store.commit(conditions, operations).succeeded:
-                return plan.ip
-        raise Conflict(
-            f"could not reserve an address on network {self.network.name}: "
-            f"{self.max_attempts} attempts lost to concurrent changes; try again"
-        )
-
-    def plan_reserve(self, endpoint: str, ip: str | None = None) -> Plan:
-        """What reserving would write, read from the store now; nothing is committed."""
         check_name(endpoint, "endpoint name")
         if ip is not None:
-            return self._plan_fixed(endpoint, check_ip_in_subnet(ip, self.network))
-        return self._plan_auto(endpoint)
+            return self._plan_fixed(endpoint, self.scope.check(ip))
+        return self._plan_auto(endpoint, avoid)
 
     def _plan_fixed(self, endpoint: str, ip: str) -> Plan:
-        net = self.network.name
-        addr_key = self.keys.ipam_address(net, ip)
-        addr = self.store.get(addr_key)
+        net = self.network
+        addr = self.store.get(self.keys.ipam_address(net, ip))
         owner = _field(addr, "owner") if addr is not None else None
         if owner is not None and owner != endpoint:
             raise Conflict(
@@ -159,43 +145,53 @@ class AddressPool:
                     f"endpoint {endpoint} already holds IP {sticky_ip} on network {net}; "
                     "detach it first"
                 )
-        return self._plan(endpoint, ip, _mod(addr), _Record(sticky_ip, _mod(name)))
+        return self._plan(endpoint, ip, _mod(addr), _Record(sticky_ip, _mod(name)), False)
 
-    def _plan_auto(self, endpoint: str) -> Plan:
-        net = self.network.name
-        name = self.store.get(self.keys.ipam_name(net, endpoint))
-        sticky = _Record(_field(name, "ip"), _mod(name))
-        if sticky.value and self._usable(sticky.value):
-            addr = self.store.get(self.keys.ipam_address(net, sticky.value))
-            if addr is None or _field(addr, "owner") == endpoint:
-                # already held (idempotent), or free again: the name gets its address back
-                return self._plan(endpoint, sticky.value, _mod(addr), sticky)
-        ip = self._pick()
-        return self._plan(endpoint, ip, 0, sticky)
-
-    def _pick(self) -> str:
-        """A random free address, judged from a recent view of the pool (see _View)."""
+    def _plan_auto(self, endpoint: str, avoid: Collection[str]) -> Plan:
         with self._lock:
-            fresh = self._view is None or self._view.age() > VIEW_MAX_AGE
-            if self._view is None or fresh:
-                self._view = _View(self.network, self._snapshot())
-            try:
-                ip = next(self._view.occupancy.candidates(self.rng))
-            except Exhausted:
-                if fresh:
-                    raise
-                self._view = _View(self.network, self._snapshot())
-                ip = next(self._view.occupancy.candidates(self.rng))
-            self._view.occupancy.add(ip)
-            return ip
+            view, just_read = self._fresh_view()
+            sticky = view.sticky.get(endpoint, _Record("", 0))
+            if sticky.value and sticky.value not in avoid and self.scope.usable(sticky.value):
+                addr = view.owners.get(sticky.value)
+                if addr is None or addr.value == endpoint:
+                    # already held (idempotent), or free again: the name gets it back
+                    view.occupancy.add(sticky.value)
+                    mod = addr.mod_revision if addr is not None else 0
+                    return self._plan(endpoint, sticky.value, mod, sticky, True)
+            ip = self._pick(view, just_read, avoid)
+        return self._plan(endpoint, ip, 0, sticky, True)
 
-    def _plan(self, endpoint: str, ip: str, addr_mod: int, sticky: _Record) -> Plan:
+    def _fresh_view(self) -> tuple[_View, bool]:
+        """The view, and whether it was read just now."""
+        if self._view is None or self._view.age() > VIEW_MAX_AGE:
+            self._view = self._read_view()
+            return self._view, True
+        return self._view, False
+
+    def _pick(self, view: _View, just_read: bool, avoid: Collection[str]) -> str:
+        for ip in avoid:
+            view.occupancy.add(ip)
+        try:
+            ip = next(view.occupancy.candidates(self.rng))
+        except Exhausted:
+            if just_read:
+                raise
+            self._view = view = self._read_view()
+            for ip in avoid:
+                view.occupancy.add(ip)
+            ip = next(view.occupancy.candidates(self.rng))
+        view.occupancy.add(ip)
+        return ip
+
+    def _plan(
+        self, endpoint: str, ip: str, addr_mod: int, sticky: _Record, automatic: bool
+    ) -> Plan:
         """Conditions/operations that leave `ip` owned by `endpoint` and sticky to it.
 
         `addr_mod` is the address record's mod_revision as read (0: absent, so it gets
         written), `sticky` the endpoint's name record as read.
         """
-        net = self.network.name
+        net = self.network
         addr_key, name_key = self.keys.ipam_address(net, ip), self.keys.ipam_name(net, endpoint)
         conditions = [Condition(addr_key, addr_mod)]
         operations: list[Operation] = []
@@ -205,12 +201,12 @@ class AddressPool:
             conditions.append(Condition(name_key, sticky.mod_revision))
             operations.append(Put(name_key, json.dumps({"ip": ip})))
         previous = sticky.value if sticky.mod_revision else None
-        return Plan(ip, tuple(conditions), tuple(operations), previous)
+        return Plan(ip, tuple(conditions), tuple(operations), previous, automatic)
 
     def plan_undo(self, endpoint: str, plan: Plan, revision: int) -> Plan:
         """Undo a reserve `plan` committed at `revision`: remove the address record it
         created and put the name record back as it was, each only if still unchanged."""
-        net = self.network.name
+        net = self.network
         addr_key = self.keys.ipam_address(net, plan.ip)
         name_key = self.keys.ipam_name(net, endpoint)
         conditions: list[Condition] = []
@@ -225,6 +221,39 @@ class AddressPool:
                 operations.append(Delete(op.key))
         return Plan("", tuple(conditions), tuple(operations))
 
+    # -- what happened to a plan ---------------------------------------------------
+
+    def committed(self, endpoint: str, plan: Plan, revision: int) -> None:
+        """A reserve plan was committed at `revision`: the view knows it without a read."""
+        with self._lock:
+            view = self._view
+            if view is None:
+                return
+            for op in plan.operations:
+                if isinstance(op, Put) and op.key == self.keys.ipam_address(self.network, plan.ip):
+                    view.owners[plan.ip] = _Record(endpoint, revision)
+                elif isinstance(op, Put):
+                    view.sticky[endpoint] = _Record(plan.ip, revision)
+            view.occupancy.add(plan.ip)
+
+    def collided(self, ip: str) -> None:
+        """A commit planned for `ip` failed on an IPAM record: someone else changed the
+        pool. Count `ip` as taken; re-read the view unless it was read just now."""
+        with self._lock:
+            if self._view is None:
+                return
+            self._view.occupancy.add(ip)
+            if self._view.age() > COLLISION_REREAD_AGE:
+                self._view = None
+
+    def released(self, ip: str) -> None:
+        """A release of `ip` was committed: the view counts it free again."""
+        with self._lock:
+            if self._view is not None:
+                view = self._view
+                view.owners.pop(ip, None)
+                view.occupancy.discard(ip, any(r.value == ip for r in view.sticky.values()))
+
     def invalidate(self) -> None:
         """Forget the cached view of the pool; the next automatic pick re-reads it."""
         with self._lock:
@@ -232,28 +261,21 @@ class AddressPool:
 
     # -- release -------------------------------------------------------------------
 
-    def release(self, endpoint: str, ip: str) -> None:
-        """Free `ip` if `endpoint` owns it; keep the sticky reservation. Idempotent."""
-        self._commit_retrying(lambda: self.plan_release(endpoint, ip))
-        self.invalidate()
-
     def plan_release(self, endpoint: str, ip: str) -> Plan:
-        addr_key = self.keys.ipam_address(self.network.name, ip)
+        """Free `ip` if `endpoint` owns it; keep the sticky reservation."""
+        addr_key = self.keys.ipam_address(self.network, ip)
         addr = self.store.get(addr_key)
         if addr is None or _field(addr, "owner") != endpoint:
             return Plan("")
         return Plan("", (Condition(addr_key, addr.mod_revision),), (Delete(addr_key),))
 
-    def forget(self, endpoint: str) -> None:
-        """Free every address `endpoint` holds and drop its sticky reservation."""
-        self._commit_retrying(lambda: self.plan_forget(endpoint))
-        self.invalidate()
-
     def plan_forget(self, endpoint: str) -> Plan:
-        net = self.network.name
+        """Free every address `endpoint` holds and drop its sticky reservation."""
+        net = self.network
         conditions: list[Condition] = []
         operations: list[Operation] = []
-        for ip, rec in self._snapshot().owners.items():
+        owners, _ = self._read()
+        for ip, rec in owners.items():
             if rec.value == endpoint:
                 key = self.keys.ipam_address(net, ip)
                 conditions.append(Condition(key, rec.mod_revision))
@@ -265,29 +287,27 @@ class AddressPool:
             operations.append(Delete(name_key))
         return Plan("", tuple(conditions), tuple(operations))
 
-    def release_all(self) -> None:
-        """Drop every allocation and reservation of the network (for `network rm`)."""
-        plan = self.plan_release_all()
-        self.store.commit(plan.conditions, plan.operations)
-        self.invalidate()
-
     def plan_release_all(self) -> Plan:
-        return Plan("", (), (DeletePrefix(self.keys.ipam(self.network.name)),))
+        """Drop every allocation, reservation and MAC claim of the network (`network rm`)."""
+        return Plan("", (), (DeletePrefix(self.keys.ipam(self.network)),))
 
     # -- inspection ----------------------------------------------------------------
 
     def in_use(self) -> dict[str, str]:
-        """Allocated address -> owning endpoint."""
-        return {ip: rec.value for ip, rec in self._snapshot().owners.items()}
+        """Allocated address -> owning endpoint, read now."""
+        return {ip: rec.value for ip, rec in self._read()[0].items()}
 
     def reservations(self) -> dict[str, str]:
-        """Endpoint name -> its sticky address (held or not)."""
-        return {ep: rec.value for ep, rec in self._snapshot().sticky.items()}
+        """Endpoint name -> its sticky address (held or not), read now."""
+        return {ep: rec.value for ep, rec in self._read()[1].items()}
 
     # -- helpers -------------------------------------------------------------------
 
-    def _snapshot(self) -> _Snapshot:
-        net = self.network.name
+    def _read_view(self) -> _View:
+        return _View(self.scope, *self._read())
+
+    def _read(self) -> tuple[dict[str, _Record], dict[str, _Record]]:
+        net = self.network
         addr_prefix, name_prefix = self.keys.ipam_addresses(net), self.keys.ipam_names(net)
         items, _ = self.store.list(self.keys.ipam(net))
         owners: dict[str, _Record] = {}
@@ -297,21 +317,4 @@ class AddressPool:
                 owners[kv.key[len(addr_prefix) :]] = _Record(_field(kv, "owner"), kv.mod_revision)
             elif kv.key.startswith(name_prefix):
                 sticky[kv.key[len(name_prefix) :]] = _Record(_field(kv, "ip"), kv.mod_revision)
-        return _Snapshot(owners, sticky)
-
-    def _usable(self, ip: str) -> bool:
-        try:
-            check_ip_in_subnet(ip, self.network)
-        except InvalidInput:
-            return False
-        return True
-
-    def _commit_retrying(self, make_plan: Callable[[], Plan]) -> None:
-        for _ in range(self.max_attempts):
-            plan = make_plan()
-            if not plan.operations or self.store.commit(plan.conditions, plan.operations).succeeded:
-                return
-        raise Conflict(
-            f"could not update addresses of network {self.network.name}: "
-            f"{self.max_attempts} attempts lost to concurrent changes; try again"
-        )
+        return owners, sticky

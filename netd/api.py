@@ -27,6 +27,7 @@ from netd.errors import (
     Conflict,
     DatapathError,
     Exhausted,
+    HostLimit,
     InvalidInput,
     NetdError,
     NotFound,
@@ -42,6 +43,7 @@ STATUS_BY_ERROR: dict[type[NetdError], HTTPStatus] = {
     NotFound: HTTPStatus.NOT_FOUND,
     Conflict: HTTPStatus.CONFLICT,
     Exhausted: HTTPStatus.CONFLICT,
+    HostLimit: HTTPStatus.CONFLICT,  # this host's underlay cannot carry it: act on the host
     Unsupported: HTTPStatus.NOT_IMPLEMENTED,
     StoreUnavailable: HTTPStatus.SERVICE_UNAVAILABLE,
     Compacted: HTTPStatus.SERVICE_UNAVAILABLE,

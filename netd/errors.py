@@ -32,6 +32,20 @@ class Conflict(NetdError):
     code = "conflict"
 
 
+class Contention(Conflict):
+    """Concurrent writers kept changing what a request depends on, past the retry
+    bound: nothing was written; the same request may succeed when tried again."""
+
+    code = "contention"
+
+
+class HostLimit(NetdError):
+    """This host cannot carry the request (its underlay MTU is too small for the
+    network): another host may, or this one after its configuration changes."""
+
+    code = "host_limit"
+
+
 class Exhausted(NetdError):
     """A pool (addresses, VNIs) has nothing left to hand out."""
 
@@ -61,6 +75,7 @@ class DatapathError(NetdError):
 
 
 class Unsupported(NetdError):
-    """This machine lacks a kernel feature the request needs (e.g. kernel GRE)."""
+    """This netd or machine lacks what the request needs (a driver, a kernel feature,
+    a feature not built yet such as security groups)."""
 
     code = "unsupported"

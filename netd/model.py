@@ -14,7 +14,7 @@ from typing import Any, Literal, Self
 
 import netaddr
 
-from netd.errors import InvalidInput, Unsupported
+from netd.errors import HostLimit, InvalidInput
 
 DRIVERS: dict[str, tuple[str, ...]] = {
     # driver -> backends; the first is the default
@@ -374,7 +374,7 @@ def check_underlay_fits(network: Network, underlay_mtu: int) -> None:
     largest = network_mtu(network.backend, underlay_mtu, network.encrypt)
     if network.mtu > largest:
         overhead = underlay_mtu - largest
-        raise Unsupported(
+        raise HostLimit(
             f"this host's underlay MTU {underlay_mtu} is too small for network "
             f"{network.name}: its MTU {network.mtu} plus {overhead} bytes of {network.backend} "
             f"encapsulation needs {network.mtu + overhead}; raise the underlay MTU or use "

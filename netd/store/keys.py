@@ -85,6 +85,13 @@ class Keys:
         """One endpoint's claim on a MAC address, so no two endpoints of a network share one."""
         return f"{self.ipam_macs(network)}{mac}"
 
+    def numbers(self, space: str) -> str:
+        """Small numeric ids of one kind ("endpoint", "tenant"): ipam.ids."""
+        return f"{self.prefix}/ids/{space}/"
+
+    def number(self, space: str, n: int) -> str:
+        return f"{self.numbers(space)}{n}"
+
     def secrets(self) -> str:
         return f"{self.prefix}/secrets/"
 

@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 
 from netd import api
-from netd.errors import Conflict, DatapathError, InvalidInput, NetdError, NotFound
+from netd.errors import (
+    Conflict,
+    Contention,
+    DatapathError,
+    HostLimit,
+    InvalidInput,
+    NetdError,
+    NotFound,
+    Unsupported,
+)
 from netd.model import Host
 from netd.service import Service
 from netd.store.embedded import EmbeddedStore
@@ -43,6 +52,9 @@ def test_error_statuses() -> None:
     assert api.status_for(NotFound("x")) == 404
     assert api.status_for(Conflict("x")) == 409
     assert api.status_for(DatapathError("x")) == 500
+    assert api.status_for(HostLimit("underlay MTU too small")) == 409
+    assert api.status_for(Contention("x")) == 409
+    assert api.status_for(Unsupported("no such driver")) == 501
 
     class Odd(NetdError):
         pass
@@ -63,7 +75,9 @@ def test_every_operation_documents_internal_errors() -> None:
         assert "500" in op["responses"], f"{method} {path}"  # type: ignore[operator]
     for path, method in (("/v1/networks", "post"), ("/v1/attach", "post")):
         ops = _openapi()["paths"][path]  # type: ignore[index]
-        assert "501" in ops[method]["responses"]  # driver missing, underlay MTU too small
+        assert "501" in ops[method]["responses"]  # driver missing
+        assert "409" in ops[method]["responses"]  # underlay MTU too small, contention
+    assert "409" in _openapi()["info"]["description"].split("underlay MTU")[0]  # type: ignore[index]
 
 
 @pytest.fixture

@@ -1,19 +1,26 @@
-"""AddressPool against the in-memory store and the real embedded (SQLite) store."""
+"""AddressPool's plans against the in-memory store and the real embedded (SQLite) store.
+
+The pool only plans; `_Committing` commits its plans through the service's transaction
+helper the way an attach does (the address part of it). Concurrency through the whole
+attach path is tested in test_service.py and test_ipam_etcd_concurrency.py.
+"""
 
 from __future__ import annotations
 
 import json
 import random
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ipam.pool import AddressPool
+from ipam.pool import AddressPool, Plan
+from ipam.scope import AddressRange
 from netd.errors import Conflict, Exhausted, InvalidInput
 from netd.model import Network
-from netd.store.base import Condition, Put, Store
+from netd.service import transaction
+from netd.service.transaction import Diagnosis
+from netd.store.base import Store
 from netd.store.keys import Keys
 from tests.support.memstore import MemStore
 
@@ -37,8 +44,56 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         real.close()
 
 
-def _pool(store: Store, network: Network | None = None, seed: int = 1) -> AddressPool:
-    return AddressPool(store, KEYS, network or _network(), rng=random.Random(seed))
+class _Committing:
+    """An AddressPool whose plans are committed at once, as the service does."""
+
+    def __init__(self, pool: AddressPool) -> None:
+        self.pool = pool
+        self.store = pool.store
+
+    def reserve(self, endpoint: str, ip: str | None = None) -> str:
+        pool = self.pool
+
+        def on_failure(plan: Plan, diagnosis: Diagnosis) -> None:
+            if diagnosis.failed(KEYS.ipam_name(pool.network, endpoint)):
+                pool.invalidate()
+            else:
+                pool.collided(plan.ip)
+
+        result = transaction.commit(self.store, lambda: pool.plan_reserve(endpoint, ip),
+                                    on_failure, what="reserve")
+        assert result is not None
+        pool.committed(endpoint, *result)
+        return result[0].ip
+
+    def release(self, endpoint: str, ip: str) -> None:
+        transaction.commit(self.store, lambda: self.pool.plan_release(endpoint, ip),
+                           transaction.retry_on_any_failure, what="release")
+        self.pool.released(ip)
+
+    def forget(self, endpoint: str) -> None:
+        transaction.commit(self.store, lambda: self.pool.plan_forget(endpoint),
+                           transaction.retry_on_any_failure, what="forget")
+        self.pool.invalidate()
+
+    def release_all(self) -> None:
+        plan = self.pool.plan_release_all()
+        self.store.commit(plan.conditions, plan.operations)
+        self.pool.invalidate()
+
+    def plan_reserve(self, endpoint: str, ip: str | None = None) -> Plan:
+        return self.pool.plan_reserve(endpoint, ip)
+
+    def in_use(self) -> dict[str, str]:
+        return self.pool.in_use()
+
+    def reservations(self) -> dict[str, str]:
+        return self.pool.reservations()
+
+
+def _pool(store: Store, network: Network | None = None, seed: int = 1) -> _Committing:
+    scope = AddressRange.of(network or _network())
+    return _Committing(AddressPool(store, KEYS, scope, rng=random.Random(seed)))
 
 
 def _ipam_keys(store: Store) -> dict[str, dict[str, str]]:
@@ -180,52 +235,6 @@ def test_plan_writes_nothing_and_goes_stale(store: Store) -> None:
     _pool(store).reserve("c2", plan.ip)  # someone takes the planned address first
     assert not store.commit(plan.conditions, plan.operations).succeeded
     assert pool.in_use() == {plan.ip: "c2"}
-
-
-def test_reserve_with_the_callers_record_in_one_commit(store: Store) -> None:
-    pool = _pool(store)
-    ep_key = KEYS.endpoint("n1", "c1")
-
-    def endpoint_record(ip: str) -> tuple[list[Condition], list[Put]]:
-        return [Condition(ep_key, 0)], [Put(ep_key, json.dumps({"ip": ip}))]
-
-    ip = pool.reserve("c1", extra=endpoint_record)
-    got = store.get(ep_key)
-    assert got is not None and json.loads(got.value) == {"ip": ip}
-    # the caller's condition fails (the endpoint exists): retried, then refused, no IPAM change
-    before = _ipam_keys(store)
-    with pytest.raises(Conflict, match="attempts"):
-        AddressPool(store, KEYS, _network(), max_attempts=3).reserve("c2", extra=endpoint_record)
-    assert _ipam_keys(store) == before
-
-
-def test_concurrent_threads_get_unique_addresses(store: Store) -> None:
-    network = _network("10.8.0.0/22", "10.8.0.1")
-    results: list[str] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def worker(n: int) -> None:
-        pool = AddressPool(store, KEYS, network, rng=random.Random(n))
-        try:
-            for i in range(40):
-                ip = pool.reserve(f"t{n}-{i}")
-                with lock:
-                    results.append(ip)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-    assert len(results) == 320
-    assert len(set(results)) == 320
-    assert "10.8.0.1" not in results
-    in_use = AddressPool(store, KEYS, network).in_use()
-    assert sorted(in_use) == sorted(results)
 
 
 def test_stale_view_of_another_daemon_never_duplicates(store: Store) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from netd.errors import InvalidInput, Unsupported
+from netd.errors import HostLimit, InvalidInput
 from netd.model import (
     Endpoint,
     Network,
@@ -158,5 +158,5 @@ def test_explicit_mtu_must_fit_the_underlay() -> None:
 def test_underlay_fits() -> None:
     blue = net()  # 1450 over fastdp
     check_underlay_fits(blue, 1500)
-    with pytest.raises(Unsupported, match=r"underlay MTU 1400 .* MTU 1450 plus 50 .* needs 1500"):
+    with pytest.raises(HostLimit, match=r"underlay MTU 1400 .* MTU 1450 plus 50 .* needs 1500"):
         check_underlay_fits(blue, 1400)

@@ -1,0 +1,109 @@
+"""What the API does: validate, write desired state to the store, wait for this host.
+
+Split by resource - `networks`, `endpoints`, `groups` (refused until security groups
+exist), `status` - over one shared `context` and one way to write, `transaction`:
+every write is a conditional commit, planned again (a bounded number of times) when a
+condition failed, after asking which one failed. Each operation validates everything
+before it writes (JSON types strictly, the network's driver loaded here, its MTU
+fitting this host's underlay), so a refused or raced request changes nothing; those
+that touch this host's datapath wait until the reconciler applied the change and roll
+the store back exactly if the driver failed the item. Attaches and detaches of one
+container run one at a time. The HTTP layer (netd.api) only maps requests and errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from netd import netlink
+from netd.container import ContainerRef, resolve
+from netd.hosts import HostRegistration
+from netd.model import Endpoint, Host, Network
+from netd.reconcile import Reconciler
+from netd.service.context import Context
+from netd.service.endpoints import Endpoints
+from netd.service.networks import Networks
+from netd.service.status import Status
+from netd.store.base import Store
+from netd.store.keys import Keys
+
+__all__ = ["Service"]
+
+
+class Service:
+    def __init__(
+        self,
+        store: Store,
+        keys: Keys,
+        registration: HostRegistration,
+        reconciler: Reconciler,
+        drivers: Iterable[str],
+        *,
+        containers: Callable[[str], ContainerRef] = resolve,
+        links: Callable[[str], set[str]] = netlink.link_names,
+    ) -> None:
+        """`drivers`: the names of the drivers this daemon loaded (networks of other
+        drivers are refused). `containers` and `links` resolve references and read a
+        netns's interface names (tests fake them)."""
+        self.ctx = Context(store, keys, registration, reconciler, drivers, containers, links)
+        self.networks = Networks(self.ctx)
+        self.endpoints = Endpoints(self.ctx)
+        self.statuses = Status(self.ctx)
+
+    @property
+    def store(self) -> Store:
+        return self.ctx.store
+
+    @property
+    def keys(self) -> Keys:
+        return self.ctx.keys
+
+    @property
+    def reconciler(self) -> Reconciler:
+        return self.ctx.reconciler
+
+    @property
+    def registration(self) -> HostRegistration:
+        return self.ctx.registration
+
+    @property
+    def drivers(self) -> frozenset[str]:
+        return self.ctx.drivers
+
+    @property
+    def host(self) -> Host:
+        return self.ctx.host
+
+    # networks
+    def create_network(self, request: dict[str, Any]) -> Network:
+        return self.networks.create_network(request)
+
+    def get_network(self, name: str) -> Network:
+        return self.networks.get_network(name)
+
+    def list_networks(self) -> list[Network]:
+        return self.networks.list_networks()
+
+    def inspect_network(self, name: str) -> dict[str, Any]:
+        return self.networks.inspect_network(name)
+
+    def remove_network(self, name: str) -> None:
+        self.networks.remove_network(name)
+
+    # endpoints
+    def list_endpoints(self, network: str | None = None) -> list[Endpoint]:
+        return self.networks.list_endpoints(network)
+
+    def attach(self, request: dict[str, Any]) -> Endpoint:
+        return self.endpoints.attach(request)
+
+    def detach(self, request: dict[str, Any]) -> Endpoint:
+        return self.endpoints.detach(request)
+
+    # hosts and status
+    def list_hosts(self) -> list[dict[str, Any]]:
+        return self.statuses.list_hosts()
+
+    def status(self) -> dict[str, Any]:
+        return self.statuses.status()

@@ -1,0 +1,366 @@
+"""Endpoints: attach a container to a network and detach it, one commit each.
+
+An attach plans its address (ipam.pool), its MAC claim (ipam.macs) and its endpoint
+record, and commits them at once while the network is unchanged and not being removed
+(netd.service.transaction). When the commit fails it asks which condition failed, in
+this order: the endpoint exists (a repeated or conflicting attach), the network changed
+or is being removed, the address or name record changed (someone took the address:
+plan again - its derived MAC colliding is the same race, not a MAC conflict), and only
+then the MAC claim. It then waits until this host applied the endpoint, and undoes the
+commit exactly if the datapath refused it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from ipam import macs
+from ipam.pool import AddressPool, Plan
+from netd.container import ContainerRef, endpoint_name
+from netd.errors import Conflict, DatapathError, Exhausted, InvalidInput, NotFound
+from netd.model import (
+    Endpoint,
+    Network,
+    check_ifname,
+    check_mac,
+    check_name,
+    check_str,
+    check_str_list,
+    check_underlay_fits,
+    mac_from_ip,
+)
+from netd.plugin import endpoint_id
+from netd.service import transaction
+from netd.service.context import (
+    APPLY_TIMEOUT,
+    Context,
+    address_range,
+    only,
+    revalidated,
+)
+from netd.service.groups import refuse_groups
+from netd.service.networks import _check_driver
+from netd.service.transaction import Diagnosis, Txn
+from netd.store.base import Condition, Delete, KeyValue, Put
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Attach:
+    """One planned attach: the address plan, the endpoint and the whole transaction."""
+
+    address: Plan
+    endpoint: Endpoint
+    conditions: tuple[Condition, ...]
+    operations: tuple[Any, ...]
+
+
+class _Exists(Exception):
+    """The endpoint record appeared under the attach: answer as a repeated attach."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        super().__init__(kv.key)
+        self.kv = kv
+
+
+class _StaleNetwork(Exception):
+    """The cached network record is not the network's current one: start again."""
+
+
+class Endpoints:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def attach(self, request: dict[str, Any]) -> Endpoint:
+        fields = only(request, {"container", "network", "ip", "mac", "ifname", "sg"})
+        if not fields.get("container") or not fields.get("network"):
+            raise InvalidInput("attach needs a container and --network")
+        try:
+            return self._attach(fields, fresh=False)
+        except _StaleNetwork:
+            return self._attach(fields, fresh=True)
+
+    def _attach(self, fields: dict[str, Any], fresh: bool) -> Endpoint:
+        ctx = self.ctx
+        container = check_str(fields["container"], "container reference")
+        groups = check_str_list(fields.get("sg", []), "security groups")
+        for group in groups:
+            check_name(group, "security group name")
+        refuse_groups(groups)
+        mac = check_mac(check_str(fields["mac"], "MAC address")) if fields.get("mac") else None
+        ifname = check_ifname(fields["ifname"]) if fields.get("ifname") else None
+        requested_ip = check_str(fields["ip"], "IP address") if fields.get("ip") else None
+
+        def check(network: Network) -> None:
+            _check_driver(ctx.drivers, network)
+            check_underlay_fits(network, ctx.host.underlay_mtu)
+            if requested_ip is not None:
+                address_range(network).check(requested_ip)
+
+        name = check_name(fields["network"], "network name")
+        net_kv, network = revalidated(ctx, name, check, fresh)
+        pool = ctx.pool(network, net_kv.create_revision)
+        ref = ctx.resolve(container)
+        key = ctx.keys.endpoint(network.name, ref.name)
+
+        with ctx.netns_locks.hold(ref.netns):
+            mine = ctx.local.of(ref.netns)
+            if key in mine:
+                existing = ctx.store.get(key)
+                if existing is not None:
+                    return self._existing_attach(existing, ref, requested_ip, mac, ifname)
+            used = set(mine.values()) | ctx.links(ref.netns)
+            if ifname is None:
+                ifname = _free_ifname(ref, used)
+            elif ifname in used:
+                raise Conflict(f"container {ref.name} already has an interface named {ifname}")
+            try:
+                planned, revision = self._commit_attach(
+                    network, net_kv, fresh, ref, requested_ip, mac, ifname, groups, pool
+                )
+            except _Exists as exists:
+                return self._existing_attach(exists.kv, ref, requested_ip, mac, ifname)
+            endpoint = planned.endpoint
+            ctx.local.add(endpoint)
+            error = ctx.await_apply(revision, endpoint_id(endpoint))
+            if error is not None:
+                self._rollback_attach(planned, revision, pool)
+                raise DatapathError(f"attach of {ref.name} to {network.name} failed: {error}")
+        log.info("attached %s to %s as %s", ref.name, network.name, endpoint.ip)
+        return endpoint
+
+    def _existing_attach(
+        self,
+        kv: KeyValue,
+        ref: ContainerRef,
+        requested_ip: str | None,
+        mac: str | None,
+        ifname: str | None,
+    ) -> Endpoint:
+        """A repeated attach: the same request answers with the endpoint once this host
+        applied it; a different one (other netns, address, MAC, interface) is refused."""
+        endpoint = Endpoint.from_json(kv.value)
+        where = f"{endpoint.name} is already attached to {endpoint.network}"
+        if endpoint.host != self.ctx.host.name:
+            raise Conflict(f"{where} on host {endpoint.host}")
+        if endpoint.netns != ref.netns:
+            raise Conflict(
+                f"{where} from network namespace {endpoint.netns}; {ref.ref} "
+                f"({ref.netns}) is another namespace with the same endpoint name: "
+                "detach the first one, or name this one differently"
+            )
+        if requested_ip is not None and requested_ip != endpoint.ip:
+            raise Conflict(f"{where} with IP {endpoint.ip}; detach it first to change the address")
+        if mac is not None and mac != endpoint.mac:
+            raise Conflict(f"{where} with MAC {endpoint.mac}; detach it first to change it")
+        if ifname is not None and ifname != endpoint.ifname:
+            raise Conflict(
+                f"{where} as interface {endpoint.ifname}; detach it first to rename it"
+            )
+        self.ctx.local.add(endpoint)
+        error = self.ctx.await_apply(kv.mod_revision, endpoint_id(endpoint))
+        if error is not None:
+            raise DatapathError(f"{endpoint.name} on {endpoint.network}: {error}")
+        return endpoint
+
+    def _commit_attach(
+        self,
+        network: Network,
+        net_kv: KeyValue,
+        fresh: bool,
+        ref: ContainerRef,
+        requested_ip: str | None,
+        mac: str | None,
+        ifname: str,
+        groups: tuple[str, ...],
+        pool: AddressPool,
+    ) -> tuple[_Attach, int]:
+        """Reserve the address, claim the MAC and write the endpoint in one commit, which
+        holds only while the network is unchanged and not being removed."""
+        ctx, keys = self.ctx, self.ctx.keys
+        key = keys.endpoint(network.name, ref.name)
+        net_key, marker = keys.network(network.name), keys.network_removal(network.name)
+        state = {"network_revision": net_kv.mod_revision}
+        own_claims: dict[str, int] = {}  # MAC -> revision of a claim this name left behind
+        avoid: set[str] = set()  # free addresses whose derived MAC another endpoint has
+
+        def plan() -> _Attach:
+            address = pool.plan_reserve(ref.name, requested_ip, avoid)
+            endpoint = Endpoint(
+                network=network.name,
+                name=ref.name,
+                container=ref.ref,
+                netns=ref.netns,
+                host=ctx.host.name,
+                ifname=ifname,
+                ip=address.ip,
+                mac=mac or mac_from_ip(address.ip),
+                security_groups=groups,
+            )
+            claim = macs.plan_claim(keys, network.name, endpoint.mac, ref.name,
+                                    own_claims.get(endpoint.mac, 0))
+            whole = Txn.of(
+                address,
+                Txn(
+                    (Condition(net_key, state["network_revision"]), Condition(marker, 0),
+                     Condition(key, 0)),
+                    (Put(key, endpoint.to_json()),),
+                ),
+                claim,
+            )
+            return _Attach(address, endpoint, whole.conditions, whole.operations)
+
+        def on_failure(planned: _Attach, diagnosis: Diagnosis) -> None:
+            if diagnosis.failed(key):
+                current = diagnosis.current(key)
+                if current is not None:
+                    raise _Exists(current)
+            if diagnosis.failed(net_key):
+                current = diagnosis.current(net_key)
+                ctx.saw_network(current, network.name)
+                same = (current is not None and current.value == net_kv.value
+                        and current.create_revision == net_kv.create_revision)
+                if not same:
+                    if current is None or fresh:
+                        raise NotFound(f"network {network.name!r} was removed")
+                    raise _StaleNetwork(network.name)  # recreated or changed: start again
+                assert current is not None
+                state["network_revision"] = current.mod_revision
+            if diagnosis.failed(marker):
+                raise Conflict(f"network {network.name!r} is being removed")
+            address = planned.address
+            name_key = keys.ipam_name(network.name, ref.name)
+            if diagnosis.failed(name_key):
+                pool.invalidate()  # our own name record changed: read the pool again
+                return
+            if diagnosis.failed(*(c.key for c in address.conditions)):
+                pool.collided(address.ip)  # the address was taken under us: plan again
+                return
+            mac_key = keys.ipam_mac(network.name, planned.endpoint.mac)
+            if diagnosis.failed(mac_key):
+                claim = diagnosis.current(mac_key)
+                owner = macs.owner_of(claim)
+                if claim is not None and owner == ref.name:
+                    own_claims[planned.endpoint.mac] = claim.mod_revision
+                elif claim is not None and mac is None and address.automatic:
+                    avoid.add(address.ip)  # free, but its derived MAC is taken: another
+                elif claim is not None:
+                    derived = "" if mac else (
+                        f" (derived from IP {address.ip}; give --mac or --ip)")
+                    raise Conflict(
+                        f"MAC {planned.endpoint.mac} is already used by {owner or '?'} on "
+                        f"network {network.name}{derived}"
+                    )
+
+        result = transaction.commit(
+            ctx.store, plan, on_failure, what=f"attach of {ref.name} to {network.name}"
+        )
+        assert result is not None
+        planned, revision = result
+        pool.committed(ref.name, planned.address, revision)
+        return planned, revision
+
+    def _rollback_attach(self, planned: _Attach, revision: int, pool: AddressPool) -> None:
+        """Undo an attach committed at `revision`: the store ends exactly as before it
+        (the sticky name record too), and this host's datapath follows."""
+        endpoint, keys = planned.endpoint, self.ctx.keys
+        key = keys.endpoint(endpoint.network, endpoint.name)
+        mac_key = keys.ipam_mac(endpoint.network, endpoint.mac)
+        undo = pool.plan_undo(endpoint.name, planned.address, revision)
+        pool.invalidate()
+        self.ctx.local.remove(endpoint)
+
+        def changed(planned: Txn, diagnosis: Diagnosis) -> None:
+            raise _Changed
+
+        undone: int | None
+        try:
+            result = transaction.commit(
+                self.ctx.store,
+                lambda: Txn.of(
+                    Txn((Condition(key, revision), Condition(mac_key, revision)),
+                        (Delete(key), Delete(mac_key))),
+                    undo,
+                ),
+                changed,
+                what=f"undoing the attach of {endpoint.name}",
+            )
+            undone = result[1] if result is not None else None
+        except _Changed:  # something changed since: release what is still ours
+            undone = self._commit_detach(endpoint, pool)
+        if undone is not None:
+            self.ctx.reconciler.wait_applied(undone, APPLY_TIMEOUT)
+
+    def detach(self, request: dict[str, Any]) -> Endpoint:
+        ctx = self.ctx
+        fields = only(request, {"container", "network"})
+        if not fields.get("container") or not fields.get("network"):
+            raise InvalidInput("detach needs a container and --network")
+        net_kv, network = ctx.network(check_name(fields["network"], "network name"), fresh=True)
+        name = endpoint_name(check_str(fields["container"], "container reference"))
+        kv = ctx.store.get(ctx.keys.endpoint(network.name, name))
+        if kv is None:
+            raise NotFound(f"{name} is not attached to network {network.name}")
+        endpoint = Endpoint.from_json(kv.value)
+        if endpoint.host != ctx.host.name:
+            raise Conflict(
+                f"{name} is attached on host {endpoint.host}; detach it with that host's netctl"
+            )
+        pool = ctx.pool(network, net_kv.create_revision)
+        with ctx.netns_locks.hold(endpoint.netns):
+            revision = self._commit_detach(endpoint, pool)
+            if revision is None:
+                raise NotFound(f"{name} is not attached to network {network.name}")
+            error = ctx.await_apply(revision, None)
+        if error is not None:
+            raise DatapathError(
+                f"{name} is detached from {network.name} in the store, but {error}; "
+                "it follows once the reconciler catches up (see netctl status)"
+            )
+        log.info("detached %s from %s", name, network.name)
+        return endpoint
+
+    def _commit_detach(self, endpoint: Endpoint, pool: AddressPool) -> int | None:
+        """Delete the endpoint, free its address (keeping the sticky reservation) and its
+        MAC claim in one commit, planned again if a record changes under it. The commit's
+        revision, or None when the endpoint is gone already."""
+        ctx, keys = self.ctx, self.ctx.keys
+        key = keys.endpoint(endpoint.network, endpoint.name)
+        released: list[str] = []
+
+        def plan() -> Txn | None:
+            kv = ctx.store.get(key)
+            if kv is None:
+                return None
+            current = Endpoint.from_json(kv.value)
+            released[:] = [current.ip]
+            return Txn.of(
+                Txn((Condition(key, kv.mod_revision),), (Delete(key),)),
+                pool.plan_release(current.name, current.ip),
+                macs.plan_release(ctx.store, keys, current.network, current.mac, current.name),
+            )
+
+        result = transaction.commit(
+            ctx.store, plan, transaction.retry_on_any_failure,
+            what=f"detaching {endpoint.name} from {endpoint.network}",
+        )
+        ctx.local.remove(endpoint)
+        if result is None:
+            return None
+        pool.released(released[0])
+        return result[1]
+
+
+class _Changed(Exception):
+    pass
+
+
+def _free_ifname(ref: ContainerRef, used: set[str]) -> str:
+    for n in range(0, 4096):
+        name = f"eth{n}"
+        if name not in used:
+            return name
+    raise Exhausted(f"container {ref.name} has no free ethN interface name")

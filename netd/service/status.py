@@ -1,0 +1,104 @@
+"""What this daemon knows about itself and the other hosts, answered even when the
+store is down or hangs (the store is probed briefly; counts come from the reconciler's
+local copy)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from netd.model import Endpoint, Host
+from netd.service.context import Context
+
+log = logging.getLogger(__name__)
+
+STORE_PROBE_TIMEOUT = 2.0  # `status` answers within this even when the store hangs
+
+
+class Status:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def list_hosts(self) -> list[dict[str, Any]]:
+        """Every host that is alive or still has endpoints, with the tunnel state seen
+        from this host: the networks both have endpoints on, and whether this host's
+        datapath towards it is programmed ("up"), failing ("error") or gone ("down")."""
+        ctx = self.ctx
+        items, _ = ctx.store.list(ctx.keys.hosts())
+        alive = {h.name: h for h in (Host.from_json(kv.value) for kv in items)}
+        networks_of: dict[str, set[str]] = {}
+        endpoints, _ = ctx.store.list(ctx.keys.endpoints())
+        for ep in (Endpoint.from_json(kv.value) for kv in endpoints):
+            networks_of.setdefault(ep.host, set()).add(ep.network)
+        mine = networks_of.get(ctx.host.name, set())
+        errors = ctx.reconciler.status().errors
+        rows = []
+        for name in sorted(set(alive) | set(networks_of)):
+            host = alive.get(name)
+            shared = sorted(mine & networks_of.get(name, set()))
+            if name == ctx.host.name:
+                tunnel, shared = "self", []
+            elif not shared:
+                tunnel = "-"
+            elif host is None:
+                tunnel = "down"
+            elif any(f"network:{n}" in errors for n in shared):
+                tunnel = "error"
+            else:
+                tunnel = "up"
+            rows.append({
+                "name": name,
+                "underlay_ip": host.underlay_ip if host else "",
+                "underlay_mtu": host.underlay_mtu if host else None,
+                "alive": host is not None,
+                "tunnel": tunnel,
+                "shared_networks": shared,
+            })
+        return rows
+
+    def status(self) -> dict[str, Any]:
+        """What this daemon knows, answered even when the store is down or hangs: the
+        store is probed briefly, counts come from the reconciler's local copy."""
+        ctx = self.ctx
+        sync = ctx.reconciler.status()
+        reachable, revision, error = self._probe_store()
+        snapshot = ctx.reconciler.snapshot()
+        local = [ep for ep in snapshot.endpoints.values() if ep.host == ctx.host.name]
+        try:
+            datapath = ctx.reconciler.observe()
+        except Exception as exc:  # a status must answer whatever a driver does
+            log.warning("observing the datapath failed: %s", exc)
+            datapath = {"error": f"observing the datapath failed: {exc}"}
+        return {
+            "host": ctx.host.to_dict(),
+            "drivers": sorted(ctx.drivers),
+            "store": {"reachable": reachable, "revision": revision, "error": error},
+            "networks": len(snapshot.networks),
+            "endpoints": len(local),
+            "last_sync": sync.last_sync,
+            "applied_revision": sync.revision,
+            "syncs": sync.syncs,
+            "errors": sync.errors,
+            "datapath": datapath,
+        }
+
+    def _probe_store(self) -> tuple[bool, int, str]:
+        """(reachable, revision, error) from one read that may take STORE_PROBE_TIMEOUT."""
+        answer: dict[str, Any] = {}
+        store = self.ctx.store
+
+        def probe() -> None:
+            try:
+                answer["revision"] = store.revision()
+            except Exception as exc:
+                answer["error"] = str(exc) or type(exc).__name__
+
+        worker = threading.Thread(target=probe, name="store-probe", daemon=True)
+        worker.start()
+        worker.join(STORE_PROBE_TIMEOUT)
+        if "revision" in answer:
+            return True, int(answer["revision"]), ""
+        if "error" in answer:
+            return False, 0, str(answer["error"])
+        return False, 0, f"the store did not answer within {STORE_PROBE_TIMEOUT:.0f} s"
