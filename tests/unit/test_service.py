@@ -20,17 +20,19 @@ from netd.calc import Snapshot
 from netd.container import ContainerRef, endpoint_name
 from netd.errors import (
     Conflict,
+    Contention,
     DatapathError,
+    Exhausted,
     HostLimit,
     InvalidInput,
     NotFound,
     StoreUnavailable,
     Unsupported,
 )
-from netd.model import Host, Network
+from netd.model import Host, Network, mac_from_ip
 from netd.reconcile import SyncStatus
 from netd.service import Service
-from netd.store.base import CommitResult, Condition, DeletePrefix, KeyValue, Operation
+from netd.store.base import CommitResult, Condition, DeletePrefix, KeyValue, Operation, Put
 from netd.store.embedded import EmbeddedStore
 from netd.store.keys import Keys
 
@@ -461,3 +463,116 @@ def test_status_shows_the_datapath(svc: Service) -> None:
     assert status["drivers"] == ["weave"]
     assert "weave" in status["datapath"]
 
+
+
+# --- concurrency across hosts (issue 6, defect 1) ----------------------------------------------
+def make_host_service(store: EmbeddedStore, host: str) -> Service:
+    registration = FakeRegistration(Host(name=host, underlay_ip="192.0.2.9", underlay_mtu=1500))
+    return Service(store, KEYS, registration, FakeReconciler(),  # type: ignore[arg-type]
+                   {"weave"}, containers=fake_resolve, links=no_links)
+
+
+def test_address_taken_under_an_automatic_attach_is_planned_again(
+    svc: Service, store: HookedStore
+) -> None:
+    """Another host takes the very address this attach planned, just before its commit:
+    the address and its derived MAC are both taken. That is one race, not a MAC
+    conflict: the attach picks another address."""
+    other = make_host_service(store, "h2")
+
+    def take_it(ops: Sequence[Operation]) -> None:
+        store.before_commit = None
+        planned = next(op for op in ops if isinstance(op, Put) and "/addr/" in op.key)
+        attach(other, "k10", ip=planned.key.rsplit("/", 1)[1])
+
+    store.before_commit = take_it
+    mine = attach(svc, "c1")
+    theirs = svc.list_endpoints("blue")
+    assert {ep.name for ep in theirs} == {"c1", "k10"}
+    assert len({ep.ip for ep in theirs}) == 2 and len({ep.mac for ep in theirs}) == 2
+    assert mine["mac"] == mac_from_ip(mine["ip"])
+
+
+def test_automatic_address_whose_derived_mac_is_claimed_is_skipped(
+    svc: Service, store: HookedStore
+) -> None:
+    """A free address whose derived MAC an explicit --mac holds is not handed out; the
+    attach takes another free address instead of failing."""
+    attach(svc, "x", ip="10.1.0.5", mac=mac_from_ip("10.1.0.7"))
+    small = make_service(store)
+    small.create_network({"name": "tiny", "subnet": "10.3.0.0/29"})  # 5 usable
+    attach(small, "y", network="tiny", ip="10.3.0.2", mac=mac_from_ip("10.3.0.6"))
+    got = {attach(small, f"z{i}", network="tiny")["ip"] for i in range(3)}
+    assert got == {"10.3.0.3", "10.3.0.4", "10.3.0.5"}
+    with pytest.raises(Exhausted, match="no free address"):
+        attach(small, "z9", network="tiny")
+
+
+def test_lost_races_are_contention_not_exhaustion(svc: Service, store: HookedStore) -> None:
+    """Every commit loses to a concurrent change: the attach gives up with a 409 that
+    says try again - never "no free address" - and writes nothing."""
+    def touch_network(ops: Sequence[Operation]) -> None:
+        kv = store.get(KEYS.network("blue"))
+        assert kv is not None
+        EmbeddedStore.put(store, kv.key, kv.value)
+
+    before = contents(store)
+    store.before_commit = touch_network
+    with pytest.raises(Contention, match="try again") as err:
+        attach(svc, "c1")
+    assert not isinstance(err.value, Exhausted)
+    assert contents(store) == before
+
+
+def test_threads_on_three_hosts_fill_a_small_network(store: HookedStore) -> None:
+    """60 automatic attaches at once from 3 hosts (20 threads each) on a /26 (61 usable):
+    all succeed with unique addresses and MACs; the last address is handed out next,
+    then "no free address"."""
+    services = [make_host_service(store, f"h{n}") for n in range(3)]
+    services[0].create_network({"name": "busy", "subnet": "10.96.0.0/26"})
+    results: list[dict[str, Any]] = []
+    errors: list[str] = []
+    start = threading.Barrier(60)
+
+    def run(service: Service, name: str) -> None:
+        start.wait(10)
+        try:
+            results.append(attach(service, name, network="busy"))
+        except Exception as exc:
+            errors.append(f"{name}: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=run, args=(services[n % 3], f"c{n}")) for n in range(60)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert len({r["ip"] for r in results}) == 60
+    assert len({r["mac"] for r in results}) == 60
+    last = attach(services[1], "c60", network="busy")["ip"]
+    assert last not in {r["ip"] for r in results}
+    with pytest.raises(Exhausted, match="no free address"):
+        attach(services[2], "c61", network="busy")
+
+
+# --- security groups (issue 6, defect 5) --------------------------------------------------------
+def test_security_groups_are_refused_up_front(svc: Service, store: HookedStore) -> None:
+    before = contents(store)
+    with pytest.raises(Unsupported, match="security groups are not available yet"):
+        attach(svc, "c1", sg=["web"])
+    assert contents(store) == before
+    store.put(KEYS.security_group("web"), "{}")  # even a group record does not make it work
+    with pytest.raises(Unsupported, match="security groups are not available yet"):
+        attach(svc, "c1", sg=["web"])
+
+
+# --- attach cost: this container only (issue 6, build 9) ----------------------------------------
+def test_attach_reads_only_its_own_container(svc: Service, store: HookedStore) -> None:
+    """After the first attach, an attach lists no endpoint prefix and reads no network
+    record: its cost does not grow with the endpoints of the cluster."""
+    attach(svc, "c0")
+    listed: list[str] = []
+    store.before_list = listed.append
+    for i in range(1, 20):
+        attach(svc, f"c{i}")
+    assert [p for p in listed if p.startswith(KEYS.endpoints())] == []
