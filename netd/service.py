@@ -554,7 +554,13 @@ class Service:
         return {
             "host": self.host.to_dict(),
             "drivers": sorted(self.drivers),
-            "store": {"reachable": reachable, "revision": revision, "error": error},
+            # reachable only while this host's watch is live too: a dead watch means
+            # this host no longer follows the store, however the probe fared
+            "store": {
+                "reachable": reachable and sync.store_ok, "revision": revision,
+                "error": error or sync.store_error,
+                "watch": "ok" if sync.store_ok else (sync.store_error or "not started"),
+            },
             "networks": len(snapshot.networks),
             "endpoints": len(local),
             "last_sync": sync.last_sync,
