@@ -141,7 +141,7 @@ def _reason(exc: BaseException) -> str:
     tls = re.search(r"\[SSL[^\]]*\] ([^'\"(]+)", text)
     if tls or isinstance(exc, requests.exceptions.SSLError):
         detail = tls.group(1).strip() if tls else text
-        return (f"TLS failed: {detail}; check --store-ca, --store-cert and --store-key")
+        return f"TLS failed: {detail}"
     found = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
     if found:
         return found.group(0).strip()
@@ -156,6 +156,12 @@ def _error_message(response: requests.Response) -> str:
         return str(body.get("message") or body.get("error") or response.text)
     except (ValueError, AttributeError):
         return response.text.strip() or f"HTTP {response.status_code} {response.reason}"
+
+
+def _unreachable(failures: Sequence[str]) -> str:
+    hint = ("check --store-ca, --store-cert and --store-key" if "TLS failed" in str(failures)
+            else "check that etcd runs there")
+    return "etcd unreachable at " + ", ".join(failures) + f"; {hint}"
 
 
 class _KeepaliveAdapter(HTTPAdapter):
@@ -213,6 +219,7 @@ class EtcdStore(ConditionalWrites):
         """A session with this store's TLS settings and keepalive; closed by close()
         unless `owned` is False (then the caller closes it)."""
         session = requests.Session()
+        session.trust_env = False  # no proxy or CA bundle from the environment: our settings
         adapter = _KeepaliveAdapter()
         session.mount("http://", adapter)
         session.mount("https://", adapter)
@@ -325,9 +332,7 @@ class EtcdStore(ConditionalWrites):
             self._preferred = index
             self._down_until.pop(index, None)
             return result
-        raise StoreUnavailable(
-            "etcd unreachable at " + ", ".join(failures) + "; check that etcd runs there"
-        )
+        raise StoreUnavailable(_unreachable(failures))
 
     def _refused(self, index: int, path: str, message: str) -> NetdError:
         if "lease not found" in message:
@@ -508,9 +513,7 @@ class EtcdWatch:
                     f"etcd at {store._name(index)} refused a watch: {_error_message(response)}"
                 )
             return index, session, response
-        raise StoreUnavailable(
-            "etcd unreachable at " + ", ".join(failures) + "; check that etcd runs there"
-        )
+        raise StoreUnavailable(_unreachable(failures))
 
     def _read(self) -> None:
         buffer = b""
