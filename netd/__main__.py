@@ -99,7 +99,7 @@ def run(cfg: config_mod.Config) -> None:
     ensure_socket_free(cfg.socket)
     lock = lock_state_dir(cfg.state_dir)
     netns_lock = lock_netns()
-    store = open_store(cfg.store or None, cfg.state_dir)
+    store = open_store(cfg.store or None, cfg.state_dir, cfg.store_security())
     keys = Keys()
     underlay_ip = cfg.underlay_ip or netlink.default_underlay_ip()
     underlay_mtu = netlink.underlay_mtu(underlay_ip)

@@ -11,6 +11,7 @@ from typing import Any
 
 from netd.errors import InvalidInput
 from netd.model import check_name, parse_ip
+from netd.store.etcd import EtcdSecurity
 
 DEFAULT_SOCKET = Path("/run/netd/netd.sock")
 DEFAULT_STATE_DIR = Path("/var/lib/netd")
@@ -29,6 +30,18 @@ class Config:
     resync_interval: float = 30.0
     log_level: str = "info"
     log_format: str = "json"
+    # etcd TLS and auth (docs/store.md): file paths, user and password
+    store_ca: str = ""
+    store_cert: str = ""
+    store_key: str = ""
+    store_user: str = ""
+    store_password: str = ""
+
+    def store_security(self) -> EtcdSecurity:
+        return EtcdSecurity(
+            ca=self.store_ca, cert=self.store_cert, key=self.store_key,
+            user=self.store_user, password=self.store_password,
+        )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,8 +54,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="this host's name (default: the hostname)")
     p.add_argument("--underlay-ip", help="address peers reach this host on "
                    "(default: the address of the default route's interface)")
-    p.add_argument("--store", help="etcd://h1:2379,h2:2379 or sqlite:///PATH "
-                   "(default: embedded SQLite in the state dir)")
+    p.add_argument("--store", help="etcd://h1:2379,h2:2379, etcds://... (TLS) or "
+                   "sqlite:///PATH (default: embedded SQLite in the state dir)")
+    p.add_argument("--store-ca", help="etcds: CA file to verify etcd against "
+                   "(default: the system's CAs)")
+    p.add_argument("--store-cert", help="etcds: client certificate file (with --store-key)")
+    p.add_argument("--store-key", help="etcds: client certificate's private key file")
+    p.add_argument("--store-user", help="etcd user (with --store-password)")
+    p.add_argument("--store-password", help="etcd user's password (prefer the config file: "
+                   "command lines are visible to every local user)")
     p.add_argument("--socket", type=Path, help=f"API socket (default {DEFAULT_SOCKET})")
     p.add_argument("--state-dir", type=Path, help=f"state directory (default {DEFAULT_STATE_DIR})")
     p.add_argument("--host-ttl", type=int, help="seconds before a silent host counts as dead "
@@ -111,4 +131,5 @@ def _finish(config: Config) -> Config:
                 f"{name.replace('_', '-')} must be one of {', '.join(choices)}, "
                 f"not {getattr(config, name)!r}"
             )
+    config.store_security().check()
     return replace(config, host=host, resync_interval=float(config.resync_interval))

@@ -3,8 +3,11 @@
 A Lab is an underlay "switch" namespace (a Linux bridge) and N host namespaces, each
 joined to the switch by a veth and running a real `netd` process (started with
 `nsenter --net`, so it shares our mount namespace and sees netns we create later).
-The store is a real etcd member inside the switch namespace, or one embedded SQLite
-file that all daemons share. Containers are namespaces created from this process.
+The store is a real etcd member inside the switch namespace, a cluster of etcd members
+each in a namespace of its own on the underlay (`etcd_members=3`, so a member's link
+can be cut), optionally over TLS with client certificates (`etcd_tls=True`), or one
+embedded SQLite file that all daemons share. Containers are namespaces created from
+this process.
 
 Every name carries the lab's random prefix; `close()` removes every namespace,
 process and file the lab made, and is safe to call after a partial start.
@@ -12,6 +15,7 @@ process and file the lab made, and is safe to call after a partial start.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -27,7 +31,8 @@ from pathlib import Path
 from typing import IO, Any
 
 UNDERLAY_NET = "10.250.0"
-ETCD_ADDRESS = f"{UNDERLAY_NET}.254"
+ETCD_ADDRESS = f"{UNDERLAY_NET}.254"  # the single member, in the switch namespace
+ETCD_MEMBER_BASE = 250  # member i of a cluster: UNDERLAY_NET.(250 + i), netns PREFIX-mi
 
 
 def run(
@@ -52,6 +57,103 @@ def console_script(name: str) -> str:
 
 
 @dataclass
+class EtcdMember:
+    name: str
+    netns: str
+    address: str
+    link: str  # its port on the switch bridge ("" for the member in the switch netns)
+    data_dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.address}:2379"
+
+
+@dataclass(frozen=True)
+class EtcdTls:
+    """PEM files a TLS lab made: a CA, the members' server certificate, a client's."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def write_certificates(directory: Path, addresses: Sequence[str]) -> EtcdTls:
+    """A throwaway CA, a server certificate for `addresses` and a client certificate."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+        path.write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ))
+        path.chmod(0o600)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(name("netd lab CA")).issuer_name(name("netd lab CA"))
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(
+            digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+            key_encipherment=False, data_encipherment=False, key_agreement=False,
+            encipher_only=False, decipher_only=False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def issue(common: str, usage: list[x509.ObjectIdentifier],
+              sans: list[x509.GeneralName]) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder().subject_name(name(common)).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+        )
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return builder.sign(ca_key, hashes.SHA256()), key
+
+    # etcd's JSON gateway dials its own gRPC server with the server certificate: it
+    # must be good for client authentication too
+    server, server_key = issue("etcd", [
+        ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH], [
+        x509.IPAddress(ipaddress.ip_address(a)) for a in [*addresses, "127.0.0.1"]
+    ])
+    client, client_key = issue("netd", [ExtendedKeyUsageOID.CLIENT_AUTH], [])
+    tls = EtcdTls(
+        ca=directory / "ca.pem", server_cert=directory / "server.pem",
+        server_key=directory / "server-key.pem", client_cert=directory / "client.pem",
+        client_key=directory / "client-key.pem",
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    pem = serialization.Encoding.PEM
+    tls.ca.write_bytes(ca.public_bytes(pem))
+    tls.server_cert.write_bytes(server.public_bytes(pem))
+    tls.client_cert.write_bytes(client.public_bytes(pem))
+    write_key(tls.server_key, server_key)
+    write_key(tls.client_key, client_key)
+    return tls
+
+
+@dataclass
 class LabHost:
     name: str
     netns: str
@@ -72,9 +174,13 @@ class Lab:
         prefix: str | None = None,
         underlay_mtu: int = 1500,
         resync_interval: float = 30.0,
+        etcd_members: int = 1,
+        etcd_tls: bool = False,
     ) -> None:
         if store not in ("embedded", "etcd"):
             raise ValueError("store must be 'embedded' or 'etcd'")
+        if etcd_members < 1:
+            raise ValueError("etcd_members must be at least 1")
         self.prefix = prefix or f"nl{secrets.token_hex(2)}"
         self.store_kind = store
         self.host_ttl = host_ttl
@@ -85,10 +191,19 @@ class Lab:
         self.hosts: dict[str, LabHost] = {}
         self.containers: dict[str, str] = {}  # container netns -> host name
         self._namespaces: list[str] = []
-        self._etcd: subprocess.Popen[bytes] | None = None
+        self.etcd_members: list[EtcdMember] = []
+        self.etcd_tls: EtcdTls | None = None
+        self._n_etcd = etcd_members
+        self._want_tls = etcd_tls
         self._logs: list[IO[bytes]] = []  # child processes' log files, closed by close()
         self._n_hosts = hosts
         self.store_url = ""
+        self.store_args: list[str] = []  # what every netd gets besides --store (TLS files)
+
+    @property
+    def _etcd(self) -> subprocess.Popen[bytes] | None:
+        """The first etcd member's process (the only one in a one-member lab)."""
+        return self.etcd_members[0].proc if self.etcd_members else None
 
     # --- lifecycle ----------------------------------------------------------------
     def __enter__(self) -> Lab:
@@ -108,7 +223,6 @@ class Lab:
         run(ns_exec(self.switch, "ip", "link", "set", "sw", "mtu", str(self.underlay_mtu), "up"))
         run(ns_exec(self.switch, "ip", "link", "set", "lo", "up"))
         if self.store_kind == "etcd":
-            run(ns_exec(self.switch, "ip", "addr", "add", f"{ETCD_ADDRESS}/24", "dev", "sw"))
             self._start_etcd()
         else:
             self.store_url = f"sqlite://{self.dir / 'netd.db'}"
@@ -122,9 +236,13 @@ class Lab:
         for host in self.hosts.values():
             self._terminate(host.proc)
             host.proc = None
-        if self._etcd is not None:
-            self._terminate(self._etcd)
-            self._etcd = None
+        for member in self.etcd_members:
+            if member.proc is not None and member.proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    member.proc.send_signal(signal.SIGCONT)  # a test may have frozen it
+            self._terminate(member.proc)
+            member.proc = None
+        self.etcd_members.clear()
         for netns in reversed(self._namespaces):
             run(["ip", "netns", "del", netns], check=False)
         self._namespaces.clear()
@@ -143,45 +261,112 @@ class Lab:
         self._namespaces.append(name)
 
     def _start_etcd(self) -> None:
-        url = f"http://{ETCD_ADDRESS}:2379"
-        peer = f"http://{ETCD_ADDRESS}:2380"
-        log = self._log_file(self.dir / "etcd.log")
-        self._etcd = subprocess.Popen(
-            ns_exec(
-                self.switch, "etcd", "--name", "lab", "--data-dir", str(self.dir / "etcd"),
-                "--listen-client-urls", url, "--advertise-client-urls", url,
-                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"lab={peer}", "--log-level", "error",
-            ),
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 20
+        if self._n_etcd == 1:
+            run(ns_exec(self.switch, "ip", "addr", "add", f"{ETCD_ADDRESS}/24", "dev", "sw"))
+            self.etcd_members.append(EtcdMember(
+                name="m1", netns=self.switch, address=ETCD_ADDRESS, link="",
+                data_dir=self.dir / "etcd"))
+        else:
+            for i in range(1, self._n_etcd + 1):
+                netns = f"{self.prefix}-m{i}"
+                address = f"{UNDERLAY_NET}.{ETCD_MEMBER_BASE + i}"
+                self._plug(netns, f"p-m{i}", address)
+                self.etcd_members.append(EtcdMember(
+                    name=f"m{i}", netns=netns, address=address, link=f"p-m{i}",
+                    data_dir=self.dir / f"etcd-m{i}"))
+        scheme = "http"
+        if self._want_tls:
+            self.etcd_tls = write_certificates(
+                self.dir / "tls", [m.address for m in self.etcd_members])
+            scheme = "https"
+            self.store_args = [
+                "--store-ca", str(self.etcd_tls.ca), "--store-cert", str(self.etcd_tls.client_cert),
+                "--store-key", str(self.etcd_tls.client_key),
+            ]
+        for member in self.etcd_members:
+            self.start_etcd(member.name, wait=False)
+        for member in self.etcd_members:
+            self.wait_etcd(member.name)
+        endpoints = ",".join(m.endpoint for m in self.etcd_members)
+        self.store_url = f"{'etcds' if scheme == 'https' else 'etcd'}://{endpoints}"
+
+    def etcd_member(self, name: str) -> EtcdMember:
+        return next(m for m in self.etcd_members if m.name == name)
+
+    def start_etcd(self, name: str, wait: bool = True) -> None:
+        """Start (or restart, on its data) etcd member `name`."""
+        member = self.etcd_member(name)
+        scheme = "https" if self._want_tls else "http"
+        url = f"{scheme}://{member.address}:2379"
+        cluster = ",".join(f"{m.name}=http://{m.address}:2380" for m in self.etcd_members)
+        cmd = [
+            "etcd", "--name", member.name, "--data-dir", str(member.data_dir),
+            "--listen-client-urls", url, "--advertise-client-urls", url,
+            "--listen-peer-urls", f"http://{member.address}:2380",
+            "--initial-advertise-peer-urls", f"http://{member.address}:2380",
+            "--initial-cluster", cluster, "--initial-cluster-token", self.prefix,
+            "--log-level", "error",
+        ]
+        if self.etcd_tls is not None:
+            cmd += [
+                "--cert-file", str(self.etcd_tls.server_cert),
+                "--key-file", str(self.etcd_tls.server_key),
+                "--client-cert-auth", "--trusted-ca-file", str(self.etcd_tls.ca),
+            ]
+        log = self._log_file(self.dir / f"etcd-{member.name}.log")
+        member.proc = subprocess.Popen(ns_exec(member.netns, *cmd), stdout=log,
+                                       stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_etcd(name)
+
+    def stop_etcd(self, name: str) -> None:
+        member = self.etcd_member(name)
+        self._terminate(member.proc)
+        member.proc = None
+
+    def etcdctl(self, name: str, *args: str, timeout: float = 10
+                ) -> subprocess.CompletedProcess[str]:
+        """etcdctl against member `name`, from its own namespace."""
+        member = self.etcd_member(name)
+        scheme = "https" if self.etcd_tls is not None else "http"
+        cmd = ["etcdctl", f"--endpoints={scheme}://{member.endpoint}",
+               "--dial-timeout=2s", "--command-timeout=3s"]
+        if self.etcd_tls is not None:
+            cmd += [f"--cacert={self.etcd_tls.ca}", f"--cert={self.etcd_tls.client_cert}",
+                    f"--key={self.etcd_tls.client_key}"]
+        return run(ns_exec(member.netns, *cmd, *args), check=False, timeout=timeout)
+
+    def wait_etcd(self, name: str, timeout: float = 30) -> None:
+        member = self.etcd_member(name)
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            probe = run(ns_exec(self.switch, "etcdctl", f"--endpoints={url}", "endpoint",
-                                "health"), check=False)
-            if probe.returncode == 0:
-                self.store_url = f"etcd://{ETCD_ADDRESS}:2379"
+            if self.etcdctl(name, "endpoint", "health").returncode == 0:
                 return
-            if self._etcd.poll() is not None:
+            if member.proc is None or member.proc.poll() is not None:
                 break
             time.sleep(0.1)
-        raise RuntimeError(f"etcd did not start: {(self.dir / 'etcd.log').read_text()[-500:]}")
+        log = self.dir / f"etcd-{member.name}.log"
+        raise RuntimeError(f"etcd {name} did not start: {log.read_text()[-500:]}")
 
-    def add_host(self, name: str) -> LabHost:
-        index = len(self.hosts) + 1
-        netns = f"{self.prefix}-{name}"
+    def _plug(self, netns: str, link: str, address: str) -> None:
+        """Namespace `netns` joined to the switch by veth `link` (its side: ul0)."""
         self._add_netns(netns)
-        ip = f"{UNDERLAY_NET}.{index}"
         run(["ip", "link", "add", "ul0", "netns", netns, "type", "veth", "peer", "name",
-             f"p-{name}", "netns", self.switch])
-        run(ns_exec(self.switch, "ip", "link", "set", f"p-{name}", "master", "sw", "mtu",
+             link, "netns", self.switch])
+        run(ns_exec(self.switch, "ip", "link", "set", link, "master", "sw", "mtu",
                     str(self.underlay_mtu), "up"))
         for cmd in (
             ["ip", "link", "set", "lo", "up"],
             ["ip", "link", "set", "ul0", "mtu", str(self.underlay_mtu), "up"],
-            ["ip", "addr", "add", f"{ip}/24", "dev", "ul0"],
+            ["ip", "addr", "add", f"{address}/24", "dev", "ul0"],
         ):
             run(ns_exec(netns, *cmd))
+
+    def add_host(self, name: str) -> LabHost:
+        index = len(self.hosts) + 1
+        netns = f"{self.prefix}-{name}"
+        ip = f"{UNDERLAY_NET}.{index}"
+        self._plug(netns, f"p-{name}", ip)
         host_dir = self.dir / name
         host_dir.mkdir()
         host = LabHost(
@@ -195,7 +380,7 @@ class Lab:
         host = self.hosts[name]
         cmd = ns_exec(
             host.netns, console_script("netd"), "--host", name, "--underlay-ip", host.underlay_ip,
-            "--store", self.store_url, "--socket", str(host.socket),
+            "--store", self.store_url, *self.store_args, "--socket", str(host.socket),
             "--state-dir", str(host.state_dir), "--host-ttl", str(self.host_ttl),
             "--resync-interval", str(self.resync_interval), "--log-level", "info",
             *host.extra_args,

@@ -145,7 +145,7 @@ class Reconciler:
                 self._set_store_state(False, str(exc))
                 log.warning("store watch interrupted, re-listing: %s", exc)
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, 1.0)  # converge soon after the store returns
             except Exception:  # keep converging whatever a driver or decoder did
                 log.exception("reconcile loop failed; restarting it")
                 self._stop.wait(1.0)
@@ -156,8 +156,8 @@ class Reconciler:
             before = self._cache.hosts()
             self._cache = _DecodedCache(self._keys, {kv.key: kv.value for kv in items})
             self._note_departures(before, self._cache.hosts())
-        self._set_store_state(True, "")
         watch = self._store.watch(self._keys.root(), revision + 1)
+        self._set_store_state(True, "")  # ok only with a live watch
         try:
             self._apply(revision, verify=True)
             next_resync = time.monotonic() + self._resync_interval

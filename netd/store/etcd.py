@@ -1,11 +1,22 @@
 """The etcd store: the Store protocol over etcd v3's JSON gateway (`/v3`).
 
-Why this shape (see docs/store.md): etcd3gw gives a plain `requests` session with
-etcd's error handling and no gRPC/protobuf dependency, but its helpers hide revisions.
-So this module speaks the raw range/txn/deleterange/lease requests (keys and values
-base64) to keep create_revision/mod_revision/header.revision, and reads the watch
-stream itself because etcd3gw's Watcher drops the `compact_revision` cancel that tells
-a watcher it fell behind compaction.
+Why this shape (see docs/store.md): a plain `requests` session per thread and member,
+no gRPC/protobuf dependency. This module speaks the raw range/txn/deleterange/lease
+requests (keys and values base64) to keep create_revision/mod_revision/header.revision,
+and reads the watch stream itself because a watcher must see the `compact_revision`
+cancel that tells it it fell behind compaction.
+
+Liveness (docs/store.md, "When a member goes silent"): a member that vanishes without a
+reset (power loss, partition, cut link) leaves TCP connections open and silent. So every
+connection has a short connect timeout and TCP keepalive/user timeouts; reads that hang
+move to the next member; a write that hangs is reported as unknown, never re-sent; and
+a watch that has been silent for a second is checked by a cheap request to its member,
+so a dead or frozen member surfaces as StoreUnavailable within a few seconds and the
+caller re-lists and re-watches, on a member that answers.
+
+TLS and auth: `https` endpoints verify the server against a CA file, present a client
+certificate when given one, and a user/password gets a token from
+`/v3/auth/authenticate` sent as the Authorization header; the watch uses the same.
 """
 
 from __future__ import annotations
@@ -13,17 +24,20 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import queue
 import re
 import socket
 import threading
+import time
 from collections.abc import Sequence
-from typing import Any, cast
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from etcd3gw.client import Etcd3Client
-from etcd3gw.exceptions import ConnectionFailedError, ConnectionTimeoutError, Etcd3Exception
+from requests.adapters import HTTPAdapter
 
 from netd.errors import Compacted, InvalidInput, NetdError, NotFound, StoreUnavailable
 from netd.store.base import (
@@ -38,9 +52,40 @@ from netd.store.base import (
     WatchEvent,
 )
 
+log = logging.getLogger(__name__)
+
 DEFAULT_PORT = 2379
-REQUEST_TIMEOUT = 5.0
-API_PATH = "/v3/"  # etcd >= 3.4; saves a /version round trip per client
+REQUEST_TIMEOUT = 5.0  # a write's whole answer
+CONNECT_TIMEOUT = 1.0  # a member that does not accept within this is skipped
+READ_TIMEOUT = 2.0  # a read that a member accepted but does not answer: next member
+DOWN_FOR = 5.0  # a member that failed is tried last for this long
+WATCH_PROBE_AFTER = 1.0  # a watch silent this long has its member probed...
+WATCH_PROBE_TIMEOUT = 1.0  # ...which must answer within this, or the watch is dead
+API_PATH = "/v3/"  # etcd >= 3.4
+# the kernel gives up on a connection whose peer stopped acknowledging (cut link)
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT, USER_TIMEOUT_MS = 2, 1, 2, 4000
+
+
+@dataclass(frozen=True)
+class EtcdSecurity:
+    """TLS and authentication for every request and watch: file paths and credentials."""
+
+    ca: str = ""  # CA bundle to verify the members against (default: the system's)
+    cert: str = ""  # client certificate (PEM), with `key`
+    key: str = ""
+    user: str = ""  # etcd user, with `password`: requests carry its auth token
+    password: str = ""
+
+    def check(self) -> None:
+        """Refuse half-given or unreadable settings, before anything is sent."""
+        if bool(self.cert) != bool(self.key):
+            raise InvalidInput("--store-cert and --store-key must be given together")
+        if bool(self.user) != bool(self.password):
+            raise InvalidInput("--store-user and --store-password must be given together")
+        for flag, path in (("--store-ca", self.ca), ("--store-cert", self.cert),
+                           ("--store-key", self.key)):
+            if path and not Path(path).is_file():
+                raise InvalidInput(f"{flag} {path}: no such file")
 
 
 def _b64(text: str | bytes) -> str:
@@ -91,84 +136,205 @@ def parse_endpoint(endpoint: str) -> tuple[str, str, int]:
 
 
 def _reason(exc: BaseException) -> str:
-    """The useful tail of a requests/urllib3 connection error ('[Errno 111] Connection refused')."""
-    text = getattr(exc, "detail_text", None) or str(exc)
+    """The useful tail of a requests/urllib3 error ('[Errno 111] Connection refused')."""
+    text = str(exc)
+    tls = re.search(r"\[SSL[^\]]*\] ([^'\"(]+)", text)
+    if tls or isinstance(exc, requests.exceptions.SSLError):
+        detail = tls.group(1).strip() if tls else text
+        return f"TLS failed: {detail}"
     found = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
     if found:
         return found.group(0).strip()
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connect timeout"
     return "timed out" if "timed out" in text else type(exc).__name__
 
 
-def _error_message(exc: Etcd3Exception) -> str:
-    detail = exc.detail_text or ""
+def _error_message(response: requests.Response) -> str:
     try:
-        body = json.loads(detail)
-        return str(body.get("message") or body.get("error") or detail)
+        body = response.json()
+        return str(body.get("message") or body.get("error") or response.text)
     except (ValueError, AttributeError):
-        return detail or str(exc) or type(exc).__name__
+        return response.text.strip() or f"HTTP {response.status_code} {response.reason}"
+
+
+def _unreachable(failures: Sequence[str]) -> str:
+    hint = ("check --store-ca, --store-cert and --store-key" if "TLS failed" in str(failures)
+            else "check that etcd runs there")
+    return "etcd unreachable at " + ", ".join(failures) + f"; {hint}"
+
+
+class _KeepaliveAdapter(HTTPAdapter):
+    """Connections the kernel abandons when the peer stops acknowledging."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        options = [
+            (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+            (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT),
+            (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS),
+        ]
+        kwargs["socket_options"] = options
+        super().init_poolmanager(*args, **kwargs)
+
+
+class _Unreached(Exception):
+    """The request surely never reached the member (or asked nothing that changes)."""
 
 
 class EtcdStore(ConditionalWrites):
-    """A Store over one etcd cluster; thread-safe (one HTTP session per thread)."""
+    """A Store over one etcd cluster; thread-safe (one HTTP session per thread and member)."""
 
-    def __init__(self, endpoints: Sequence[str], timeout: float = REQUEST_TIMEOUT) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        timeout: float = REQUEST_TIMEOUT,
+        security: EtcdSecurity | None = None,
+    ) -> None:
         if not endpoints:
             raise InvalidInput("no etcd endpoint given; use etcd://HOST:PORT[,HOST:PORT...]")
         self.endpoints = [parse_endpoint(e) for e in endpoints]
         self.timeout = timeout
+        self.security = security or EtcdSecurity()
+        self.security.check()
         self._preferred = 0
+        self._down_until: dict[int, float] = {}
+        self._tokens: dict[int, str] = {}
         self._local = threading.local()
-        self._clients: list[Etcd3Client] = []
+        self._sessions: list[requests.Session] = []
         self._lock = threading.Lock()
 
     def _name(self, index: int) -> str:
         protocol, host, port = self.endpoints[index]
         return f"{protocol}://{host}:{port}"
 
-    def _client(self, index: int) -> Etcd3Client:
-        clients: dict[int, Etcd3Client] = self._local.__dict__.setdefault("clients", {})
-        if index not in clients:
-            protocol, host, port = self.endpoints[index]
-            client = Etcd3Client(
-                host=host, port=port, protocol=protocol, timeout=self.timeout, api_path=API_PATH
-            )
-            clients[index] = client
+    def _url(self, index: int, path: str) -> str:
+        protocol, host, port = self.endpoints[index]
+        host = f"[{host}]" if ":" in host else host
+        return f"{protocol}://{host}:{port}{API_PATH}{path.lstrip('/')}"
+
+    def new_session(self, owned: bool = True) -> requests.Session:
+        """A session with this store's TLS settings and keepalive; closed by close()
+        unless `owned` is False (then the caller closes it)."""
+        session = requests.Session()
+        session.trust_env = False  # no proxy or CA bundle from the environment: our settings
+        adapter = _KeepaliveAdapter()
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        if self.security.ca:
+            session.verify = self.security.ca
+        if self.security.cert:
+            session.cert = (self.security.cert, self.security.key)
+        if owned:
             with self._lock:
-                self._clients.append(client)
-        return clients[index]
+                self._sessions.append(session)
+        return session
+
+    def _session(self, index: int) -> requests.Session:
+        sessions: dict[int, requests.Session] = self._local.__dict__.setdefault("sessions", {})
+        if index not in sessions:
+            sessions[index] = self.new_session()
+        return sessions[index]
 
     def _order(self) -> list[int]:
+        """Members to try: the last that answered, others, and recently failed ones last."""
+        now = time.monotonic()
         first = self._preferred
-        return [first] + [i for i in range(len(self.endpoints)) if i != first]
+        ordered = [first] + [i for i in range(len(self.endpoints)) if i != first]
+        up = [i for i in ordered if self._down_until.get(i, 0.0) <= now]
+        return up + [i for i in ordered if i not in up]
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """One request, moved to the next endpoint only when it surely never arrived."""
-        failures = []
-        for index in self._order():
-            client = self._client(index)
+    def mark_down(self, index: int) -> None:
+        self._down_until[index] = time.monotonic() + DOWN_FOR
+        if self._preferred == index:
+            self._preferred = (index + 1) % len(self.endpoints)
+
+    def headers(self, index: int, session: requests.Session, refresh: bool = False
+                ) -> dict[str, str]:
+        """The Authorization header for member `index` (none without a user)."""
+        if not self.security.user:
+            return {}
+        if refresh or index not in self._tokens:
+            body = {"name": self.security.user, "password": self.security.password}
             try:
-                result: dict[str, Any] = client.post(client.get_url(path), json=body)
-            except ConnectionFailedError as exc:
-                failures.append(f"{self._name(index)} ({_reason(exc)})")
+                response = session.post(
+                    self._url(index, "/auth/authenticate"), json=body,
+                    timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
+                )
+            except requests.RequestException as exc:
+                raise _Unreached(_reason(exc)) from exc
+            if response.status_code != 200:
+                raise StoreUnavailable(
+                    f"etcd at {self._name(index)} refused user {self.security.user!r}: "
+                    f"{_error_message(response)}; check --store-user and --store-password"
+                )
+            self._tokens[index] = str(response.json().get("token", ""))
+        return {"Authorization": self._tokens[index]}
+
+    def _send(self, index: int, path: str, body: dict[str, Any], read_timeout: float
+              ) -> dict[str, Any]:
+        """One request to one member. _Unreached: it never got there; ReadTimeout: it
+        got there and no answer came; StoreUnavailable/others: the member refused."""
+        session = self._session(index)
+        for attempt in range(2):
+            headers = self.headers(index, session, refresh=attempt > 0)
+            try:
+                response = session.post(
+                    self._url(index, path), json=body, headers=headers,
+                    timeout=(CONNECT_TIMEOUT, read_timeout),
+                )
+            except requests.exceptions.ReadTimeout:
+                raise
+            except requests.RequestException as exc:
+                # a refused, reset or timed-out connect, or a failed TLS handshake:
+                # no byte of the request was processed
+                raise _Unreached(_reason(exc)) from exc
+            if response.status_code == 200:
+                result: dict[str, Any] = response.json()
+                return result
+            message = _error_message(response)
+            if self.security.user and "token" in message and attempt == 0:
+                continue  # an expired or unknown auth token: authenticate again
+            if response.status_code in (503, 504) and "leader" in message.lower():
+                raise _Unreached(message)
+            raise self._refused(index, path, message)
+        raise AssertionError("unreachable")
+
+    def _post(self, path: str, body: dict[str, Any], write: bool = False) -> dict[str, Any]:
+        """One request, moved to the next member when it surely never arrived, or when
+        it is a read that a member accepted but did not answer. A write that got no
+        answer may have been applied: it is reported, never re-sent."""
+        failures = []
+        read_timeout = self.timeout if write else min(self.timeout, READ_TIMEOUT)
+        for index in self._order():
+            try:
+                result = self._send(index, path, body, read_timeout)
+            except _Unreached as exc:
+                self.mark_down(index)
+                failures.append(f"{self._name(index)} ({exc})")
                 continue
-            except ConnectionTimeoutError as exc:
-                message = _error_message(exc)
-                if "connect timeout" in message.lower():
-                    failures.append(f"{self._name(index)} (connect timeout)")
+            except requests.exceptions.ReadTimeout as exc:
+                self.mark_down(index)
+                if not write:
+                    failures.append(f"{self._name(index)} (no answer within {read_timeout} s)")
                     continue
                 raise StoreUnavailable(
-                    f"etcd at {self._name(index)} did not answer {path} within {self.timeout} s"
+                    f"etcd at {self._name(index)} did not answer {path} within "
+                    f"{read_timeout} s; the change may or may not have been applied"
                 ) from exc
-            except Etcd3Exception as exc:
-                raise self._refused(index, path, exc) from exc
+            except requests.RequestException as exc:  # broke while reading the answer
+                self.mark_down(index)
+                raise StoreUnavailable(
+                    f"etcd at {self._name(index)} broke off {path} ({_reason(exc)})"
+                ) from exc
             self._preferred = index
+            self._down_until.pop(index, None)
             return result
-        raise StoreUnavailable(
-            "etcd unreachable at " + ", ".join(failures) + "; check that etcd runs there"
-        )
+        raise StoreUnavailable(_unreachable(failures))
 
-    def _refused(self, index: int, path: str, exc: Etcd3Exception) -> NetdError:
-        message = _error_message(exc)
+    def _refused(self, index: int, path: str, message: str) -> NetdError:
         if "lease not found" in message:
             return NotFound("lease not found (expired or revoked); grant a new one")
         if "duplicate key" in message:
@@ -177,7 +343,21 @@ class EtcdStore(ConditionalWrites):
             return Compacted(f"etcd: {message}")
         if "future revision" in message:
             return InvalidInput(f"etcd: {message}")
+        if "user name is empty" in message or "permission denied" in message:
+            message += " (check --store-user/--store-password or the client certificate's CN)"
         return StoreUnavailable(f"etcd at {self._name(index)} refused {path}: {message}")
+
+    def probe(self, index: int, session: requests.Session) -> int:
+        """The revision member `index` itself holds, asked with a short timeout and no
+        consensus round (a serializable read): raises if the member does not answer."""
+        body: dict[str, Any] = {"key": _b64("\0"), "count_only": True, "serializable": True}
+        response = session.post(
+            self._url(index, "/kv/range"), json=body, headers=self.headers(index, session),
+            timeout=(CONNECT_TIMEOUT, WATCH_PROBE_TIMEOUT),
+        )
+        if response.status_code != 200:
+            raise StoreUnavailable(f"etcd refused a probe: {_error_message(response)}")
+        return _revision(response.json())
 
     # -- Store protocol ------------------------------------------------------------------
 
@@ -192,10 +372,11 @@ class EtcdStore(ConditionalWrites):
 
     def put(self, key: str, value: str, lease: int = 0) -> int:
         body = {"key": _b64(key), "value": _b64(value), "lease": lease}
-        return _revision(self._post("/kv/put", body))
+        return _revision(self._post("/kv/put", body, write=True))
 
     def delete(self, key: str) -> bool:
-        return int(self._post("/kv/deleterange", {"key": _b64(key)}).get("deleted", 0)) > 0
+        response = self._post("/kv/deleterange", {"key": _b64(key)}, write=True)
+        return int(response.get("deleted", 0)) > 0
 
     def commit(
         self, conditions: Sequence[Condition], operations: Sequence[Operation]
@@ -215,7 +396,9 @@ class EtcdStore(ConditionalWrites):
                 success.append({"request_delete_range": {"key": _b64(op.key)}})
             elif isinstance(op, DeletePrefix):
                 success.append({"request_delete_range": _range(op.prefix)})
-        response = self._post("/kv/txn", {"compare": compare, "success": success})
+        response = self._post(
+            "/kv/txn", {"compare": compare, "success": success}, write=True
+        )
         return CommitResult(bool(response.get("succeeded", False)), _revision(response))
 
     def revision(self) -> int:
@@ -249,69 +432,145 @@ class EtcdStore(ConditionalWrites):
 
     def close(self) -> None:
         with self._lock:
-            clients, self._clients = self._clients, []
-        for client in clients:
-            client.session.close()
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
+
+
+
+
+def _stream_socket(response: requests.Response) -> socket.socket | None:
+    """The socket under a streamed response (http.client's file over a SocketIO)."""
+    with contextlib.suppress(AttributeError):
+        sock = response.raw._fp.fp.raw._sock
+        if isinstance(sock, socket.socket):
+            return sock
+    return None
 
 
 class EtcdWatch:
-    """One watch stream, read by a thread of its own into a queue that `get` drains."""
+    """One watch stream, read by a thread of its own into a queue that `get` drains.
+
+    A second thread checks liveness: when the stream has been silent for
+    WATCH_PROBE_AFTER s, it asks the same member for its revision (serializable, short
+    timeout). No answer: the watch is over with StoreUnavailable, the member is tried
+    last for a while, and the caller re-lists and watches again. A connection whose
+    member restarted or vanished is also ended by the kernel (TCP keepalive)."""
 
     def __init__(self, store: EtcdStore, prefix: str, start_revision: int) -> None:
+        self._store = store
         self._queue: queue.Queue[list[WatchEvent] | NetdError] = queue.Queue()
         self._error: NetdError | None = None
         self._closed = False
-        self._client, self._response = self._open(store, prefix, start_revision)
+        self._over = False
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._index, self._session, self._response = self._open(prefix, start_revision)
+        self._endpoint = store._name(self._index)
+        self._sock = _stream_socket(self._response)
+        if self._sock is not None:
+            self._sock.settimeout(None)  # silence is normal; the monitor judges it
+        self._heard = time.monotonic()
+        log.info("watching %s on etcd at %s from revision %d",
+                 prefix, self._endpoint, start_revision)
         self._thread = threading.Thread(
             target=self._read, name=f"etcd-watch {prefix}", daemon=True
         )
+        self._monitor_thread = threading.Thread(
+            target=self._monitor, name=f"etcd-watch-probe {prefix}", daemon=True
+        )
         self._thread.start()
+        self._monitor_thread.start()
 
     def _open(
-        self, store: EtcdStore, prefix: str, start_revision: int
-    ) -> tuple[Etcd3Client, requests.Response]:
-        body = {"create_request": {**_range(prefix), "start_revision": start_revision}}
+        self, prefix: str, start_revision: int
+    ) -> tuple[int, requests.Session, requests.Response]:
+        store = self._store
+        body: dict[str, Any] = {"create_request": {
+            **_range(prefix), "start_revision": start_revision, "progress_notify": True,
+        }}
         failures = []
         for index in store._order():
-            protocol, host, port = store.endpoints[index]
-            client = Etcd3Client(host=host, port=port, protocol=protocol, api_path=API_PATH)
+            session = store.new_session(owned=False)
             try:
-                response = client.session.post(
-                    client.get_url("/watch"), json=cast(Any, body), stream=True,
-                    timeout=(store.timeout, None),
+                response = session.post(
+                    store._url(index, "/watch"), json=body, stream=True,
+                    headers=store.headers(index, session),
+                    timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
                 )
-            except requests.RequestException as exc:
-                client.session.close()
-                failures.append(f"{store._name(index)} ({_reason(exc)})")
+            except (requests.RequestException, _Unreached) as exc:
+                session.close()
+                store.mark_down(index)
+                reason = exc if isinstance(exc, _Unreached) else _reason(exc)
+                failures.append(f"{store._name(index)} ({reason})")
                 continue
+            except BaseException:
+                session.close()
+                raise
             if response.status_code != 200:
-                client.session.close()
+                session.close()
                 raise StoreUnavailable(
-                    f"etcd at {store._name(index)} refused a watch: {response.text.strip()}"
+                    f"etcd at {store._name(index)} refused a watch: {_error_message(response)}"
                 )
-            self._endpoint = store._name(index)
-            return client, response
-        raise StoreUnavailable(
-            "etcd unreachable at " + ", ".join(failures) + "; check that etcd runs there"
-        )
+            return index, session, response
+        raise StoreUnavailable(_unreachable(failures))
 
     def _read(self) -> None:
         buffer = b""
         try:
             for chunk in self._response.iter_content(chunk_size=None):
+                self._heard = time.monotonic()
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
                     if line.strip() and not self._handle(json.loads(line)):
+                        self._end(None)
                         return
             problem = "the stream ended"
         except (requests.RequestException, OSError, ValueError) as exc:
             problem = f"{type(exc).__name__}: {exc}"
-        if not self._closed:
-            self._queue.put(StoreUnavailable(
-                f"watch connection to etcd at {self._endpoint} broke ({problem}); "
-                "re-list and watch again"
-            ))
+        self._end(StoreUnavailable(
+            f"watch connection to etcd at {self._endpoint} broke ({problem}); "
+            "re-list and watch again"
+        ))
+
+    def _monitor(self) -> None:
+        session = self._store.new_session(owned=False)
+        alive = time.monotonic()
+        try:
+            while not self._done.wait(WATCH_PROBE_AFTER / 4):
+                now = time.monotonic()
+                if now - max(alive, self._heard) < WATCH_PROBE_AFTER:
+                    continue
+                try:
+                    self._store.probe(self._index, session)
+                except (requests.RequestException, _Unreached, NetdError) as exc:
+                    if self._done.is_set():
+                        return
+                    reason = exc if isinstance(exc, _Unreached | NetdError) else _reason(exc)
+                    self._store.mark_down(self._index)
+                    self._end(StoreUnavailable(
+                        f"watch on etcd at {self._endpoint} presumed dead: the member did "
+                        f"not answer a probe within {WATCH_PROBE_TIMEOUT} s ({reason}); "
+                        "re-list and watch again"
+                    ))
+                    return
+                alive = time.monotonic()
+        finally:
+            session.close()
+
+    def _end(self, error: NetdError | None) -> None:
+        """The watch is over (error None: _handle queued why); wake the reader."""
+        with self._lock:
+            if self._over:
+                return
+            self._over = True
+            if error is not None and not self._closed:
+                self._queue.put(error)
+        self._done.set()
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
 
     def _handle(self, message: dict[str, Any]) -> bool:
         """Queue what one stream message says; False once the watch is over."""
@@ -369,10 +628,8 @@ class EtcdWatch:
         if self._closed:
             return
         self._closed = True
+        self._end(None)
         with contextlib.suppress(Exception):
-            fileno = self._response.raw._fp.fileno()
-            with socket.fromfd(fileno, socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.shutdown(socket.SHUT_RDWR)
-        self._response.close()
-        self._client.session.close()
+            self._response.close()
+        self._session.close()
         self._thread.join(timeout=2)

@@ -51,6 +51,7 @@ class FakeReconciler:
         self.errors: dict[str, str] = {}
         self.applies = True
         self.waited: list[int] = []
+        self.watch_error = ""  # the store watch's failure; "" while it is live
 
     def wait_applied(self, revision: int, timeout: float) -> bool:
         self.waited.append(revision)
@@ -60,8 +61,8 @@ class FakeReconciler:
         return self.errors.get(item)
 
     def status(self) -> SyncStatus:
-        return SyncStatus(revision=7, last_sync=1.0, syncs=3, store_ok=False,
-                          store_error="watch: etcd unreachable")
+        return SyncStatus(revision=7, last_sync=1.0, syncs=3,
+                          store_ok=not self.watch_error, store_error=self.watch_error)
 
     def snapshot(self) -> Snapshot:
         return Snapshot()
@@ -455,6 +456,20 @@ def test_status_answers_without_the_store(tmp_path: Path, kind: type[EmbeddedSto
     assert status["store"]["error"]
     assert status["applied_revision"] == 7 and status["last_sync"] == 1.0
     assert status["datapath"]["weave"]["links"] == {"nwb1": "bridge"}
+
+
+def test_status_is_not_reachable_while_the_watch_is_dead(svc: Service) -> None:
+    """The store answers a probe, but this host's watch is dead: it follows nothing."""
+    reconciler = svc.reconciler
+    assert isinstance(reconciler, FakeReconciler)
+    reconciler.watch_error = "watch on etcd at http://192.0.2.9:2379 presumed dead"
+    status = svc.status()
+    assert status["store"]["reachable"] is False
+    assert "presumed dead" in status["store"]["error"]
+    assert "presumed dead" in status["store"]["watch"]
+    reconciler.watch_error = ""
+    assert svc.status()["store"] | {"revision": 0} == {
+        "reachable": True, "revision": 0, "error": "", "watch": "ok"}
 
 
 def test_status_shows_the_datapath(svc: Service) -> None:
