@@ -145,6 +145,8 @@ def _reason(exc: BaseException) -> str:
     found = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
     if found:
         return found.group(0).strip()
+    if re.search(r"Connection aborted|RemoteDisconnected|BadStatusLine", text):
+        return "closed the connection without an answer"
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return "connect timeout"
     return "timed out" if "timed out" in text else type(exc).__name__
@@ -290,7 +292,10 @@ class EtcdStore(ConditionalWrites):
             except requests.RequestException as exc:
                 # a refused, reset or timed-out connect, or a failed TLS handshake:
                 # no byte of the request was processed
-                raise _Unreached(_reason(exc)) from exc
+                reason = _reason(exc)
+                if self.endpoints[index][0] == "http" and "without an answer" in reason:
+                    reason += "; if etcd speaks TLS, use etcds://"
+                raise _Unreached(reason) from exc
             if response.status_code == 200:
                 result: dict[str, Any] = response.json()
                 return result
