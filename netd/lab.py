@@ -94,7 +94,7 @@ def write_certificates(directory: Path, addresses: Sequence[str]) -> EtcdTls:
     now = datetime.datetime.now(datetime.UTC)
 
     def name(common: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)] if common else [])
 
     def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         path.write_bytes(key.private_bytes(
@@ -132,12 +132,13 @@ def write_certificates(directory: Path, addresses: Sequence[str]) -> EtcdTls:
         return builder.sign(ca_key, hashes.SHA256()), key
 
     # etcd's JSON gateway dials its own gRPC server with the server certificate: it
-    # must be good for client authentication too
-    server, server_key = issue("etcd", [
+    # must be good for client authentication too, and carry no common name (etcd with
+    # auth enabled refuses a gateway request whose certificate names a user)
+    server, server_key = issue("", [
         ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH], [
         x509.IPAddress(ipaddress.ip_address(a)) for a in [*addresses, "127.0.0.1"]
     ])
-    client, client_key = issue("netd", [ExtendedKeyUsageOID.CLIENT_AUTH], [])
+    client, client_key = issue("", [ExtendedKeyUsageOID.CLIENT_AUTH], [])
     tls = EtcdTls(
         ca=directory / "ca.pem", server_cert=directory / "server.pem",
         server_key=directory / "server-key.pem", client_cert=directory / "client.pem",

@@ -37,7 +37,24 @@ def etcd_store(etcd_server: EtcdServer) -> Iterator[EtcdStore]:
     store.close()
 
 
-@pytest.fixture(params=["embedded", pytest.param("etcd", marks=pytest.mark.etcd)])
+@pytest.fixture(scope="session")
+def secure_etcd_server() -> Iterator[EtcdServer]:
+    """etcd over TLS with client certificates required, auth enabled, user `netd`."""
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd is not installed")
+    with EtcdServer(tls=True, users={"netd": "netd-password"}) as server:
+        yield server
+
+
+@pytest.fixture
+def etcd_secure_store(secure_etcd_server: EtcdServer) -> Iterator[EtcdStore]:
+    store = EtcdStore([secure_etcd_server.endpoint], security=secure_etcd_server.security("netd"))
+    yield store
+    store.close()
+
+
+@pytest.fixture(params=["embedded", pytest.param("etcd", marks=pytest.mark.etcd),
+                        pytest.param("etcd_secure", marks=pytest.mark.etcd)])
 def store(request: pytest.FixtureRequest) -> Store:
     """Each Store implementation in turn, for contract tests."""
     result: Store = request.getfixturevalue(f"{request.param}_store")

@@ -145,6 +145,8 @@ def _reason(exc: BaseException) -> str:
     found = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
     if found:
         return found.group(0).strip()
+    if re.search(r"Connection aborted|RemoteDisconnected|BadStatusLine", text):
+        return "closed the connection without an answer"
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return "connect timeout"
     return "timed out" if "timed out" in text else type(exc).__name__
@@ -266,9 +268,13 @@ class EtcdStore(ConditionalWrites):
             except requests.RequestException as exc:
                 raise _Unreached(_reason(exc)) from exc
             if response.status_code != 200:
+                message = _error_message(response)
+                hint = ("etcd's JSON gateway refuses a client certificate with a CommonName "
+                        "when auth is enabled: use one without" if "CommonName" in message
+                        else "check --store-user and --store-password")
                 raise StoreUnavailable(
                     f"etcd at {self._name(index)} refused user {self.security.user!r}: "
-                    f"{_error_message(response)}; check --store-user and --store-password"
+                    f"{message}; {hint}"
                 )
             self._tokens[index] = str(response.json().get("token", ""))
         return {"Authorization": self._tokens[index]}
@@ -290,7 +296,10 @@ class EtcdStore(ConditionalWrites):
             except requests.RequestException as exc:
                 # a refused, reset or timed-out connect, or a failed TLS handshake:
                 # no byte of the request was processed
-                raise _Unreached(_reason(exc)) from exc
+                reason = _reason(exc)
+                if self.endpoints[index][0] == "http" and "without an answer" in reason:
+                    reason += "; if etcd speaks TLS, use etcds://"
+                raise _Unreached(reason) from exc
             if response.status_code == 200:
                 result: dict[str, Any] = response.json()
                 return result
@@ -344,15 +353,15 @@ class EtcdStore(ConditionalWrites):
         if "future revision" in message:
             return InvalidInput(f"etcd: {message}")
         if "user name is empty" in message or "permission denied" in message:
-            message += " (check --store-user/--store-password or the client certificate's CN)"
+            message += " (check --store-user/--store-password and the user's permissions)"
         return StoreUnavailable(f"etcd at {self._name(index)} refused {path}: {message}")
 
     def probe(self, index: int, session: requests.Session) -> int:
         """The revision member `index` itself holds, asked with a short timeout and no
-        consensus round (a serializable read): raises if the member does not answer."""
-        body: dict[str, Any] = {"key": _b64("\0"), "count_only": True, "serializable": True}
+        consensus round (its status): raises if the member does not answer."""
         response = session.post(
-            self._url(index, "/kv/range"), json=body, headers=self.headers(index, session),
+            self._url(index, "/maintenance/status"), json={},
+            headers=self.headers(index, session),
             timeout=(CONNECT_TIMEOUT, WATCH_PROBE_TIMEOUT),
         )
         if response.status_code != 200:
@@ -402,7 +411,9 @@ class EtcdStore(ConditionalWrites):
         return CommitResult(bool(response.get("succeeded", False)), _revision(response))
 
     def revision(self) -> int:
-        return _revision(self._post("/kv/range", {"key": _b64("\0"), "count_only": True}))
+        """The revision of a member that answers (its status: no key permission needed,
+        so a user restricted to netd's prefix may ask)."""
+        return _revision(self._post("/maintenance/status", {}))
 
     def grant_lease(self, ttl: int) -> int:
         if ttl <= 0:

@@ -1,4 +1,5 @@
-"""Multi-host acceptance of the weave driver: three simulated hosts, real etcd, real netd
+"""Multi-host acceptance of the weave driver: three simulated hosts, real etcd (plain, and
+over TLS with client certificates: every test runs on both), real netd
 processes, real packets on a real underlay.
 
 One lab serves the whole module (starting hosts and etcd costs seconds). Each test
@@ -39,9 +40,14 @@ PATTERN = "6e6574642d70696e672d7061796c6f61"  # "netd-ping-payloa", ping -p fill
 PATTERN_BYTES = bytes.fromhex(PATTERN)
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with Lab(hosts=len(HOSTS), store="etcd", host_ttl=HOST_TTL) as lab:
+# every test runs over plain etcd and over etcd with TLS and client certificates
+STORES: dict[str, dict[str, Any]] = {"etcd": {}, "etcd-tls": {"etcd_tls": True}}
+
+
+@pytest.fixture(scope="module", params=list(STORES))
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    with Lab(hosts=len(HOSTS), store="etcd", host_ttl=HOST_TTL,
+             **STORES[request.param]) as lab:
         yield lab
 
 
