@@ -110,7 +110,7 @@ def remove_links(drv: WeaveDriver, *vnis: int) -> None:
     drv.close()
     nl = Netlink()
     for name in sorted(link_names()):
-        if name.startswith("ndh") and name in drv._named:
+        if name.startswith("ndh") and drv._delta.links.applied(name) is not None:
             nl.delete_link(name)
     for vni in vnis:
         nl.delete_link(vxlan_name(vni))
