@@ -10,7 +10,7 @@ class Addresses(Links):
     def list_addresses(self, name: LinkRef, netns: str | None = None) -> set[tuple[str, int]]:
         """The IPv4 addresses of `name` as (ip, prefixlen)."""
         link = self._need(name, netns)
-        with self._op(f"read addresses of {link.name}", netns):
+        with self._reading(f"read addresses of {link.name}", netns):
             return {
                 (str(m.get_attr("IFA_ADDRESS")), int(m["prefixlen"]))
                 for m in self._ipr(netns).get_addr(family=AF_INET, index=link.index)

@@ -13,6 +13,7 @@ chatter over the overlay; container ends are left to the container.
 from __future__ import annotations
 
 import errno
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,7 +108,7 @@ class Links(Sockets):
         return link
 
     def list_links(self, prefix: str = "", netns: str | None = None) -> list[Link]:
-        with self._op("list links", netns):
+        with self._reading("list links", netns):
             links = [_link_from_msg(m) for m in self._ipr(netns).get_links()]
         return [link for link in links if link.name.startswith(prefix)]
 
@@ -125,33 +126,42 @@ class Links(Sockets):
         link = self._need(name, netns)
         if link.up:
             return 0
-        with self._op(f"set link {link.name} up", netns):
-            self._ipr(netns).link("set", index=link.index, state="up")
-        return 1
+        ipr = self._ipr(netns)
+        return tolerant(
+            f"set link {link.name} up", lambda: ipr.link("set", index=link.index, state="up"), netns
+        )
 
     def set_mtu(self, name: LinkRef, mtu: int, netns: str | None = None) -> int:
         link = self._need(name, netns)
         if link.mtu == mtu:
             return 0
-        with self._op(f"set MTU {mtu} on {link.name}", netns):
-            self._ipr(netns).link("set", index=link.index, mtu=mtu)
-        return 1
+        ipr = self._ipr(netns)
+        return tolerant(
+            f"set MTU {mtu} on {link.name}",
+            lambda: ipr.link("set", index=link.index, mtu=mtu),
+            netns,
+        )
 
     def set_mac(self, name: LinkRef, mac: str, netns: str | None = None) -> int:
         link = self._need(name, netns)
         if link.mac == mac.lower():
             return 0
-        with self._op(f"set MAC {mac} on {link.name}", netns):
-            self._ipr(netns).link("set", index=link.index, address=mac)
-        return 1
+        ipr = self._ipr(netns)
+        return tolerant(
+            f"set MAC {mac} on {link.name}",
+            lambda: ipr.link("set", index=link.index, address=mac),
+            netns,
+        )
 
     def set_master(self, name: LinkRef, master: LinkRef) -> int:
         link, bridge = self._need(name), self._need(master)
         if link.master == bridge.index:
             return 0
-        with self._op(f"attach {link.name} to {bridge.name}"):
-            self._ipr().link("set", index=link.index, master=bridge.index)
-        return 1
+        ipr = self._ipr()
+        return tolerant(
+            f"attach {link.name} to {bridge.name}",
+            lambda: ipr.link("set", index=link.index, master=bridge.index),
+        )
 
     def ensure_no_ipv6_ll(self, name: LinkRef) -> int:
         """addrgenmode none on `name` and no IPv6 link-local address on it. Call before
@@ -162,17 +172,24 @@ class Links(Sockets):
         ipr = self._ipr()
         mode = [["IFLA_INET6_ADDR_GEN_MODE", ADDRGENMODE_NONE]]
         spec = {"attrs": [["AF_INET6", {"attrs": mode}]]}
-        with self._op(f"set addrgenmode none on {link.name}"):
-            ipr.link("set", index=link.index, IFLA_AF_SPEC=spec)
-        with self._op(f"read IPv6 addresses of {link.name}"):
+        tolerant(
+            f"set addrgenmode none on {link.name}",
+            lambda: ipr.link("set", index=link.index, IFLA_AF_SPEC=spec),
+        )
+        with self._reading(f"read IPv6 addresses of {link.name}"):
             lladdrs = [
                 (str(m.get_attr("IFA_ADDRESS")), int(m["prefixlen"]))
                 for m in ipr.get_addr(family=AF_INET6, index=link.index)
                 if str(m.get_attr("IFA_ADDRESS")).lower().startswith("fe80:")
             ]
         for addr, plen in lladdrs:
-            with self._op(f"remove address {addr}/{plen} from {link.name}"):
-                ipr.addr("del", index=link.index, address=addr, prefixlen=plen)
+            tolerant(
+                f"remove address {addr}/{plen} from {link.name}",
+                functools.partial(
+                    ipr.addr, "del", index=link.index, address=addr, prefixlen=plen
+                ),
+                absent_ok=True,
+            )
         return 1
 
     def _check_kind(self, link: Link, kind: str) -> None:
@@ -186,9 +203,11 @@ class Links(Sockets):
         changed = 0
         link = self.get_link(name)
         if link is None:
-            with self._op(f"create bridge {name}", exists_ok=False):
-                self._ipr().link("add", ifname=name, kind="bridge", mtu=mtu)
-            changed += 1
+            ipr = self._ipr()
+            changed += tolerant(
+                f"create bridge {name}",
+                lambda: ipr.link("add", ifname=name, kind="bridge", mtu=mtu),
+            )
             link = self._need(name)
         else:
             self._check_kind(link, "bridge")
@@ -234,8 +253,10 @@ class Links(Sockets):
             user = self._vni_user(vni, port)
             if user is not None:
                 raise DatapathError(f"cannot {what}: link {user} already uses VNI {vni}")
-            with self._op(what, exists_ok=False):
-                self._ipr().link(
+            ipr = self._ipr()
+            changed += tolerant(
+                what,
+                lambda: ipr.link(
                     "add",
                     ifname=name,
                     kind="vxlan",
@@ -246,8 +267,8 @@ class Links(Sockets):
                     vxlan_learning=int(learning),
                     vxlan_proxy=int(proxy),
                     **spec,
-                )
-            changed += 1
+                ),
+            )
         return changed + self.set_mtu(name, mtu) + self.ensure_no_ipv6_ll(name)
 
     def _vni_user(self, vni: int, port: int) -> str | None:
@@ -262,7 +283,7 @@ class Links(Sockets):
     def ensure_brport_flags(self, name: str, *, neigh_suppress: bool, learning: bool) -> int:
         link = self._need(name)
         ipr = self._ipr()
-        with self._op(f"read bridge port flags of {name}"):
+        with self._reading(f"read bridge port flags of {name}"):
             msgs = ipr.brport("show", index=link.index)
         info = msgs[0].get_attr("IFLA_PROTINFO") if msgs else None
         if info is None:
@@ -270,11 +291,12 @@ class Links(Sockets):
         have = (info.get_attr("IFLA_BRPORT_NEIGH_SUPPRESS"), info.get_attr("IFLA_BRPORT_LEARNING"))
         if have == (int(neigh_suppress), int(learning)):
             return 0
-        with self._op(f"set bridge port flags of {name}"):
-            ipr.brport(
+        return tolerant(
+            f"set bridge port flags of {name}",
+            lambda: ipr.brport(
                 "set", index=link.index, neigh_suppress=int(neigh_suppress), learning=int(learning)
-            )
-        return 1
+            ),
+        )
 
     def ensure_veth_into_netns(
         self,
@@ -315,15 +337,17 @@ class Links(Sockets):
                     f"netd's: choose another --ifname"
                 )
             what = f"create veth {host_name} with peer {peer_name} in netns {netns}"
-            with self._op(what, exists_ok=False):
-                self._ipr().link(
+            ipr = self._ipr()
+            changed += tolerant(
+                what,
+                lambda: ipr.link(
                     "add",
                     ifname=host_name,
                     kind="veth",
                     mtu=mtu,
                     peer={"ifname": peer_name, "net_ns_fd": netns, "address": mac, "mtu": mtu},
-                )
-            changed += 1
+                ),
+            )
             host, peer = self._need(host_name), self._need(peer_name, netns)
         changed += self.set_mtu(host, mtu)
         changed += self.set_mac(peer, mac, netns)

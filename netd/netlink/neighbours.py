@@ -35,7 +35,7 @@ class Neighbours(Links):
         would make a fresh endpoint look unreachable for a second."""
         link = self._need(name, netns)
         ipr = self._ipr(netns)
-        with self._op(f"read neighbour parameters of {link.name}", netns):
+        with self._reading(f"read neighbour parameters of {link.name}", netns):
             for table in ipr.get_ntables(AF_INET):
                 if table.get_attr("NDTA_NAME") != "arp_cache":
                     continue
@@ -59,16 +59,18 @@ class Neighbours(Links):
             await request.send()
             return [m async for m in request.response()]
 
-        with self._op(f"set ARP retransmit time of {link.name}", netns):
-            ipr.asyncore.event_loop.run_until_complete(send())
-        return 1
+        return tolerant(
+            f"set ARP retransmit time of {link.name}",
+            lambda: ipr.asyncore.event_loop.run_until_complete(send()),
+            netns,
+        )
 
     # -- forwarding database (on vxlan devices) -------------------------------------
 
     def fdb_entries(self, dev: str) -> set[FdbEntry]:
         """The device's own (self) entries with a remote destination."""
         link = self._need(dev)
-        with self._op(f"read fdb of {dev}"):
+        with self._reading(f"read fdb of {dev}"):
             msgs = self._ipr().fdb("dump", ifindex=link.index)
         return {
             FdbEntry(str(m.get_attr("NDA_LLADDR")).lower(), str(m.get_attr("NDA_DST")))
@@ -114,7 +116,7 @@ class Neighbours(Links):
     def neigh_entries(self, dev: str) -> dict[str, str]:
         """Permanent IPv4 neighbours of `dev`: ip -> mac."""
         link = self._need(dev)
-        with self._op(f"read neighbours of {dev}"):
+        with self._reading(f"read neighbours of {dev}"):
             msgs = self._ipr().neigh("dump", ifindex=link.index, family=AF_INET)
         return {
             str(m.get_attr("NDA_DST")): str(m.get_attr("NDA_LLADDR")).lower()

@@ -74,7 +74,7 @@ class Routes(Links):
         query: dict[str, Any] = {"family": AF_INET}
         if table is not None:
             query["table"] = table
-        with self._op("read routes", netns):
+        with self._reading("read routes", netns):
             msgs = list(self._ipr(netns).get_routes(**query))
         routes = [_route_from_msg(m) for m in msgs if m["type"] == RTN_UNICAST]
         return [

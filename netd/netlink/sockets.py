@@ -171,15 +171,12 @@ class Sockets:
             self._opener.close()
 
     @contextmanager
-    def _op(self, what: str, netns: str | None = None, exists_ok: bool = True) -> Iterator[None]:
-        """Turn netlink errors of the requests inside into DatapathError naming `what`;
-        EEXIST is success unless the caller already knows the object is absent (a
-        clash, then)."""
+    def _reading(self, what: str, netns: str | None = None) -> Iterator[None]:
+        """Turn netlink errors of the read requests inside into a DatapathError naming
+        `what` (writes go through `tolerant`)."""
         try:
             yield
         except NetlinkError as exc:
-            if exc.code == errno.EEXIST and exists_ok:
-                return
             _fail(what, netns, exc)
         except DatapathError:
             raise

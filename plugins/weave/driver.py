@@ -33,7 +33,7 @@ import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from netd.delta import DeltaTracker
 from netd.errors import DatapathError, NetdError
@@ -42,10 +42,10 @@ from netd.netlink import OWNED_PREFIX, Link, Netlink
 from netd.plugin import ApplyReport, HostState, NetworkState, endpoint_id, network_id
 from netd.plumbing import ContainerPort, PlugFailed, plug, siblings_to_replug
 from netd.plumbing import host_end_ok as port_host_end_ok
-from plugins.weave.fastdp import FastDP
+from plugins.weave.fastdp import FastDP, FastdpNetwork, FastdpRemotes
 from plugins.weave.names import bridge_name, host_veth_name, owned_role, vni_of
 from plugins.weave.sleeve import DEFAULT_PORT, SleeveEngine
-from plugins.weave.sleeve_backend import Sleeve
+from plugins.weave.sleeve_backend import Sleeve, SleeveNetwork, SleeveRemotes
 
 SLEEVE_PORT = DEFAULT_PORT  # weave's sleeve UDP port
 VERIFY_BUDGET = 200  # container namespaces a verify pass checks (docs/drivers.md)
@@ -89,6 +89,14 @@ class Backend(Protocol[NetPlan, RemotePlan]):
         """Make the datapath hold `plan`; `previous` is what this process applied last
         (None: unknown, read the kernel). False (and a report entry) on failure."""
         ...
+
+
+if TYPE_CHECKING:  # mypy checks each backend against the protocol with its plan types
+
+    def _typed(
+        fastdp: FastDP, sleeve: Sleeve
+    ) -> tuple[Backend[FastdpNetwork, FastdpRemotes], Backend[SleeveNetwork, SleeveRemotes]]:
+        return fastdp, sleeve
 
 
 @dataclass(frozen=True)
