@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from pyroute2 import IPRoute
 
-from netd.netlink.links import AF_INET
+from netd.netlink.links import AF_INET, Links
 
 
 def link_names(netns: str | None = None) -> set[str]:
     """Names of every link in `netns` (None: the daemon's own netns)."""
-    from netd.netlink import Netlink
-
-    nl = Netlink(opener=False)
+    nl = Links(opener=False)
     try:
         return {link.name for link in nl.list_links(netns=netns)}
     finally:
