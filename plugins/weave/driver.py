@@ -1,81 +1,142 @@
 """The weave driver: one L2 overlay per network, carried by a pluggable backend.
 
-The driver owns what is common to its backends: the local endpoints (a veth per
-endpoint, its host end a port of the network's bridge `ndb<vni>`), deciding which
-links the desired state needs, sweeping owned links it no longer needs, incremental
-apply, and turning one failed item into a report entry instead of an exception. A
-backend (`fastdp` = kernel VXLAN, plugins.weave.fastdp; `sleeve` = userspace UDP,
-plugins.weave.sleeve_backend) builds the rest of one network through the small
-Backend interface below.
+The driver owns what is common to its backends: the local endpoints (a container port
+per endpoint from netd.plumbing, its host end a port of the network's bridge
+`ndb<vni>`), deciding which links the desired state needs, sweeping owned links it no
+longer needs, incremental apply, and turning one failed item into a report entry
+instead of an exception. A backend (`fastdp` = kernel VXLAN, plugins.weave.fastdp;
+`sleeve` = userspace UDP, plugins.weave.sleeve_backend) builds the rest of one network
+through the typed Backend interface below: it computes plans (pure values) and applies
+them.
 
-Incremental apply: the driver remembers, per item (network, local endpoint, remote
-set of a network), what it last applied successfully in this process. With
-verify=False an item equal to that is skipped without a netlink call, so an attach on
-a host with a thousand endpoints costs one endpoint's work; failed items are always
-re-applied; verify=True (first sync, periodic resync) checks everything against the
-kernel: the host side of every endpoint from one link dump, the container side (a
-socket into its netns and four requests) for at most `verify_budget` endpoints per
-pass, round-robin, plus every endpoint whose host side is wrong or that this process
-has not applied successfully yet (so the first pass after a restart checks all).
-Leftovers from before a restart are found by listing links only on a full
-sweep (sweep and verify, or the first sweep of the process); otherwise the driver
-deletes by name the links it made and no longer needs.
+Incremental apply: desired versus applied state per item (network, local endpoint,
+remote set of a network, owned link) lives in netd.delta trackers. With verify=False an
+item whose applied value equals its desired value is skipped without a netlink call, so
+an attach on a host with a thousand endpoints costs one endpoint's work; failed items
+are marked dirty and re-applied next pass; verify=True (first sync, periodic resync)
+checks everything against the kernel: the host side of every endpoint from one link
+dump, the container side (a socket into its netns and four requests) for at most
+`verify_budget` endpoints per pass, round-robin, plus every endpoint whose host side is
+wrong or that this process has not applied successfully yet (so the first pass after a
+restart checks all). Leftovers from before a restart are found by listing links only on
+a full sweep (sweep and verify, or the first sweep of the process); otherwise the
+driver deletes by name the links it made and no longer needs.
 
-Sockets into container namespaces are closed as soon as the endpoint is applied: an
-open socket keeps a namespace (and the container's veth and address) alive after the
-container is gone, and costs file descriptors per endpoint. Skipped endpoints need no
-socket, so only changed endpoints and verify applies open one.
+Sockets into container namespaces are closed as soon as the endpoint is applied (see
+netd.plumbing.container). Skipped endpoints need no socket, so only changed endpoints
+and verify applies open one.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
+from netd.delta import DeltaTracker
 from netd.errors import DatapathError, NetdError
 from netd.model import Endpoint, Host, Network
-from netd.netlink import ADDRGENMODE_NONE, OWNED_PREFIX, Link, Netlink, NetnsNotFound
+from netd.netlink import OWNED_PREFIX, Link, Netlink
 from netd.plugin import ApplyReport, HostState, NetworkState, endpoint_id, network_id
-from plugins.weave.fastdp import FastDP
+from netd.plumbing import ContainerPort, PlugFailed, plug, siblings_to_replug
+from netd.plumbing import host_end_ok as port_host_end_ok
+from plugins.weave.fastdp import FastDP, FastdpNetwork, FastdpRemotes
 from plugins.weave.names import bridge_name, host_veth_name, owned_role, vni_of
 from plugins.weave.sleeve import DEFAULT_PORT, SleeveEngine
-from plugins.weave.sleeve_backend import Sleeve
+from plugins.weave.sleeve_backend import Sleeve, SleeveNetwork, SleeveRemotes
 
 SLEEVE_PORT = DEFAULT_PORT  # weave's sleeve UDP port
-ARP_RETRANS_MS = 100  # container ARP retry: see Netlink.ensure_arp_retrans
 VERIFY_BUDGET = 200  # container namespaces a verify pass checks (docs/drivers.md)
 _SWEEP_ORDER = {"veth": 0, "vxlan": 1, "tap": 1, "bridge": 2}  # ports before bridges
 
+NetPlan = TypeVar("NetPlan")
+RemotePlan = TypeVar("RemotePlan")
 
-class Backend(Protocol):
+
+class Backend(Protocol[NetPlan, RemotePlan]):
+    """One way to carry a weave network between hosts. Plans are values (frozen
+    dataclasses): equal plans need no re-apply."""
+
     name: str
 
     def link_names(self, ns: NetworkState) -> set[str]:
         """The owned network-level links (bridge, tunnel port) this network needs."""
         ...
 
-    def fingerprint(self, ns: NetworkState, host: Host) -> object:
-        """Everything apply_network depends on; equal fingerprints need no re-apply."""
+    def network_plan(self, ns: NetworkState, host: Host) -> NetPlan:
+        """Everything apply_network depends on (pure, no kernel access)."""
         ...
 
-    def apply_network(self, ns: NetworkState, host: Host, report: ApplyReport) -> bool:
+    def apply_network(self, ns: NetworkState, plan: NetPlan, report: ApplyReport) -> bool:
         """Bridge and tunnel port of one network; False (and a report entry) if not usable."""
         ...
 
     def remote_plan(
         self, ns: NetworkState, host: Host, hosts: Mapping[str, Host], report: ApplyReport
-    ) -> object:
-        """The remote side of a network as a comparable value (pure, no kernel access)."""
+    ) -> RemotePlan:
+        """The remote side of a network (pure, no kernel access)."""
         ...
 
     def apply_remotes(
-        self, ns: NetworkState, plan: object, previous: object | None, report: ApplyReport
+        self,
+        ns: NetworkState,
+        plan: RemotePlan,
+        previous: RemotePlan | None,
+        report: ApplyReport,
     ) -> bool:
         """Make the datapath hold `plan`; `previous` is what this process applied last
         (None: unknown, read the kernel). False (and a report entry) on failure."""
         ...
+
+
+if TYPE_CHECKING:  # mypy checks each backend against the protocol with its plan types
+
+    def _typed(
+        fastdp: FastDP, sleeve: Sleeve
+    ) -> tuple[Backend[FastdpNetwork, FastdpRemotes], Backend[SleeveNetwork, SleeveRemotes]]:
+        return fastdp, sleeve
+
+
+@dataclass(frozen=True)
+class PortPlan:
+    """A local endpoint as applied: its container port on the network's bridge."""
+
+    port: ContainerPort
+    bridge: str
+
+
+def port_plan(net: Network, ep: Endpoint) -> PortPlan:
+    port = ContainerPort(
+        host_name=host_veth_name(net.name, ep.name),
+        netns=ep.netns,
+        ifname=ep.ifname,
+        mac=ep.mac,
+        mtu=net.mtu,
+        ip=ep.ip,
+        prefixlen=net.prefixlen,
+        gateway=net.gateway,
+    )
+    return PortPlan(port, bridge_name(net.vni))
+
+
+@dataclass
+class BackendItems(Generic[NetPlan, RemotePlan]):
+    """The network-level items of one backend: its network and remote-set plans."""
+
+    backend: Backend[NetPlan, RemotePlan]
+    networks: DeltaTracker[str, NetPlan] = field(default_factory=DeltaTracker)
+    remotes: DeltaTracker[str, RemotePlan] = field(default_factory=DeltaTracker)
+
+
+@dataclass
+class WeaveDelta:
+    """Every item the driver tracks, desired versus applied."""
+
+    ports: DeltaTracker[str, PortPlan] = field(default_factory=DeltaTracker)
+    links: DeltaTracker[str, str] = field(default_factory=DeltaTracker)  # name -> role
+    backends: dict[str, BackendItems[Any, Any]] = field(default_factory=dict)
 
 
 def remotes_id(net: Network) -> str:
@@ -103,8 +164,7 @@ class WeaveDriver:
         self._sleeve_port = sleeve_port
         self._sleeve = Sleeve(self._nl, self._new_engine)
         self._backends: dict[str, Backend] = {"fastdp": FastDP(self._nl), "sleeve": self._sleeve}
-        self._named: set[str] = set()  # links named by an apply of this process
-        self._applied: dict[str, object] = {}  # item id -> what was applied successfully
+        self._delta = WeaveDelta()  # desired vs applied, per item (netd.delta)
         self._listed_sweep_done = False
 
     def setup(self, host: Host) -> dict[str, Any]:
@@ -115,24 +175,43 @@ class WeaveDriver:
         assert self._host is not None
         return SleeveEngine(self._host.underlay_ip, self._sleeve_port)
 
+    def _items(self, backend_name: str) -> BackendItems[Any, Any] | None:
+        backend = self._backends.get(backend_name)
+        if backend is None:
+            return None
+        items = self._delta.backends.get(backend_name)
+        if items is None or items.backend is not backend:
+            items = self._delta.backends[backend_name] = BackendItems(backend)
+        return items
+
     # -- apply --------------------------------------------------------------------------
 
     def apply(self, desired: HostState, *, sweep: bool, verify: bool) -> ApplyReport:
         if self._host is None:
             self._host = desired.host
+        delta = self._delta
         report = ApplyReport()
-        plans: list[tuple[Backend, NetworkState]] = []
+        work: list[tuple[BackendItems[Any, Any], NetworkState]] = []
+        ports: dict[str, PortPlan] = {}
         keep: set[str] = set()
         for ns in desired.networks.values():
-            backend = self._backends.get(ns.network.backend)
-            if backend is None:
+            items = self._items(ns.network.backend)
+            if items is None:
                 _fail_network(ns, f"weave has no backend {ns.network.backend!r}", report)
                 continue
             if ns.local:
-                keep |= backend.link_names(ns)
-                keep |= {host_veth_name(ep.network, ep.name) for ep in ns.local}
-                plans.append((backend, ns))
-        self._refresh_neighbours_of_removed(plans)
+                keep |= items.backend.link_names(ns)
+                for ep in ns.local:
+                    plan = ports[endpoint_id(ep)] = port_plan(ns.network, ep)
+                    keep.add(plan.port.host_name)
+                work.append((items, ns))
+        for name in self._backends:
+            if (items := self._items(name)) is not None:
+                items.networks.replace_desired({})  # set again network by network below
+                items.remotes.replace_desired({})
+        delta.ports.replace_desired(ports)
+        delta.links.replace_desired({name: owned_role(name) or "" for name in keep})
+        self._hand_over_default_routes()
         # verify: the host side of every endpoint comes from this one dump
         owned = self._list_owned(report) if verify else None
         if sweep and (verify or not self._listed_sweep_done):
@@ -142,48 +221,46 @@ class WeaveDriver:
                 self._remove([n for n in _sorted_owned(owned) if n not in keep], report)
             self._listed_sweep_done = owned is not None
         else:
-            self._remove(sorted(self._named - keep, key=_sweep_key), report)
+            self._remove(sorted((n for n, _ in delta.links.pending_deletes()), key=_sweep_key),
+                         report)
         spot: set[str] | None = None  # endpoints whose container side this pass checks
         if verify and owned is not None and self._verify_budget is not None:
-            ids = sorted(endpoint_id(ep) for _, ns in plans for ep in ns.local)
+            ids = sorted(ports)
             spot, self._verify_cursor = round_robin(ids, self._verify_cursor, self._verify_budget)
-        live: set[str] = set()
-        for backend, ns in plans:
-            live |= {network_id(ns.network), remotes_id(ns.network)}
-            live |= {endpoint_id(ep) for ep in ns.local}
+        for items, ns in work:
             try:
-                self._apply_network(backend, ns, desired, verify, owned, spot, report)
+                self._apply_network(items, ns, desired, verify, owned, spot, report)
             except Exception as exc:  # one bad network must not stop the others
                 _fail_network(ns, f"unexpected error: {exc!r}", report)
-                self._forget(ns)
-        self._applied = {k: v for k, v in self._applied.items() if k in live}
-        self._named |= keep
+                self._forget(items, ns)
+        # items of networks this host no longer serves went with their links
+        for items in delta.backends.values():
+            items.networks.forget_undesired()
+            items.remotes.forget_undesired()
+        delta.ports.forget_undesired()
+        for name in keep:
+            delta.links.mark_applied(name)
         self._nl.close_unused(set())
         return report
 
-    def _refresh_neighbours_of_removed(self, plans: list[tuple[Backend, NetworkState]]) -> None:
+    def _hand_over_default_routes(self) -> None:
         """An endpoint going away may take its container's default route with it: the
         container's remaining endpoints are applied again so one of them installs it."""
-        wanted = {endpoint_id(ep): ep for _, ns in plans for ep in ns.local}
-        gone = {
-            done[-1].netns
-            for item, done in self._applied.items()
-            if item.startswith("endpoint:") and item not in wanted
-            and isinstance(done, tuple) and isinstance(done[-1], Endpoint)
-        }
-        for item, ep in wanted.items():
-            if ep.netns in gone:
-                self._applied.pop(item, None)
+        ports = self._delta.ports
+        gone = [plan.port.netns for _, plan in ports.pending_deletes()]
+        staying = {item: plan.port.netns for item, plan in ports.desired_items()}
+        for item in siblings_to_replug(gone, staying):
+            ports.mark_dirty(item)
 
-    def _forget(self, ns: NetworkState) -> None:
-        for item in (network_id(ns.network), remotes_id(ns.network)):
-            self._applied.pop(item, None)
+    def _forget(self, items: BackendItems[Any, Any], ns: NetworkState) -> None:
+        items.networks.mark_dirty(network_id(ns.network))
+        items.remotes.mark_dirty(remotes_id(ns.network))
         for ep in ns.local:
-            self._applied.pop(endpoint_id(ep), None)
+            self._delta.ports.mark_dirty(endpoint_id(ep))
 
     def _apply_network(
         self,
-        backend: Backend,
+        items: BackendItems[NetPlan, RemotePlan],
         ns: NetworkState,
         desired: HostState,
         verify: bool,
@@ -193,98 +270,86 @@ class WeaveDriver:
     ) -> None:
         """`host_links`: this apply's dump of owned links; `spot`: with a verify budget,
         the endpoints whose container side this pass checks (None: all)."""
-        net, host = ns.network, desired.host
-        fingerprint = (backend.name, backend.fingerprint(ns, host))
+        net, host, backend = ns.network, desired.host, items.backend
+        ports = self._delta.ports
+        net_item = network_id(net)
+        items.networks.set_desired(net_item, backend.network_plan(ns, host))
         # fresh: the network's own links were applied as they are now; only then may
         # its endpoints and remote set be skipped too
-        fresh = not verify and self._applied.get(network_id(net)) == fingerprint
-        before: dict[str, object] = {}  # endpoint id -> applied before this verify pass
+        fresh = not verify and items.networks.in_sync(net_item)
+        before: dict[str, PortPlan | None] = {}  # endpoint id -> applied before this pass
         if verify and spot is not None and host_links is not None:
-            before = {endpoint_id(ep): self._applied.get(endpoint_id(ep)) for ep in ns.local}
+            before = {endpoint_id(ep): ports.applied(endpoint_id(ep)) for ep in ns.local}
         if not fresh:
-            self._forget(ns)
-            if not backend.apply_network(ns, host, report):
-                reason = report.errors.get(network_id(net), "")
+            self._forget(items, ns)
+            plan = items.networks.desired(net_item)
+            assert plan is not None
+            if not backend.apply_network(ns, plan, report):
+                reason = report.errors.get(net_item, "")
                 for ep in ns.local:
                     report.fail(endpoint_id(ep), f"network {net.name} is not ready: {reason}")
                 return
-            self._applied[network_id(net)] = fingerprint
+            items.networks.mark_applied(net_item)
         bridge: Link | None = None
         for ep in ns.local:
-            done = (net.vni, net.mtu, net.prefixlen, net.gateway, ep)
-            if fresh and self._applied.get(endpoint_id(ep)) == done:
+            item = endpoint_id(ep)
+            if fresh and ports.in_sync(item):
                 continue
-            self._applied.pop(endpoint_id(ep), None)
+            ports.mark_dirty(item)
+            want = ports.desired(item)
+            assert want is not None
             if bridge is None:
                 try:
-                    bridge = self._nl.get_link(bridge_name(net.vni))
+                    bridge = self._nl.get_link(want.bridge)
                 except DatapathError as exc:
-                    report.fail(endpoint_id(ep), f"{ep.container}: {exc}")
+                    report.fail(item, f"{ep.container}: {exc}")
                     continue
                 if bridge is None:
-                    report.fail(endpoint_id(ep), f"bridge {bridge_name(net.vni)} is gone")
+                    report.fail(item, f"bridge {want.bridge} is gone")
                     continue
             if (
-                before.get(endpoint_id(ep)) == done
-                and endpoint_id(ep) not in (spot or ())
+                before.get(item) == want
+                and item not in (spot or ())
                 and host_links is not None
-                and host_end_ok(host_links.get(host_veth_name(net.name, ep.name)), bridge, net)
+                and host_end_ok(host_links.get(want.port.host_name), bridge, net)
             ):
-                self._applied[endpoint_id(ep)] = done  # host side checked; container's later
+                ports.mark_applied(item)  # host side checked; container's later
                 continue
-            if self._apply_endpoint(net, ep, bridge, host_links, report):
-                self._applied[endpoint_id(ep)] = done
+            if self._plug(ep, want, bridge, host_links, report):
+                ports.mark_applied(item)
         failed_before = len(report.errors)
-        plan = backend.remote_plan(ns, host, desired.hosts, report)
-        previous = self._applied.pop(remotes_id(net), None)
-        if fresh and previous == plan:
-            self._applied[remotes_id(net)] = plan
+        remote_item = remotes_id(net)
+        remote = backend.remote_plan(ns, host, desired.hosts, report)
+        items.remotes.set_desired(remote_item, remote)
+        previous = items.remotes.applied(remote_item)
+        items.remotes.mark_dirty(remote_item)
+        if fresh and previous == remote:
+            items.remotes.mark_applied(remote_item)
             return
-        applied = backend.apply_remotes(ns, plan, previous if fresh else None, report)
+        applied = backend.apply_remotes(ns, remote, previous if fresh else None, report)
         if applied and len(report.errors) == failed_before:
-            self._applied[remotes_id(net)] = plan
+            items.remotes.mark_applied(remote_item)
 
-    def _apply_endpoint(
+    def _plug(
         self,
-        net: Network,
         ep: Endpoint,
+        want: PortPlan,
         bridge: Link,
         host_links: Mapping[str, Link] | None,
         report: ApplyReport,
     ) -> bool:
-        """A veth: container end inside the container's netns with the endpoint's name,
-        MAC, address, MTU and default route; host end a port of the network's bridge.
+        """The endpoint's container port on `bridge`; False (and a report entry) on failure.
         `host_links`: this apply's dump of owned links (None: read them one by one)."""
-        nl = self._nl
-        host_if = host_veth_name(ep.network, ep.name)
-        existed = False
-        try:
-            if host_links is not None:
-                existed = host_if in host_links
-            else:
-                existed = nl.get_link(host_if) is not None
-            if not ep.netns:
-                raise DatapathError(f"endpoint {ep.name} has no network namespace path")
-            pair = nl.ensure_veth_into_netns(
-                host_if, ep.ifname, ep.netns, mac=ep.mac, mtu=net.mtu, master=bridge,
-                host_links=host_links,
-            )
-            report.changed += pair.changed
-            peer = pair.peer
-            report.changed += nl.ensure_arp_retrans(peer, ARP_RETRANS_MS, ep.netns)
-            report.changed += nl.ensure_address(peer, ep.ip, net.prefixlen, ep.netns)
-            report.changed += nl.ensure_default_route(net.gateway, peer, ep.netns)
-        except DatapathError as exc:
-            report.fail(endpoint_id(ep), f"{ep.container}: {exc}")
-            if not existed or isinstance(exc, NetnsNotFound):
-                try:
-                    report.changed += nl.delete_link(host_if)
-                except DatapathError as cleanup:
-                    report.fail(endpoint_id(ep), f"{ep.container}: {exc}; {cleanup}")
+        if not want.port.netns:
+            report.fail(endpoint_id(ep),
+                        f"{ep.container}: endpoint {ep.name} has no network namespace path")
             return False
-        finally:
-            if ep.netns:
-                nl.close_netns(ep.netns)
+        try:
+            report.changed += plug(self._nl, want.port, master=bridge, host_links=host_links)
+        except PlugFailed as exc:
+            report.changed += exc.changed
+            report.fail(endpoint_id(ep), f"{ep.container}: {exc}")
+            return False
         return True
 
     # -- sweep --------------------------------------------------------------------------
@@ -316,7 +381,7 @@ class WeaveDriver:
                     report.changed += self._sleeve.remove_tap(name)
                 else:
                     report.changed += self._nl.delete_link(name)
-                self._named.discard(name)
+                self._delta.links.mark_deleted(name)
             except NetdError as exc:
                 report.fail(f"link:{name}", str(exc))
 
@@ -349,8 +414,7 @@ class WeaveDriver:
     def teardown(self) -> None:
         report = ApplyReport()
         self._sweep_listed(set(), report)
-        self._named.clear()
-        self._applied.clear()
+        self._delta = WeaveDelta()
         if report.errors:
             raise DatapathError("; ".join(f"{k}: {v}" for k, v in report.errors.items()))
 
@@ -377,15 +441,7 @@ def round_robin(ids: Sequence[str], cursor: str | None, n: int) -> tuple[set[str
 
 def host_end_ok(link: Link | None, bridge: Link, net: Network) -> bool:
     """The host end of an endpoint's veth is as apply leaves it (from a link dump)."""
-    return (
-        link is not None
-        and link.kind == "veth"
-        and link.peer_index > 0
-        and link.master == bridge.index
-        and link.mtu == net.mtu
-        and link.up
-        and link.addrgenmode in (None, ADDRGENMODE_NONE)
-    )
+    return port_host_end_ok(link, bridge, net.mtu)
 
 
 def _sorted_owned(links: Mapping[str, Link]) -> list[str]:

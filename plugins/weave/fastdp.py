@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from netd.errors import DatapathError
-from netd.model import Host
+from netd.model import Host, Network
 from netd.netlink import ZERO_MAC, FdbEntry, Netlink
 from netd.plugin import (
     ApplyReport,
@@ -28,6 +28,14 @@ from netd.plugin import (
     remote_endpoints,
 )
 from plugins.weave.names import bridge_name, vxlan_name
+
+
+@dataclass(frozen=True)
+class FastdpNetwork:
+    """What the bridge and vxlan device of one network depend on."""
+
+    network: Network
+    local_ip: str  # this host's underlay address: the vxlan device's source
 
 
 @dataclass(frozen=True)
@@ -49,17 +57,17 @@ class FastDP:
     def link_names(self, ns: NetworkState) -> set[str]:
         return {bridge_name(ns.network.vni), vxlan_name(ns.network.vni)}
 
-    def fingerprint(self, ns: NetworkState, host: Host) -> object:
-        return (ns.network, host.underlay_ip)
+    def network_plan(self, ns: NetworkState, host: Host) -> FastdpNetwork:
+        return FastdpNetwork(ns.network, host.underlay_ip)
 
-    def apply_network(self, ns: NetworkState, host: Host, report: ApplyReport) -> bool:
-        net = ns.network
+    def apply_network(self, ns: NetworkState, plan: FastdpNetwork, report: ApplyReport) -> bool:
+        net = plan.network
         br, vx = bridge_name(net.vni), vxlan_name(net.vni)
         nl = self._nl
         try:
             report.changed += nl.ensure_bridge(br, net.mtu)
             report.changed += nl.ensure_vxlan(
-                vx, net.vni, host.underlay_ip, mtu=net.mtu, learning=False, proxy=True
+                vx, net.vni, plan.local_ip, mtu=net.mtu, learning=False, proxy=True
             )
             report.changed += nl.set_master(vx, br)
             report.changed += nl.ensure_brport_flags(vx, neigh_suppress=True, learning=False)
@@ -84,17 +92,16 @@ class FastDP:
     def apply_remotes(
         self,
         ns: NetworkState,
-        plan: object,
-        previous: object | None,
+        plan: FastdpRemotes,
+        previous: FastdpRemotes | None,
         report: ApplyReport,
     ) -> bool:
         """Write the difference to the kernel: against `previous` (what this process
         last applied) when given, else against a dump of the device's tables."""
-        assert isinstance(plan, FastdpRemotes)
         vx = vxlan_name(ns.network.vni)
         nl = self._nl
         try:
-            if isinstance(previous, FastdpRemotes):
+            if previous is not None:
                 have_fdb, have_neigh = set(previous.fdb), dict(previous.neigh)
             else:
                 have_fdb, have_neigh = nl.fdb_entries(vx), nl.neigh_entries(vx)

@@ -40,7 +40,7 @@ from typing import Any
 
 from netd.errors import Conflict, DatapathError, InvalidInput, NotFound
 from netd.model import SLEEVE_HEADER, check_mac, check_mtu, check_vni
-from plugins.weave import tap
+from netd.plumbing import tap
 from plugins.weave.crypto import (
     NONCE_SIZE,
     OVERHEAD,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from netd.errors import DatapathError, NetdError
-from netd.model import Host
+from netd.model import Host, Network
 from netd.netlink import Netlink
 from netd.plugin import (
     ApplyReport,
@@ -31,9 +31,18 @@ from netd.plugin import (
     other_peers,
     remote_endpoints,
 )
-from plugins.weave import tap
+from netd.plumbing import tap
 from plugins.weave.names import bridge_name, tap_name, vni_of
 from plugins.weave.sleeve import DEFAULT_PORT, SleeveEngine
+
+
+@dataclass(frozen=True)
+class SleeveNetwork:
+    """What the bridge, TAP and engine network of one network depend on."""
+
+    network: Network
+    secret: str | None
+    local_ip: str
 
 
 @dataclass(frozen=True)
@@ -82,10 +91,10 @@ class Sleeve:
     def link_names(self, ns: NetworkState) -> set[str]:
         return {bridge_name(ns.network.vni), tap_name(ns.network.vni)}
 
-    def fingerprint(self, ns: NetworkState, host: Host) -> object:
-        return (ns.network, ns.secret, host.underlay_ip)
+    def network_plan(self, ns: NetworkState, host: Host) -> SleeveNetwork:
+        return SleeveNetwork(ns.network, ns.secret, host.underlay_ip)
 
-    def apply_network(self, ns: NetworkState, host: Host, report: ApplyReport) -> bool:
+    def apply_network(self, ns: NetworkState, plan: SleeveNetwork, report: ApplyReport) -> bool:
         net = ns.network
         br, tp = bridge_name(net.vni), tap_name(net.vni)
         nl = self._nl
@@ -117,9 +126,12 @@ class Sleeve:
         return SleeveRemotes(tuple(sorted(peers)), tuple(sorted(macs.items())))
 
     def apply_remotes(
-        self, ns: NetworkState, plan: object, previous: object | None, report: ApplyReport
+        self,
+        ns: NetworkState,
+        plan: SleeveRemotes,
+        previous: SleeveRemotes | None,
+        report: ApplyReport,
     ) -> bool:
-        assert isinstance(plan, SleeveRemotes)
         try:
             engine = self._engine()
             engine.set_peers(ns.network.vni, plan.peers)

@@ -20,7 +20,7 @@ from netd.lab import Lab, ns_exec, run
 from netd.model import Endpoint, Host, Network, mac_from_ip, network_mtu
 from netd.netlink import Netlink
 from netd.plugin import ApplyReport, HostState, NetworkState
-from plugins.weave import tap
+from netd.plumbing import tap
 from plugins.weave.driver import WeaveDriver
 from plugins.weave.names import bridge_name, host_veth_name, tap_name
 from tests.functional.conftest import in_netns, netns_path
@@ -75,7 +75,7 @@ def cleanup_links(vni: int) -> Iterator[list[WeaveDriver]]:
     yield drivers
     named: set[str] = set()
     for drv in drivers:
-        named |= drv._named
+        named |= {name for name, _ in drv._delta.links.applied_items()}
         drv.close()
     nl = Netlink()
     for name in sorted(named):

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from netd.model import Endpoint, Host, Network, mac_from_ip
-from netd.netlink import ROUTE_PROTO, Netlink, NetnsNotFound
+from netd.netlink import RTPROT_NETD, Netlink, NetnsNotFound
 from netd.nsopener import NsOpener
 from netd.plugin import ApplyReport, HostState, NetworkState, endpoint_id
 from plugins.weave.driver import WeaveDriver
@@ -110,7 +110,7 @@ def remove_links(drv: WeaveDriver, *vnis: int) -> None:
     drv.close()
     nl = Netlink()
     for name in sorted(link_names()):
-        if name.startswith("ndh") and name in drv._named:
+        if name.startswith("ndh") and drv._delta.links.applied(name) is not None:
             nl.delete_link(name)
     for vni in vnis:
         nl.delete_link(vxlan_name(vni))
@@ -172,7 +172,7 @@ def test_two_local_endpoints_talk_and_reapply_changes_nothing(
         addrs = in_netns(ns, "ip", "-o", "-4", "addr", "show", "dev", "eth0").stdout
         assert f"{ep.ip}/24" in addrs
         routes = in_netns(ns, "ip", "route", "show", "default").stdout
-        assert f"default via {net.gateway} dev eth0 proto {ROUTE_PROTO}" in routes
+        assert f"default via {net.gateway} dev eth0 proto {RTPROT_NETD}" in routes
         retrans = in_netns(ns, "cat", "/proc/sys/net/ipv4/neigh/eth0/retrans_time_ms").stdout
         assert retrans.strip() == "100"
 
@@ -464,7 +464,7 @@ def test_opener_sockets_serve_link_addr_route_neigh(
                             lladdr="02:42:0a:63:00:09", state=0x80)
         assert "10.99.0.2/24" in in_netns(ns, "ip", "-o", "addr", "show", "dev", "eth0").stdout
         route = in_netns(ns, "ip", "route", "show", "default").stdout
-        assert f"default via 10.99.0.1 dev eth0 proto {ROUTE_PROTO}" in route
+        assert f"default via 10.99.0.1 dev eth0 proto {RTPROT_NETD}" in route
         neigh = in_netns(ns, "ip", "neigh", "show", "dev", "eth0").stdout
         assert "10.99.0.9 lladdr 02:42:0a:63:00:09 PERMANENT" in neigh
         retrans = in_netns(ns, "cat", "/proc/sys/net/ipv4/neigh/eth0/retrans_time_ms").stdout

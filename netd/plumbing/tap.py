@@ -1,4 +1,5 @@
-"""TAP devices for sleeve, opened through /dev/net/tun ioctls (TAP creation is not netlink).
+"""TUN/TAP devices for userspace datapaths (weave's sleeve; a UDP backend's TUN),
+opened through /dev/net/tun ioctls: their creation is not netlink.
 
 Why these flags:
 * IFF_NO_PI: frames without the 4-byte packet-info prefix.
@@ -30,6 +31,7 @@ TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
 TUNGETIFF = 0x800454D2
 
+IFF_TUN = 0x0001
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
@@ -46,9 +48,9 @@ def _ifreq(name: str, flags: int) -> bytes:
     return struct.pack("16sH22x", name.encode(), flags)
 
 
-def check_tap_name(name: str) -> str:
+def check_tap_name(name: str, kind: str = "TAP") -> str:
     if not name or len(name.encode()) >= IFNAMSIZ or "/" in name or " " in name:
-        raise InvalidInput(f"invalid TAP name {name!r}: use 1-15 characters, no '/' or spaces")
+        raise InvalidInput(f"invalid {kind} name {name!r}: use 1-15 characters, no '/' or spaces")
     return name
 
 
@@ -61,7 +63,7 @@ def tap_exists(name: str) -> bool:
     return True
 
 
-def _open_tun(name: str, flags: int) -> int:
+def _open_tun(name: str, flags: int, kind: str = "TAP") -> int:
     try:
         fd = os.open(TUN_PATH, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -74,13 +76,13 @@ def _open_tun(name: str, flags: int) -> int:
         os.close(fd)
         if exc.errno == errno.EBUSY:
             raise Conflict(
-                f"TAP {name} is held open by another process (a second netd?); stop it first"
+                f"{kind} {name} is held open by another process (a second netd?); stop it first"
             ) from None
         if exc.errno == errno.EINVAL:
             raise Conflict(
-                f"link {name} exists but is not a TAP device; delete it (ip link del {name})"
+                f"link {name} exists but is not a {kind} device; delete it (ip link del {name})"
             ) from None
-        raise DatapathError(f"cannot open TAP {name}: {exc.strerror}") from None
+        raise DatapathError(f"cannot open {kind} {name}: {exc.strerror}") from None
     return fd
 
 
@@ -96,6 +98,27 @@ def open_tap(name: str) -> int:
         os.close(fd)
         raise DatapathError(f"cannot configure TAP {name}: {exc.strerror}") from None
     return fd
+
+
+def open_tun(name: str) -> int:
+    """Create or adopt the persistent TUN `name` (IP packets, no packet-info prefix);
+    returns a non-blocking fd."""
+    check_tap_name(name, "TUN")
+    fd = _open_tun(name, IFF_TUN | IFF_NO_PI, "TUN")
+    try:
+        fcntl.ioctl(fd, TUNSETPERSIST, 1)
+    except OSError as exc:
+        os.close(fd)
+        raise DatapathError(f"cannot configure TUN {name}: {exc.strerror}") from None
+    return fd
+
+
+def delete_tun(name: str) -> None:
+    """Delete the persistent TUN `name`; a missing device is success."""
+    check_tap_name(name, "TUN")
+    if not tap_exists(name):
+        return
+    destroy_tap_fd(_open_tun(name, IFF_TUN | IFF_NO_PI, "TUN"))
 
 
 def destroy_tap_fd(fd: int) -> None:

@@ -1,0 +1,115 @@
+"""Desired versus applied state per item, kept in one reusable place.
+
+Why: a driver that re-applies everything on every store event costs O(endpoints) per
+attach; one that skips items must know, per item, what it last applied successfully and
+what it no longer wants. Calico Felix's delta tracker is the model: two maps, `desired`
+(what the pure calculation asks for) and `applied` (what this process knows the
+datapath holds), and from them the pending work:
+
+* pending update: desired, and not applied with that very value (new, changed, or
+  failed before);
+* pending delete: applied, and no longer desired.
+
+A driver sets the desired side, walks the pending items, and records each outcome:
+`mark_applied` after success, `mark_deleted` after a delete, `mark_dirty` after a
+failure or whenever the applied state is no longer known (a verify pass, a dependency
+re-applied). A dirty item has no applied value: the next pass applies it again, against
+the kernel rather than against a remembered value, while the other items proceed.
+Values must compare by value (frozen dataclasses, tuples).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Desired:
+    """Marker: mark_applied records the item's desired value."""
+
+
+DESIRED = _Desired()
+
+
+class DeltaTracker(Generic[K, V]):
+    def __init__(self) -> None:
+        self._desired: dict[K, V] = {}
+        self._applied: dict[K, V] = {}
+
+    # -- desired side -------------------------------------------------------------------
+
+    def set_desired(self, key: K, value: V) -> None:
+        self._desired[key] = value
+
+    def delete_desired(self, key: K) -> None:
+        self._desired.pop(key, None)
+
+    def replace_desired(self, items: Mapping[K, V]) -> None:
+        """The complete desired state: keys absent from `items` become pending deletes."""
+        self._desired = dict(items)
+
+    def desired(self, key: K) -> V | None:
+        return self._desired.get(key)
+
+    def desired_items(self) -> Iterator[tuple[K, V]]:
+        yield from list(self._desired.items())
+
+    # -- applied side -------------------------------------------------------------------
+
+    def applied(self, key: K) -> V | None:
+        """What was last applied successfully (None: nothing, or not known)."""
+        return self._applied.get(key)
+
+    def applied_items(self) -> Iterator[tuple[K, V]]:
+        yield from list(self._applied.items())
+
+    def mark_applied(self, key: K, value: V | _Desired = DESIRED) -> None:
+        """`key` now holds `value` (default: its desired value) in the datapath."""
+        if isinstance(value, _Desired):
+            self._applied[key] = self._desired[key]
+        else:
+            self._applied[key] = value
+
+    def mark_deleted(self, key: K) -> None:
+        """`key` is gone from the datapath (a delete succeeded)."""
+        self._applied.pop(key, None)
+
+    def mark_dirty(self, key: K) -> None:
+        """What the datapath holds for `key` is unknown: apply it again next time."""
+        self._applied.pop(key, None)
+
+    def mark_all_dirty(self) -> None:
+        self._applied.clear()
+
+    # -- pending work -------------------------------------------------------------------
+
+    def in_sync(self, key: K) -> bool:
+        """Desired and applied with the same value: nothing to do for `key`."""
+        return key in self._desired and key in self._applied and (
+            self._applied[key] == self._desired[key]
+        )
+
+    def pending_updates(self) -> Iterator[tuple[K, V]]:
+        """Desired items not applied as desired, in the order they were set."""
+        for key, value in list(self._desired.items()):
+            if not self.in_sync(key):
+                yield key, value
+
+    def pending_deletes(self) -> Iterator[tuple[K, V]]:
+        """Applied items no longer desired, with the value last applied."""
+        for key, value in list(self._applied.items()):
+            if key not in self._desired:
+                yield key, value
+
+    def forget_undesired(self, keep: Iterable[K] = ()) -> None:
+        """Drop the applied value of every item neither desired nor in `keep`: for items
+        whose removal happens elsewhere (with their parent) and needs no delete of its own."""
+        keep = set(keep)
+        for key in [k for k in self._applied if k not in self._desired and k not in keep]:
+            del self._applied[key]
+
+    def __len__(self) -> int:
+        return len(self._desired)
