@@ -20,9 +20,11 @@ import argparse
 import ipaddress
 import json
 import multiprocessing
+import os
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from bench.stats import summary_ms, table
@@ -90,6 +92,7 @@ def _client(endpoint: str, prefix: str, worker: int, count: int, start: Any, out
     try:
         service.get_network(NETWORK)  # the daemon knows its networks before the burst
         start.wait(60)
+        cpu = time.process_time()
         for i in range(count):
             began = time.perf_counter()
             ep = service.attach({"container": f"w{worker}-{i}", "network": NETWORK})
@@ -97,12 +100,22 @@ def _client(endpoint: str, prefix: str, worker: int, count: int, start: Any, out
             answers.append((ep.name, ep.ip, ep.mac))
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
+    cpu = time.process_time() - cpu
     store = service.store
-    out.put((worker, answers, latencies, error, type(store).commits, type(store).lost))
+    out.put((worker, answers, latencies, error, type(store).commits, type(store).lost, cpu))
     store.close()
 
 
-def run(endpoint: str, clients: int, count: int, subnet: str) -> dict[str, Any]:
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of process `pid` so far (0 when unknown)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(endpoint: str, clients: int, count: int, subnet: str,
+        etcd_pid: int | None = None) -> dict[str, Any]:
     from netd.store.etcd import EtcdStore
     from netd.store.keys import Keys
 
@@ -119,9 +132,9 @@ def run(endpoint: str, clients: int, count: int, subnet: str) -> dict[str, Any]:
         proc.start()
     try:
         start.wait(120)
-        began = time.monotonic()
+        began, etcd_cpu = time.monotonic(), _cpu_seconds(etcd_pid)
         results = [out.get(timeout=600) for _ in procs]
-        elapsed = time.monotonic() - began
+        elapsed, etcd_cpu = time.monotonic() - began, _cpu_seconds(etcd_pid) - etcd_cpu
     finally:
         for proc in procs:
             proc.join(10)
@@ -149,6 +162,10 @@ def run(endpoint: str, clients: int, count: int, subnet: str) -> dict[str, Any]:
         "seconds": round(elapsed, 2),
         "per_second": round(len(answers) / elapsed) if elapsed else None,
         "latency": summary_ms(latencies),
+        # CPU per allocation: robust to other load, unlike allocations per second
+        "client_cpu_ms_per_alloc": round(sum(r[6] for r in results) * 1000 / max(1, len(ips)), 2),
+        "etcd_cpu_ms_per_alloc": round(etcd_cpu * 1000 / max(1, len(ips)), 2)
+        if etcd_pid else None,
         "commits": sum(r[4] for r in results),
         "commits_lost": sum(r[5] for r in results),
         "duplicate_addresses": len(ips) - len(set(ips)),
@@ -168,6 +185,8 @@ def render(result: dict[str, Any]) -> str:
         f"automatic attaches through Service.attach on real etcd, network {result['subnet']}",
         table(rows, ["clients", "allocations", "s", "alloc/s", "median ms", "p99 ms",
                      "commits lost", "dup ips", "dup macs"]),
+        f"CPU per allocation: clients {result['client_cpu_ms_per_alloc']} ms, "
+        f"etcd {result['etcd_cpu_ms_per_alloc']} ms",
         f"store agrees with the answers: {result['store_agrees']}",
     ]
     lines += [f"error: {e}" for e in result["errors"]]
@@ -188,7 +207,8 @@ def main() -> None:
         from tests.support.etcd import EtcdServer
 
         with EtcdServer() as etcd:
-            result = run(etcd.endpoint, args.clients, args.count, args.subnet)
+            pid = etcd.proc.pid if etcd.proc else None
+            result = run(etcd.endpoint, args.clients, args.count, args.subnet, pid)
     print(json.dumps(result, indent=2) if args.json else render(result))
 
 
