@@ -483,8 +483,9 @@ def test_address_taken_under_an_automatic_attach_is_planned_again(
 
     def take_it(ops: Sequence[Operation]) -> None:
         store.before_commit = None
-        planned = next(op for op in ops if isinstance(op, Put) and "/addr/" in op.key)
-        attach(other, "k10", ip=planned.key.rsplit("/", 1)[1])
+        prefix = KEYS.ipam_addresses("blue")
+        planned = next(op for op in ops if isinstance(op, Put) and op.key.startswith(prefix))
+        attach(other, "k10", ip=planned.key[len(prefix):])
 
     store.before_commit = take_it
     mine = attach(svc, "c1")
