@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from netd.cli import CliError, Client
+from netd.cli import Client, CliError
 from netd.lab import Lab
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]

@@ -31,7 +31,8 @@ from netd.errors import (
 )
 from netd.model import Host, Network, mac_from_ip
 from netd.reconcile import SyncStatus
-from netd.service import Service
+from netd.service import Service, transaction
+from netd.service.transaction import Diagnosis, Txn
 from netd.store.base import CommitResult, Condition, DeletePrefix, KeyValue, Operation, Put
 from netd.store.embedded import EmbeddedStore
 from netd.store.keys import Keys
@@ -497,8 +498,9 @@ def test_address_taken_under_an_automatic_attach_is_planned_again(
 
     def take_it(ops: Sequence[Operation]) -> None:
         store.before_commit = None
-        planned = next(op for op in ops if isinstance(op, Put) and "/addr/" in op.key)
-        attach(other, "k10", ip=planned.key.rsplit("/", 1)[1])
+        prefix = KEYS.ipam_addresses("blue")
+        planned = next(op for op in ops if isinstance(op, Put) and op.key.startswith(prefix))
+        attach(other, "k10", ip=planned.key[len(prefix):])
 
     store.before_commit = take_it
     mine = attach(svc, "c1")
@@ -591,3 +593,42 @@ def test_attach_reads_only_its_own_container(svc: Service, store: HookedStore) -
     for i in range(1, 20):
         attach(svc, f"c{i}")
     assert [p for p in listed if p.startswith(KEYS.endpoints())] == []
+
+
+# --- the transaction helper ---------------------------------------------------------------------
+def test_transaction_diagnoses_the_failed_condition_and_bounds_retries(
+    store: HookedStore,
+) -> None:
+    a, b = KEYS.network("a"), KEYS.network("b")
+    store.put(a, "1")
+    kv = store.get(a)
+    assert kv is not None
+    seen: list[tuple[bool, bool]] = []
+
+    def on_failure(planned: Txn, diagnosis: Diagnosis) -> None:
+        seen.append((diagnosis.failed(a), diagnosis.failed(b)))
+
+    stale = Txn((Condition(a, kv.mod_revision - 1), Condition(b, 0)), (Put(b, "x"),))
+    with pytest.raises(Contention, match="thing lost to concurrent changes 3 times"):
+        transaction.commit(store, lambda: stale, on_failure, what="thing", attempts=3)
+    assert seen == [(True, False)] * 3
+    assert store.get(b) is None
+
+    plans = iter([stale, Txn((Condition(a, kv.mod_revision),), (Put(b, "y"),))])
+    result = transaction.commit(store, lambda: next(plans), on_failure, what="thing")
+    assert result is not None and store.get(b) is not None
+    assert transaction.commit(store, lambda: None, on_failure, what="nothing") is None
+
+
+def test_transaction_refusal_from_the_diagnosis_stops_at_once(store: HookedStore) -> None:
+    calls = []
+
+    def refuse(planned: Txn, diagnosis: Diagnosis) -> None:
+        calls.append(1)
+        raise Conflict("taken")
+
+    store.put(KEYS.network("a"), "1")
+    with pytest.raises(Conflict, match="taken"):
+        transaction.commit(store, lambda: Txn((Condition(KEYS.network("a"), 0),), ()),
+                           refuse, what="x")
+    assert calls == [1]
