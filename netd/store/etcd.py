@@ -183,7 +183,18 @@ class _KeepaliveAdapter(HTTPAdapter):
 
 
 class _Unreached(Exception):
-    """The request surely never reached the member (or asked nothing that changes)."""
+    """The request got no answer from the member; `maybe_sent`: it may have arrived."""
+
+    def __init__(self, reason: str, maybe_sent: bool = False) -> None:
+        super().__init__(reason)
+        self.maybe_sent = maybe_sent
+
+
+def _before_sending(exc: requests.RequestException) -> bool:
+    """True when the connection failed before a byte of the request could arrive."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout | requests.exceptions.SSLError):
+        return True
+    return "NewConnectionError" in str(exc) or "Failed to establish" in str(exc)
 
 
 class EtcdStore(ConditionalWrites):
@@ -294,12 +305,10 @@ class EtcdStore(ConditionalWrites):
             except requests.exceptions.ReadTimeout:
                 raise
             except requests.RequestException as exc:
-                # a refused, reset or timed-out connect, or a failed TLS handshake:
-                # no byte of the request was processed
                 reason = _reason(exc)
                 if self.endpoints[index][0] == "http" and "without an answer" in reason:
                     reason += "; if etcd speaks TLS, use etcds://"
-                raise _Unreached(reason) from exc
+                raise _Unreached(reason, maybe_sent=not _before_sending(exc)) from exc
             if response.status_code == 200:
                 result: dict[str, Any] = response.json()
                 return result
@@ -322,6 +331,11 @@ class EtcdStore(ConditionalWrites):
                 result = self._send(index, path, body, read_timeout)
             except _Unreached as exc:
                 self.mark_down(index)
+                if write and exc.maybe_sent:
+                    raise StoreUnavailable(
+                        f"etcd at {self._name(index)} broke off {path} ({exc}); the change "
+                        "may or may not have been applied"
+                    ) from exc
                 failures.append(f"{self._name(index)} ({exc})")
                 continue
             except requests.exceptions.ReadTimeout as exc:
@@ -332,11 +346,6 @@ class EtcdStore(ConditionalWrites):
                 raise StoreUnavailable(
                     f"etcd at {self._name(index)} did not answer {path} within "
                     f"{read_timeout} s; the change may or may not have been applied"
-                ) from exc
-            except requests.RequestException as exc:  # broke while reading the answer
-                self.mark_down(index)
-                raise StoreUnavailable(
-                    f"etcd at {self._name(index)} broke off {path} ({_reason(exc)})"
                 ) from exc
             self._preferred = index
             self._down_until.pop(index, None)
