@@ -316,7 +316,9 @@ class EtcdStore(ConditionalWrites):
             if self.security.user and "token" in message and attempt == 0:
                 continue  # an expired or unknown auth token: authenticate again
             if response.status_code in (503, 504) and "leader" in message.lower():
-                raise _Unreached(message)
+                # "no leader" refuses before proposing; a leader change mid-request
+                # leaves a write's fate open
+                raise _Unreached(message, maybe_sent="no leader" not in message.lower())
             raise self._refused(index, path, message)
         raise AssertionError("unreachable")
 
