@@ -8,6 +8,7 @@ neighbour table of h1's vxlan device, and a ping from h1's container) within a d
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -110,6 +111,27 @@ def lift_drop(lab: Lab, host: str) -> None:
     run(ns_exec(lab.hosts[host].netns, "nft", "delete", "table", "inet", NFT_TABLE))
 
 
+def make_leader(lab: Lab, name: str) -> None:
+    """Move the cluster's leadership to member `name` (the harder case: the member cut
+    is the leader too, so the others elect a new one meanwhile)."""
+    def status_of(member: str) -> dict[str, Any]:
+        result = lab.etcdctl(member, "endpoint", "status", "-w", "json")
+        assert result.returncode == 0, result.stderr
+        found: dict[str, Any] = json.loads(result.stdout)[0]["Status"]
+        return found
+
+    target = status_of(name)
+    target_id = int(target["header"]["member_id"])
+    leader_id = int(target["leader"])
+    if leader_id == target_id:
+        return
+    leader = next(m.name for m in lab.etcd_members
+                  if int(status_of(m.name)["header"]["member_id"]) == leader_id)
+    moved = lab.etcdctl(leader, "move-leader", f"{target_id:x}")
+    assert moved.returncode == 0, moved.stderr
+    assert wait_until(lambda: int(status_of(name)["leader"]) == target_id, timeout=10)
+
+
 @pytest.fixture
 def cluster_lab() -> Iterator[Lab]:
     with Lab(hosts=2, store="etcd", etcd_members=3) as lab:
@@ -130,6 +152,7 @@ def test_cut_link_of_the_watched_member_fails_over(cluster_lab: Lab) -> None:
 
     endpoint = watched_member(lab, "h1")
     member = next(m for m in lab.etcd_members if m.endpoint == endpoint)
+    make_leader(lab, member.name)
     run(ns_exec(lab.switch, "ip", "link", "set", member.link, "down"))  # frames just vanish
     try:
         started = time.monotonic()
@@ -142,7 +165,7 @@ def test_cut_link_of_the_watched_member_fails_over(cluster_lab: Lab) -> None:
     finally:
         run(ns_exec(lab.switch, "ip", "link", "set", member.link, "up"))
 
-    lab.wait_etcd(member.name)
+    lab.wait_etcd(member.name, timeout=90)  # etcd takes its time to re-dial its peers
     ip = scene.attach_on_h2()
     scene.assert_h1_follows(ip, time.monotonic() + CONVERGE, f"after {member.name} returned")
 
