@@ -369,7 +369,8 @@ class EtcdStore(ConditionalWrites):
 
     def probe(self, index: int, session: requests.Session) -> int:
         """The revision member `index` itself holds, asked with a short timeout and no
-        consensus round (its status): raises if the member does not answer."""
+        consensus round (its status): raises if the member does not answer, or knows
+        no leader (cut off from its peers, it would deliver no further change)."""
         response = session.post(
             self._url(index, "/maintenance/status"), json={},
             headers=self.headers(index, session),
@@ -377,7 +378,10 @@ class EtcdStore(ConditionalWrites):
         )
         if response.status_code != 200:
             raise StoreUnavailable(f"etcd refused a probe: {_error_message(response)}")
-        return _revision(response.json())
+        status: dict[str, Any] = response.json()
+        if not int(status.get("leader", 0)):
+            raise StoreUnavailable("the member knows no leader (cut off from its peers?)")
+        return _revision(status)
 
     # -- Store protocol ------------------------------------------------------------------
 
@@ -569,11 +573,12 @@ class EtcdWatch:
                 except (requests.RequestException, _Unreached, NetdError) as exc:
                     if self._done.is_set():
                         return
-                    reason = exc if isinstance(exc, _Unreached | NetdError) else _reason(exc)
+                    reason = (str(exc) if isinstance(exc, _Unreached | NetdError) else
+                              f"no answer to a probe within {WATCH_PROBE_TIMEOUT} s "
+                              f"({_reason(exc)})")
                     self._store.mark_down(self._index)
                     self._end(StoreUnavailable(
-                        f"watch on etcd at {self._endpoint} presumed dead: the member did "
-                        f"not answer a probe within {WATCH_PROBE_TIMEOUT} s ({reason}); "
+                        f"watch on etcd at {self._endpoint} presumed dead: {reason}; "
                         "re-list and watch again"
                     ))
                     return

@@ -93,13 +93,13 @@ def watched_member(lab: Lab, host: str) -> str:
     return str(found[-1])
 
 
-def drop_between(lab: Lab, host: str, address: str) -> None:
-    """Silently drop every packet between `host` and `address`: no RST, no FIN arrives."""
-    netns = lab.hosts[host].netns
+def drop_traffic(netns: str, addresses: list[str]) -> None:
+    """Silently drop every packet between `netns` and `addresses`: no RST, no FIN arrives."""
+    peers = ", ".join(addresses)
     rules = (
         f"table inet {NFT_TABLE} {{\n"
-        f"  chain out {{ type filter hook output priority 0; ip daddr {address} drop; }}\n"
-        f"  chain in {{ type filter hook input priority 0; ip saddr {address} drop; }}\n"
+        f"  chain out {{ type filter hook output priority 0; ip daddr {{ {peers} }} drop; }}\n"
+        f"  chain in {{ type filter hook input priority 0; ip saddr {{ {peers} }} drop; }}\n"
         "}\n"
     )
     proc = subprocess.run(ns_exec(netns, "nft", "-f", "-"), input=rules, text=True,
@@ -107,8 +107,8 @@ def drop_between(lab: Lab, host: str, address: str) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-def lift_drop(lab: Lab, host: str) -> None:
-    run(ns_exec(lab.hosts[host].netns, "nft", "delete", "table", "inet", NFT_TABLE))
+def lift_drop(netns: str) -> None:
+    run(ns_exec(netns, "nft", "delete", "table", "inet", NFT_TABLE), check=False)
 
 
 def make_leader(lab: Lab, name: str) -> None:
@@ -170,6 +170,25 @@ def test_cut_link_of_the_watched_member_fails_over(cluster_lab: Lab) -> None:
     scene.assert_h1_follows(ip, time.monotonic() + CONVERGE, f"after {member.name} returned")
 
 
+def test_watched_member_cut_off_from_its_peers_is_left(cluster_lab: Lab) -> None:
+    """The member still answers the host, but hears no more changes from the cluster."""
+    lab = cluster_lab
+    scene = Scene(lab)
+    first = scene.attach_on_h2()
+    scene.assert_h1_follows(first, time.monotonic() + CONVERGE, "with every member up")
+    endpoint = watched_member(lab, "h1")
+    member = next(m for m in lab.etcd_members if m.endpoint == endpoint)
+    peers = [m.address for m in lab.etcd_members if m is not member]
+    drop_traffic(member.netns, peers)
+    try:
+        ip = scene.attach_on_h2()
+        scene.assert_h1_follows(ip, time.monotonic() + CONVERGE,
+                                f"after {member.name} was cut off from its peers")
+        assert watched_member(lab, "h1") != endpoint
+    finally:
+        lift_drop(member.netns)
+
+
 def test_etcd_restarted_while_a_host_is_cut_off(single_lab: Lab) -> None:
     lab = single_lab
     scene = Scene(lab)
@@ -178,7 +197,7 @@ def test_etcd_restarted_while_a_host_is_cut_off(single_lab: Lab) -> None:
     assert status(lab, "h1")["store"]["reachable"]
 
     seen: list[dict[str, Any]] = []
-    drop_between(lab, "h1", ETCD_ADDRESS)
+    drop_traffic(lab.hosts["h1"].netns, [ETCD_ADDRESS])
     try:
         seen.append(status(lab, "h1")["store"])
         lab.stop_etcd("m1")  # its FIN never reaches h1: h1's watch socket stays open
@@ -193,7 +212,7 @@ def test_etcd_restarted_while_a_host_is_cut_off(single_lab: Lab) -> None:
             seen.append(status(lab, "h1")["store"])
             time.sleep(1)
     finally:
-        lift_drop(lab, "h1")
+        lift_drop(lab.hosts["h1"].netns)
     lifted = time.monotonic()
     assert not any(s["reachable"] for s in seen), seen
     scene.assert_h1_follows(ip, lifted + CONVERGE, "after the drop was lifted")
