@@ -131,7 +131,7 @@ def test_an_idle_watch_on_a_live_member_stays_open(etcd_server: EtcdServer, pref
 
 
 def test_an_expired_auth_token_is_renewed(secure_etcd_server: EtcdServer, prefix: str) -> None:
-    store = EtcdStore([secure_etcd_server.endpoint],
+    store = EtcdStore([secure_etcd_server.client_url],
                       security=secure_etcd_server.security("netd"))
     try:
         store.put(prefix + "k", "1")
@@ -147,7 +147,7 @@ def test_a_wrong_password_says_so(secure_etcd_server: EtcdServer) -> None:
     security = secure_etcd_server.security("netd")
     bad = EtcdSecurity(ca=security.ca, cert=security.cert, key=security.key,
                        user="netd", password="wrong")
-    store = EtcdStore([secure_etcd_server.endpoint], security=bad)
+    store = EtcdStore([secure_etcd_server.client_url], security=bad)
     try:
         with pytest.raises(StoreUnavailable, match=r"refused user 'netd'.*--store-password"):
             store.get("/k")
@@ -159,7 +159,7 @@ def test_a_wrong_password_says_so(secure_etcd_server: EtcdServer) -> None:
 
 def test_without_a_client_certificate_tls_fails_clearly(secure_etcd_server: EtcdServer) -> None:
     security = secure_etcd_server.security("netd")
-    store = EtcdStore([secure_etcd_server.endpoint], security=EtcdSecurity(ca=security.ca))
+    store = EtcdStore([secure_etcd_server.client_url], security=EtcdSecurity(ca=security.ca))
     try:
         with pytest.raises(StoreUnavailable, match=r"TLS failed.*--store-cert"):
             store.get("/k")
@@ -170,7 +170,7 @@ def test_without_a_client_certificate_tls_fails_clearly(secure_etcd_server: Etcd
 def test_an_unknown_ca_fails_clearly(secure_etcd_server: EtcdServer) -> None:
     security = secure_etcd_server.security("netd")
     no_ca = EtcdSecurity(cert=security.cert, key=security.key)  # the system's CAs
-    store = EtcdStore([secure_etcd_server.endpoint], security=no_ca)
+    store = EtcdStore([secure_etcd_server.client_url], security=no_ca)
     try:
         with pytest.raises(StoreUnavailable, match=r"certificate verify failed.*--store-ca"):
             store.get("/k")
