@@ -28,6 +28,7 @@ import logging
 import queue
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -166,6 +167,15 @@ def _unreachable(failures: Sequence[str]) -> str:
     return "etcd unreachable at " + ", ".join(failures) + f"; {hint}"
 
 
+def _system_cas() -> str | bool:
+    """The system's CA bundle (OpenSSL's default), else requests' own."""
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.openssl_cafile):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return True
+
+
 class _KeepaliveAdapter(HTTPAdapter):
     """Connections the kernel abandons when the peer stops acknowledging."""
 
@@ -236,8 +246,7 @@ class EtcdStore(ConditionalWrites):
         adapter = _KeepaliveAdapter()
         session.mount("http://", adapter)
         session.mount("https://", adapter)
-        if self.security.ca:
-            session.verify = self.security.ca
+        session.verify = self.security.ca or _system_cas()
         if self.security.cert:
             session.cert = (self.security.cert, self.security.key)
         if owned:
@@ -535,9 +544,10 @@ class EtcdWatch:
                 raise
             if response.status_code != 200:
                 session.close()
-                raise StoreUnavailable(
-                    f"etcd at {store._name(index)} refused a watch: {_error_message(response)}"
-                )
+                message = _error_message(response)
+                if "token" in message:
+                    store._tokens.pop(index, None)  # the next attempt authenticates again
+                raise StoreUnavailable(f"etcd at {store._name(index)} refused a watch: {message}")
             return index, session, response
         raise StoreUnavailable(_unreachable(failures))
 
@@ -604,6 +614,8 @@ class EtcdWatch:
         if "error" in message:
             error = message["error"]
             text = error.get("message", error) if isinstance(error, dict) else error
+            if "token" in str(text):
+                self._store._tokens.pop(self._index, None)
             self._queue.put(StoreUnavailable(f"etcd at {self._endpoint} ended a watch: {text}"))
             return False
         result = message.get("result", {})
