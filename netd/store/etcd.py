@@ -299,6 +299,10 @@ class EtcdStore(ConditionalWrites):
             self._tokens[index] = str(response.json().get("token", ""))
         return {"Authorization": self._tokens[index]}
 
+    def forget_token(self, index: int) -> None:
+        """Member `index` refused our token: the next request authenticates again."""
+        self._tokens.pop(index, None)
+
     def _send(self, index: int, path: str, body: dict[str, Any], read_timeout: float
               ) -> dict[str, Any]:
         """One request to one member. _Unreached: it never got there; ReadTimeout: it
@@ -546,7 +550,7 @@ class EtcdWatch:
                 session.close()
                 message = _error_message(response)
                 if "token" in message:
-                    store._tokens.pop(index, None)  # the next attempt authenticates again
+                    store.forget_token(index)
                 raise StoreUnavailable(f"etcd at {store._name(index)} refused a watch: {message}")
             return index, session, response
         raise StoreUnavailable(_unreachable(failures))
@@ -615,7 +619,7 @@ class EtcdWatch:
             error = message["error"]
             text = error.get("message", error) if isinstance(error, dict) else error
             if "token" in str(text):
-                self._store._tokens.pop(self._index, None)
+                self._store.forget_token(self._index)
             self._queue.put(StoreUnavailable(f"etcd at {self._endpoint} ended a watch: {text}"))
             return False
         result = message.get("result", {})
@@ -629,6 +633,8 @@ class EtcdWatch:
             return False
         if result.get("canceled"):
             reason = result.get("cancel_reason", "no reason given")
+            if "token" in str(reason):
+                self._store.forget_token(self._index)
             self._queue.put(
                 StoreUnavailable(f"etcd at {self._endpoint} canceled a watch: {reason}")
             )

@@ -143,6 +143,30 @@ def test_an_expired_auth_token_is_renewed(secure_etcd_server: EtcdServer, prefix
         store.close()
 
 
+def test_a_watch_refused_for_its_token_authenticates_again(
+    secure_etcd_server: EtcdServer, prefix: str
+) -> None:
+    store = EtcdStore([secure_etcd_server.client_url],
+                      security=secure_etcd_server.security("netd"))
+    try:
+        store._tokens[0] = "not-a-token"
+        with pytest.raises(StoreUnavailable, match="token"):
+            watch = store.watch(prefix, 1)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                watch.get(timeout=0.2)
+        watch = store.watch(prefix, 1)
+        store.put(prefix + "k", "v")
+        deadline = time.monotonic() + 5
+        events = []
+        while not events and time.monotonic() < deadline:
+            events = watch.get(timeout=0.2)
+        assert [e.key for e in events] == [prefix + "k"]
+        watch.close()
+    finally:
+        store.close()
+
+
 def test_a_wrong_password_says_so(secure_etcd_server: EtcdServer) -> None:
     security = secure_etcd_server.security("netd")
     bad = EtcdSecurity(ca=security.ca, cert=security.cert, key=security.key,
