@@ -215,6 +215,16 @@ def test_etcd_restarted_while_a_host_is_cut_off(single_lab: Lab) -> None:
         lift_drop(lab.hosts["h1"].netns)
     lifted = time.monotonic()
     assert not any(s["reachable"] for s in seen), seen
+
+    def reachable_only_when_following() -> bool:
+        store = status(lab, "h1")["store"]
+        if not store["reachable"]:
+            return False
+        assert wait_until(lambda: scene.h1_has(ip), timeout=1.0), (
+            f"status says {store} while h1 does not follow the store")
+        return True
+
+    assert wait_until(reachable_only_when_following, timeout=CONVERGE, interval=0.05)
     scene.assert_h1_follows(ip, lifted + CONVERGE, "after the drop was lifted")
 
     # from now on h1's watch is the only way it learns a change
