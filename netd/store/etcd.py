@@ -340,8 +340,11 @@ class EtcdStore(ConditionalWrites):
         it is a read that a member accepted but did not answer. A write that got no
         answer may have been applied: it is reported, never re-sent."""
         failures = []
-        read_timeout = self.timeout if write else min(self.timeout, READ_TIMEOUT)
-        for index in self._order():
+        order = self._order()
+        for position, index in enumerate(order):
+            # a short read timeout only where another member can take over
+            last = position == len(order) - 1
+            read_timeout = self.timeout if write or last else min(self.timeout, READ_TIMEOUT)
             try:
                 result = self._send(index, path, body, read_timeout)
             except _Unreached as exc:
@@ -529,13 +532,14 @@ class EtcdWatch:
             **_range(prefix), "start_revision": start_revision, "progress_notify": True,
         }}
         failures = []
-        for index in store._order():
+        order = store._order()
+        for index in order:
             session = store.new_session(owned=False)
+            wait = store.timeout if index == order[-1] else min(store.timeout, READ_TIMEOUT)
             try:
                 response = session.post(
                     store._url(index, "/watch"), json=body, stream=True,
-                    headers=store.headers(index, session),
-                    timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
+                    headers=store.headers(index, session), timeout=(CONNECT_TIMEOUT, wait),
                 )
             except (requests.RequestException, _Unreached) as exc:
                 session.close()
