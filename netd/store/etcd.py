@@ -31,7 +31,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,7 +208,9 @@ def _before_sending(exc: requests.RequestException) -> bool:
 
 
 class EtcdStore(ConditionalWrites):
-    """A Store over one etcd cluster; thread-safe (one HTTP session per thread and member)."""
+    """A Store over one etcd cluster; thread-safe (a request borrows an idle HTTP session
+    of its member: requests sessions are not guaranteed thread-safe, and a session per
+    thread would leave a connection open for every API thread that ever ran)."""
 
     def __init__(
         self,
@@ -225,7 +227,7 @@ class EtcdStore(ConditionalWrites):
         self._preferred = 0
         self._down_until: dict[int, float] = {}
         self._tokens: dict[int, str] = {}
-        self._local = threading.local()
+        self._idle: dict[int, list[requests.Session]] = {}
         self._sessions: list[requests.Session] = []
         self._lock = threading.Lock()
 
@@ -254,11 +256,20 @@ class EtcdStore(ConditionalWrites):
                 self._sessions.append(session)
         return session
 
-    def _session(self, index: int) -> requests.Session:
-        sessions: dict[int, requests.Session] = self._local.__dict__.setdefault("sessions", {})
-        if index not in sessions:
-            sessions[index] = self.new_session()
-        return sessions[index]
+    @contextlib.contextmanager
+    def _borrow(self, index: int) -> Iterator[requests.Session]:
+        """An idle session for member `index`, returned after use: one request per
+        session at a time, and no more sessions (connections) than concurrent requests."""
+        with self._lock:
+            idle = self._idle.setdefault(index, [])
+            session = idle.pop() if idle else None
+        if session is None:
+            session = self.new_session()
+        try:
+            yield session
+        finally:
+            with self._lock:
+                self._idle[index].append(session)
 
     def _order(self) -> list[int]:
         """Members to try: the last that answered, others, and recently failed ones last."""
@@ -307,7 +318,11 @@ class EtcdStore(ConditionalWrites):
               ) -> dict[str, Any]:
         """One request to one member. _Unreached: it never got there; ReadTimeout: it
         got there and no answer came; StoreUnavailable/others: the member refused."""
-        session = self._session(index)
+        with self._borrow(index) as session:
+            return self._send_on(session, index, path, body, read_timeout)
+
+    def _send_on(self, session: requests.Session, index: int, path: str,
+                 body: dict[str, Any], read_timeout: float) -> dict[str, Any]:
         for attempt in range(2):
             headers = self.headers(index, session, refresh=attempt > 0)
             try:
@@ -475,6 +490,7 @@ class EtcdStore(ConditionalWrites):
     def close(self) -> None:
         with self._lock:
             sessions, self._sessions = self._sessions, []
+            self._idle.clear()
         for session in sessions:
             session.close()
 

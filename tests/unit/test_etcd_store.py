@@ -73,7 +73,7 @@ def test_a_watch_opens_on_a_member_that_answers(
 ) -> None:
     store = EtcdStore([silent_member, etcd_server.endpoint])
     try:
-        watch = store.watch(prefix, 1)
+        watch = store.watch(prefix, 0)
         store.put(prefix + "k", "v")
         deadline = time.monotonic() + 5
         events = []
@@ -149,13 +149,14 @@ def test_a_watch_refused_for_its_token_authenticates_again(
     store = EtcdStore([secure_etcd_server.client_url],
                       security=secure_etcd_server.security("netd"))
     try:
+        start = store.revision() + 1
         store._tokens[0] = "not-a-token"
         with pytest.raises(StoreUnavailable, match="token"):
-            watch = store.watch(prefix, 1)
+            watch = store.watch(prefix, start)
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
                 watch.get(timeout=0.2)
-        watch = store.watch(prefix, 1)
+        watch = store.watch(prefix, start)
         store.put(prefix + "k", "v")
         deadline = time.monotonic() + 5
         events = []
