@@ -306,6 +306,7 @@ class Lab:
             "--listen-peer-urls", f"http://{member.address}:2380",
             "--initial-advertise-peer-urls", f"http://{member.address}:2380",
             "--initial-cluster", cluster, "--initial-cluster-token", self.prefix,
+            "--pre-vote",  # a member back from a partition does not depose the leader
             "--log-level", "error",
         ]
         if self.etcd_tls is not None:

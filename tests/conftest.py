@@ -48,7 +48,7 @@ def secure_etcd_server() -> Iterator[EtcdServer]:
 
 @pytest.fixture
 def etcd_secure_store(secure_etcd_server: EtcdServer) -> Iterator[EtcdStore]:
-    store = EtcdStore([secure_etcd_server.endpoint], security=secure_etcd_server.security("netd"))
+    store = EtcdStore([secure_etcd_server.client_url], security=secure_etcd_server.security("netd"))
     yield store
     store.close()
 

@@ -28,9 +28,10 @@ import logging
 import queue
 import re
 import socket
+import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,15 @@ def _unreachable(failures: Sequence[str]) -> str:
     return "etcd unreachable at " + ", ".join(failures) + f"; {hint}"
 
 
+def _system_cas() -> str | bool:
+    """The system's CA bundle (OpenSSL's default), else requests' own."""
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.openssl_cafile):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return True
+
+
 class _KeepaliveAdapter(HTTPAdapter):
     """Connections the kernel abandons when the peer stops acknowledging."""
 
@@ -183,11 +193,24 @@ class _KeepaliveAdapter(HTTPAdapter):
 
 
 class _Unreached(Exception):
-    """The request surely never reached the member (or asked nothing that changes)."""
+    """The request got no answer from the member; `maybe_sent`: it may have arrived."""
+
+    def __init__(self, reason: str, maybe_sent: bool = False) -> None:
+        super().__init__(reason)
+        self.maybe_sent = maybe_sent
+
+
+def _before_sending(exc: requests.RequestException) -> bool:
+    """True when the connection failed before a byte of the request could arrive."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout | requests.exceptions.SSLError):
+        return True
+    return "NewConnectionError" in str(exc) or "Failed to establish" in str(exc)
 
 
 class EtcdStore(ConditionalWrites):
-    """A Store over one etcd cluster; thread-safe (one HTTP session per thread and member)."""
+    """A Store over one etcd cluster; thread-safe (a request borrows an idle HTTP session
+    of its member: requests sessions are not guaranteed thread-safe, and a session per
+    thread would leave a connection open for every API thread that ever ran)."""
 
     def __init__(
         self,
@@ -204,7 +227,7 @@ class EtcdStore(ConditionalWrites):
         self._preferred = 0
         self._down_until: dict[int, float] = {}
         self._tokens: dict[int, str] = {}
-        self._local = threading.local()
+        self._idle: dict[int, list[requests.Session]] = {}
         self._sessions: list[requests.Session] = []
         self._lock = threading.Lock()
 
@@ -225,8 +248,7 @@ class EtcdStore(ConditionalWrites):
         adapter = _KeepaliveAdapter()
         session.mount("http://", adapter)
         session.mount("https://", adapter)
-        if self.security.ca:
-            session.verify = self.security.ca
+        session.verify = self.security.ca or _system_cas()
         if self.security.cert:
             session.cert = (self.security.cert, self.security.key)
         if owned:
@@ -234,11 +256,20 @@ class EtcdStore(ConditionalWrites):
                 self._sessions.append(session)
         return session
 
-    def _session(self, index: int) -> requests.Session:
-        sessions: dict[int, requests.Session] = self._local.__dict__.setdefault("sessions", {})
-        if index not in sessions:
-            sessions[index] = self.new_session()
-        return sessions[index]
+    @contextlib.contextmanager
+    def _borrow(self, index: int) -> Iterator[requests.Session]:
+        """An idle session for member `index`, returned after use: one request per
+        session at a time, and no more sessions (connections) than concurrent requests."""
+        with self._lock:
+            idle = self._idle.setdefault(index, [])
+            session = idle.pop() if idle else None
+        if session is None:
+            session = self.new_session()
+        try:
+            yield session
+        finally:
+            with self._lock:
+                self._idle[index].append(session)
 
     def _order(self) -> list[int]:
         """Members to try: the last that answered, others, and recently failed ones last."""
@@ -279,11 +310,19 @@ class EtcdStore(ConditionalWrites):
             self._tokens[index] = str(response.json().get("token", ""))
         return {"Authorization": self._tokens[index]}
 
+    def forget_token(self, index: int) -> None:
+        """Member `index` refused our token: the next request authenticates again."""
+        self._tokens.pop(index, None)
+
     def _send(self, index: int, path: str, body: dict[str, Any], read_timeout: float
               ) -> dict[str, Any]:
         """One request to one member. _Unreached: it never got there; ReadTimeout: it
         got there and no answer came; StoreUnavailable/others: the member refused."""
-        session = self._session(index)
+        with self._borrow(index) as session:
+            return self._send_on(session, index, path, body, read_timeout)
+
+    def _send_on(self, session: requests.Session, index: int, path: str,
+                 body: dict[str, Any], read_timeout: float) -> dict[str, Any]:
         for attempt in range(2):
             headers = self.headers(index, session, refresh=attempt > 0)
             try:
@@ -294,12 +333,10 @@ class EtcdStore(ConditionalWrites):
             except requests.exceptions.ReadTimeout:
                 raise
             except requests.RequestException as exc:
-                # a refused, reset or timed-out connect, or a failed TLS handshake:
-                # no byte of the request was processed
                 reason = _reason(exc)
                 if self.endpoints[index][0] == "http" and "without an answer" in reason:
                     reason += "; if etcd speaks TLS, use etcds://"
-                raise _Unreached(reason) from exc
+                raise _Unreached(reason, maybe_sent=not _before_sending(exc)) from exc
             if response.status_code == 200:
                 result: dict[str, Any] = response.json()
                 return result
@@ -307,7 +344,9 @@ class EtcdStore(ConditionalWrites):
             if self.security.user and "token" in message and attempt == 0:
                 continue  # an expired or unknown auth token: authenticate again
             if response.status_code in (503, 504) and "leader" in message.lower():
-                raise _Unreached(message)
+                # "no leader" refuses before proposing; a leader change mid-request
+                # leaves a write's fate open
+                raise _Unreached(message, maybe_sent="no leader" not in message.lower())
             raise self._refused(index, path, message)
         raise AssertionError("unreachable")
 
@@ -316,12 +355,20 @@ class EtcdStore(ConditionalWrites):
         it is a read that a member accepted but did not answer. A write that got no
         answer may have been applied: it is reported, never re-sent."""
         failures = []
-        read_timeout = self.timeout if write else min(self.timeout, READ_TIMEOUT)
-        for index in self._order():
+        order = self._order()
+        for position, index in enumerate(order):
+            # a short read timeout only where another member can take over
+            last = position == len(order) - 1
+            read_timeout = self.timeout if write or last else min(self.timeout, READ_TIMEOUT)
             try:
                 result = self._send(index, path, body, read_timeout)
             except _Unreached as exc:
                 self.mark_down(index)
+                if write and exc.maybe_sent:
+                    raise StoreUnavailable(
+                        f"etcd at {self._name(index)} broke off {path} ({exc}); the change "
+                        "may or may not have been applied"
+                    ) from exc
                 failures.append(f"{self._name(index)} ({exc})")
                 continue
             except requests.exceptions.ReadTimeout as exc:
@@ -332,11 +379,6 @@ class EtcdStore(ConditionalWrites):
                 raise StoreUnavailable(
                     f"etcd at {self._name(index)} did not answer {path} within "
                     f"{read_timeout} s; the change may or may not have been applied"
-                ) from exc
-            except requests.RequestException as exc:  # broke while reading the answer
-                self.mark_down(index)
-                raise StoreUnavailable(
-                    f"etcd at {self._name(index)} broke off {path} ({_reason(exc)})"
                 ) from exc
             self._preferred = index
             self._down_until.pop(index, None)
@@ -358,7 +400,8 @@ class EtcdStore(ConditionalWrites):
 
     def probe(self, index: int, session: requests.Session) -> int:
         """The revision member `index` itself holds, asked with a short timeout and no
-        consensus round (its status): raises if the member does not answer."""
+        consensus round (its status): raises if the member does not answer, or knows
+        no leader (cut off from its peers, it would deliver no further change)."""
         response = session.post(
             self._url(index, "/maintenance/status"), json={},
             headers=self.headers(index, session),
@@ -366,7 +409,10 @@ class EtcdStore(ConditionalWrites):
         )
         if response.status_code != 200:
             raise StoreUnavailable(f"etcd refused a probe: {_error_message(response)}")
-        return _revision(response.json())
+        status: dict[str, Any] = response.json()
+        if not int(status.get("leader", 0)):
+            raise StoreUnavailable("the member knows no leader (cut off from its peers?)")
+        return _revision(status)
 
     # -- Store protocol ------------------------------------------------------------------
 
@@ -444,6 +490,7 @@ class EtcdStore(ConditionalWrites):
     def close(self) -> None:
         with self._lock:
             sessions, self._sessions = self._sessions, []
+            self._idle.clear()
         for session in sessions:
             session.close()
 
@@ -501,13 +548,14 @@ class EtcdWatch:
             **_range(prefix), "start_revision": start_revision, "progress_notify": True,
         }}
         failures = []
-        for index in store._order():
+        order = store._order()
+        for index in order:
             session = store.new_session(owned=False)
+            wait = store.timeout if index == order[-1] else min(store.timeout, READ_TIMEOUT)
             try:
                 response = session.post(
                     store._url(index, "/watch"), json=body, stream=True,
-                    headers=store.headers(index, session),
-                    timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
+                    headers=store.headers(index, session), timeout=(CONNECT_TIMEOUT, wait),
                 )
             except (requests.RequestException, _Unreached) as exc:
                 session.close()
@@ -520,9 +568,10 @@ class EtcdWatch:
                 raise
             if response.status_code != 200:
                 session.close()
-                raise StoreUnavailable(
-                    f"etcd at {store._name(index)} refused a watch: {_error_message(response)}"
-                )
+                message = _error_message(response)
+                if "token" in message:
+                    store.forget_token(index)
+                raise StoreUnavailable(f"etcd at {store._name(index)} refused a watch: {message}")
             return index, session, response
         raise StoreUnavailable(_unreachable(failures))
 
@@ -558,11 +607,12 @@ class EtcdWatch:
                 except (requests.RequestException, _Unreached, NetdError) as exc:
                     if self._done.is_set():
                         return
-                    reason = exc if isinstance(exc, _Unreached | NetdError) else _reason(exc)
+                    reason = (str(exc) if isinstance(exc, _Unreached | NetdError) else
+                              f"no answer to a probe within {WATCH_PROBE_TIMEOUT} s "
+                              f"({_reason(exc)})")
                     self._store.mark_down(self._index)
                     self._end(StoreUnavailable(
-                        f"watch on etcd at {self._endpoint} presumed dead: the member did "
-                        f"not answer a probe within {WATCH_PROBE_TIMEOUT} s ({reason}); "
+                        f"watch on etcd at {self._endpoint} presumed dead: {reason}; "
                         "re-list and watch again"
                     ))
                     return
@@ -588,6 +638,8 @@ class EtcdWatch:
         if "error" in message:
             error = message["error"]
             text = error.get("message", error) if isinstance(error, dict) else error
+            if "token" in str(text):
+                self._store.forget_token(self._index)
             self._queue.put(StoreUnavailable(f"etcd at {self._endpoint} ended a watch: {text}"))
             return False
         result = message.get("result", {})
@@ -601,6 +653,8 @@ class EtcdWatch:
             return False
         if result.get("canceled"):
             reason = result.get("cancel_reason", "no reason given")
+            if "token" in str(reason):
+                self._store.forget_token(self._index)
             self._queue.put(
                 StoreUnavailable(f"etcd at {self._endpoint} canceled a watch: {reason}")
             )

@@ -8,6 +8,7 @@ neighbour table of h1's vxlan device, and a ping from h1's container) within a d
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -48,13 +49,13 @@ class Scene:
         self.c1 = lab.add_container("h1", "c1")
         lab.netctl("h1", "attach", self.c1, "--network", "live", "--ip", f"{net}.10")
 
-    def attach_on_h2(self) -> str:
-        """Attach a new container on h2 (retried while h2 itself is still recovering:
-        the acceptance is about h1 following, not about h2's attach)."""
+    def attach_on_h2(self, retry: bool = True) -> str:
+        """Attach a new container on h2 (with `retry`, retried while h2 itself is still
+        recovering, when the point is h1 following rather than h2's attach)."""
         self.count += 1
         netns = self.lab.add_container("h2", f"c2x{self.count}")
         ip = f"{self.net}.{20 + self.count}"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + (30 if retry else 0)
         while True:
             result = self.lab.netctl("h2", "attach", netns, "--network", "live", "--ip", ip,
                                      check=False, timeout=40)
@@ -92,13 +93,13 @@ def watched_member(lab: Lab, host: str) -> str:
     return str(found[-1])
 
 
-def drop_between(lab: Lab, host: str, address: str) -> None:
-    """Silently drop every packet between `host` and `address`: no RST, no FIN arrives."""
-    netns = lab.hosts[host].netns
+def drop_traffic(netns: str, addresses: list[str]) -> None:
+    """Silently drop every packet between `netns` and `addresses`: no RST, no FIN arrives."""
+    peers = ", ".join(addresses)
     rules = (
         f"table inet {NFT_TABLE} {{\n"
-        f"  chain out {{ type filter hook output priority 0; ip daddr {address} drop; }}\n"
-        f"  chain in {{ type filter hook input priority 0; ip saddr {address} drop; }}\n"
+        f"  chain out {{ type filter hook output priority 0; ip daddr {{ {peers} }} drop; }}\n"
+        f"  chain in {{ type filter hook input priority 0; ip saddr {{ {peers} }} drop; }}\n"
         "}\n"
     )
     proc = subprocess.run(ns_exec(netns, "nft", "-f", "-"), input=rules, text=True,
@@ -106,8 +107,29 @@ def drop_between(lab: Lab, host: str, address: str) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-def lift_drop(lab: Lab, host: str) -> None:
-    run(ns_exec(lab.hosts[host].netns, "nft", "delete", "table", "inet", NFT_TABLE))
+def lift_drop(netns: str) -> None:
+    run(ns_exec(netns, "nft", "delete", "table", "inet", NFT_TABLE), check=False)
+
+
+def make_leader(lab: Lab, name: str) -> None:
+    """Move the cluster's leadership to member `name` (the harder case: the member cut
+    is the leader too, so the others elect a new one meanwhile)."""
+    def status_of(member: str) -> dict[str, Any]:
+        result = lab.etcdctl(member, "endpoint", "status", "-w", "json")
+        assert result.returncode == 0, result.stderr
+        found: dict[str, Any] = json.loads(result.stdout)[0]["Status"]
+        return found
+
+    target = status_of(name)
+    target_id = int(target["header"]["member_id"])
+    leader_id = int(target["leader"])
+    if leader_id == target_id:
+        return
+    leader = next(m.name for m in lab.etcd_members
+                  if int(status_of(m.name)["header"]["member_id"]) == leader_id)
+    moved = lab.etcdctl(leader, "move-leader", f"{target_id:x}")
+    assert moved.returncode == 0, moved.stderr
+    assert wait_until(lambda: int(status_of(name)["leader"]) == target_id, timeout=10)
 
 
 @pytest.fixture
@@ -130,9 +152,12 @@ def test_cut_link_of_the_watched_member_fails_over(cluster_lab: Lab) -> None:
 
     endpoint = watched_member(lab, "h1")
     member = next(m for m in lab.etcd_members if m.endpoint == endpoint)
+    make_leader(lab, member.name)
     run(ns_exec(lab.switch, "ip", "link", "set", member.link, "down"))  # frames just vanish
     try:
-        ip = scene.attach_on_h2()
+        started = time.monotonic()
+        ip = scene.attach_on_h2(retry=False)  # h2 fails over too, at the first try
+        assert time.monotonic() - started < 15, "the attach on h2 took too long"
         scene.assert_h1_follows(ip, time.monotonic() + CONVERGE,
                                 f"after {member.name}'s link was cut")
         assert watched_member(lab, "h1") != endpoint
@@ -140,9 +165,28 @@ def test_cut_link_of_the_watched_member_fails_over(cluster_lab: Lab) -> None:
     finally:
         run(ns_exec(lab.switch, "ip", "link", "set", member.link, "up"))
 
-    lab.wait_etcd(member.name)
+    lab.wait_etcd(member.name, timeout=90)  # etcd takes its time to re-dial its peers
     ip = scene.attach_on_h2()
     scene.assert_h1_follows(ip, time.monotonic() + CONVERGE, f"after {member.name} returned")
+
+
+def test_watched_member_cut_off_from_its_peers_is_left(cluster_lab: Lab) -> None:
+    """The member still answers the host, but hears no more changes from the cluster."""
+    lab = cluster_lab
+    scene = Scene(lab)
+    first = scene.attach_on_h2()
+    scene.assert_h1_follows(first, time.monotonic() + CONVERGE, "with every member up")
+    endpoint = watched_member(lab, "h1")
+    member = next(m for m in lab.etcd_members if m.endpoint == endpoint)
+    peers = [m.address for m in lab.etcd_members if m is not member]
+    drop_traffic(member.netns, peers)
+    try:
+        ip = scene.attach_on_h2()
+        scene.assert_h1_follows(ip, time.monotonic() + CONVERGE,
+                                f"after {member.name} was cut off from its peers")
+        assert watched_member(lab, "h1") != endpoint
+    finally:
+        lift_drop(member.netns)
 
 
 def test_etcd_restarted_while_a_host_is_cut_off(single_lab: Lab) -> None:
@@ -153,7 +197,7 @@ def test_etcd_restarted_while_a_host_is_cut_off(single_lab: Lab) -> None:
     assert status(lab, "h1")["store"]["reachable"]
 
     seen: list[dict[str, Any]] = []
-    drop_between(lab, "h1", ETCD_ADDRESS)
+    drop_traffic(lab.hosts["h1"].netns, [ETCD_ADDRESS])
     try:
         seen.append(status(lab, "h1")["store"])
         lab.stop_etcd("m1")  # its FIN never reaches h1: h1's watch socket stays open
@@ -168,9 +212,19 @@ def test_etcd_restarted_while_a_host_is_cut_off(single_lab: Lab) -> None:
             seen.append(status(lab, "h1")["store"])
             time.sleep(1)
     finally:
-        lift_drop(lab, "h1")
+        lift_drop(lab.hosts["h1"].netns)
     lifted = time.monotonic()
     assert not any(s["reachable"] for s in seen), seen
+
+    def reachable_only_when_following() -> bool:
+        store = status(lab, "h1")["store"]
+        if not store["reachable"]:
+            return False
+        assert wait_until(lambda: scene.h1_has(ip), timeout=1.0), (
+            f"status says {store} while h1 does not follow the store")
+        return True
+
+    assert wait_until(reachable_only_when_following, timeout=CONVERGE, interval=0.05)
     scene.assert_h1_follows(ip, lifted + CONVERGE, "after the drop was lifted")
 
     # from now on h1's watch is the only way it learns a change

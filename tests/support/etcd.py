@@ -43,8 +43,12 @@ class EtcdServer:
 
     @property
     def endpoint(self) -> str:
-        scheme = "https" if self.tls else "http"
-        return f"{scheme}://{self.host}:{self.client_port}"
+        return f"{self.host}:{self.client_port}"
+
+    @property
+    def client_url(self) -> str:
+        """The endpoint with its scheme (https for a TLS server): what EtcdStore takes."""
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
 
     @property
     def url(self) -> str:
@@ -60,7 +64,7 @@ class EtcdServer:
         )
 
     def etcdctl(self, *args: str, user: str = "") -> subprocess.CompletedProcess[str]:
-        cmd = ["etcdctl", f"--endpoints={self.endpoint}", "--dial-timeout=2s"]
+        cmd = ["etcdctl", f"--endpoints={self.client_url}", "--dial-timeout=2s"]
         if self.tls is not None:
             cmd += [f"--cacert={self.tls.ca}", f"--cert={self.tls.client_cert}",
                     f"--key={self.tls.client_key}"]
@@ -88,7 +92,7 @@ class EtcdServer:
         binary = shutil.which("etcd")
         if binary is None:
             raise RuntimeError("etcd is not installed (apt-get install etcd-server)")
-        client = self.endpoint
+        client = self.client_url
         peer = f"http://{self.host}:{self.peer_port}"
         cmd = [
             binary,
