@@ -16,7 +16,7 @@ import json
 import logging
 import secrets as pysecrets
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -49,7 +49,7 @@ from netd.model import (
     subnets_overlap,
     validate_network,
 )
-from netd.plugin import endpoint_id
+from netd.plugin import BackendSpec, DriverSpec, endpoint_id
 from netd.reconcile import Reconciler
 from netd.store.base import (
     Condition,
@@ -77,19 +77,20 @@ class Service:
         keys: Keys,
         registration: HostRegistration,
         reconciler: Reconciler,
-        drivers: Iterable[str],
+        drivers: Mapping[str, DriverSpec],
         *,
         containers: Callable[[str], ContainerRef] = resolve,
         links: Callable[[str], set[str]] = netlink.link_names,
     ) -> None:
-        """`drivers`: the names of the drivers this daemon loaded (networks of other
-        drivers are refused). `containers` and
+        """`drivers`: the specs of the drivers this daemon loaded, by name (networks of
+        other drivers are refused). `containers` and
         `links` resolve references and read a netns's interface names (tests fake them)."""
         self.store = store
         self.keys = keys
         self.registration = registration
         self.reconciler = reconciler
         self.drivers = frozenset(drivers)
+        self.specs = dict(drivers)
         self._resolve = containers
         self._links = links
         # one pool per network (keyed by the network record's revision, so a network
@@ -114,8 +115,8 @@ class Service:
         )
         if "name" not in fields or "subnet" not in fields:
             raise InvalidInput("network create needs a name and --subnet")
-        network = validate_network(**fields, underlay_mtu=self.host.underlay_mtu)
-        self._check_driver(network)
+        network = validate_network(**fields, drivers=self.specs,
+                                   underlay_mtu=self.host.underlay_mtu)
         for _ in range(COMMIT_RETRIES):
             existing, _rev = self.store.list(self.keys.networks())
             tenant_kv = self.store.get(self.keys.tenant(network.tenant))
@@ -156,13 +157,20 @@ class Service:
                 return candidate
         raise Conflict("network create raced with other changes too often; try again")
 
-    def _check_driver(self, network: Network) -> None:
-        if network.driver not in self.drivers:
+    def _check_driver(self, network: Network) -> BackendSpec:
+        """The backend of a stored network, refused if this netd cannot serve it."""
+        spec = self.specs.get(network.driver)
+        if spec is None:
             available = ", ".join(sorted(self.drivers)) or "none"
             raise Unsupported(
                 f"driver {network.driver} is not available in this netd "
                 f"(available: {available})"
             )
+        backend = spec.backend(network.backend)
+        if backend is None:
+            raise Unsupported(f"driver {network.driver} of this netd has no backend "
+                              f"{network.backend}")
+        return backend
 
     def get_network(self, name: str) -> Network:
         kv = self.store.get(self.keys.network(check_name(name, "network name")))
@@ -264,8 +272,8 @@ class Service:
         if net_kv is None:
             raise NotFound(f"network {fields['network']!r} not found")
         network = Network.from_json(net_kv.value)
-        self._check_driver(network)
-        check_underlay_fits(network, self.host.underlay_mtu)
+        backend = self._check_driver(network)
+        check_underlay_fits(network, self.host.underlay_mtu, backend)
         if requested_ip is not None:
             check_ip_in_subnet(requested_ip, network)
         pool = self._pool(network, net_kv.create_revision)
@@ -413,7 +421,7 @@ class Service:
         if not result.succeeded:  # something changed since: release what is still ours
             undone = self._commit_detach(endpoint, pool)
         if undone is not None:
-            self.reconciler.wait_applied(undone, APPLY_TIMEOUT)
+            self.reconciler.wait_applied(undone, endpoint_id(endpoint), APPLY_TIMEOUT)
 
     def detach(self, request: dict[str, Any]) -> Endpoint:
         fields = _only(request, {"container", "network"})
@@ -478,7 +486,7 @@ class Service:
         return Plan("", (Condition(key, claim.mod_revision),), (Delete(key),))
 
     def _await_apply(self, revision: int, item: str | None) -> str | None:
-        if not self.reconciler.wait_applied(revision, APPLY_TIMEOUT):
+        if not self.reconciler.wait_applied(revision, item, APPLY_TIMEOUT):
             return f"this host did not apply the change within {APPLY_TIMEOUT:.0f} s"
         return None if item is None else self.reconciler.item_error(item)
 
@@ -561,6 +569,7 @@ class Service:
             "applied_revision": sync.revision,
             "syncs": sync.syncs,
             "errors": sync.errors,
+            "workers": {name: w.to_dict() for name, w in sorted(sync.workers.items())},
             "datapath": datapath,
         }
 
