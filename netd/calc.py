@@ -20,8 +20,9 @@ No I/O here; tests drive it with plain objects.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
@@ -68,7 +69,7 @@ def decode(record: Record, value: str) -> Any:
 
 def network_state(
     network: Network,
-    endpoints: Collection[Endpoint],
+    members: Sequence[Endpoint],
     roles: Mapping[str, HostRoles],
     this_host: Host,
     alive: Mapping[str, Host],
@@ -76,10 +77,9 @@ def network_state(
 ) -> NetworkState | None:
     """What this host must have for one network, or None if it does not serve it.
 
-    `alive`: the live hosts other than this one may be among them; `roles`: host name ->
-    its roles on this network."""
+    `members`: the network's endpoints sorted by name; `alive`: the live hosts (this one
+    may be among them); `roles`: host name -> its roles on this network."""
     me = this_host.name
-    members = sorted(endpoints, key=_by_name)
     local = tuple(e for e in members if e.host == me)
     mine = roles.get(me)
     my_roles = mine.roles if mine is not None else ()
@@ -114,7 +114,8 @@ def desired_states(
     for name, network in sorted(snapshot.networks.items()):
         if network.driver not in per_driver:
             continue
-        ns = network_state(network, by_network.get(name, ()), roles.get(name, {}),
+        members = sorted(by_network.get(name, ()), key=_by_name)
+        ns = network_state(network, members, roles.get(name, {}),
                            this_host, snapshot.hosts, snapshot.secrets.get(name))
         if ns is not None:
             per_driver[network.driver][name] = ns
@@ -133,7 +134,7 @@ class DesiredState:
         self.kinds = kinds
         self._raw: dict[str, str] = {}
         self._networks: dict[str, Network] = {}
-        self._endpoints: dict[str, dict[str, Endpoint]] = defaultdict(dict)
+        self._endpoints: dict[str, _Members] = defaultdict(_Members)
         self._endpoint_count = 0
         self._hosts: dict[str, Host] = {}
         self._secrets: dict[str, str] = {}
@@ -198,7 +199,7 @@ class DesiredState:
             self._networks[parts[0]] = obj
             self._touched.add(parts[0])
         elif family == "endpoints":
-            self._endpoints[parts[0]][parts[1]] = obj
+            self._endpoints[parts[0]].put(parts[1], obj)
             self._endpoint_count += 1
             self._touched.add(parts[0])
         elif family == "hosts":
@@ -221,10 +222,10 @@ class DesiredState:
                 self._touched.add(parts[0])
         elif family == "endpoints":
             eps = self._endpoints.get(parts[0])
-            if eps is not None and eps.pop(parts[1], None) is not None:
+            if eps is not None and eps.pop(parts[1]):
                 self._endpoint_count -= 1
                 self._touched.add(parts[0])
-                if not eps:
+                if not eps.sorted:
                     del self._endpoints[parts[0]]
         elif family == "hosts":
             if self._hosts.pop(parts[0], None) is not None:
@@ -255,13 +256,13 @@ class DesiredState:
         return len(self._networks), self._endpoint_count
 
     def local_endpoints(self, host: str) -> int:
-        return sum(1 for eps in self._endpoints.values() for e in eps.values() if e.host == host)
+        return sum(1 for m in self._endpoints.values() for e in m.sorted if e.host == host)
 
     def snapshot(self) -> Snapshot:
         """A copy of every decoded record (costs a copy of everything: not per event)."""
         return Snapshot(
             networks=dict(self._networks),
-            endpoints={(n, e): ep for n, eps in self._endpoints.items() for e, ep in eps.items()},
+            endpoints={(n, e.name): e for n, m in self._endpoints.items() for e in m.sorted},
             hosts=dict(self._hosts),
             secrets=dict(self._secrets),
             roles={(n, h): r for n, rs in self._roles.items() for h, r in rs.items()},
@@ -297,7 +298,8 @@ class DesiredState:
             if network is None or network.driver not in wanted:
                 continue
             ns = network_state(
-                network, self._endpoints.get(name, {}).values(), self._roles.get(name, {}),
+                network, self._endpoints[name].sorted if name in self._endpoints else (),
+                self._roles.get(name, {}),
                 this_host, self._alive, self._secrets.get(name),
             )
             changed_drivers.add(network.driver)
@@ -318,3 +320,28 @@ class DesiredState:
         for driver in [d for d in self._states if d not in wanted]:
             del self._states[driver]
         return dict(self._states)
+
+
+class _Members:
+    """One network's endpoints, kept sorted by name as they come and go (no sort per
+    event: a network of a thousand endpoints costs a list insert, not a sort)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.sorted: list[Endpoint] = []
+
+    def put(self, name: str, ep: Endpoint) -> None:
+        i = bisect_left(self.names, name)
+        if i < len(self.names) and self.names[i] == name:
+            self.sorted[i] = ep
+        else:
+            self.names.insert(i, name)
+            self.sorted.insert(i, ep)
+
+    def pop(self, name: str) -> bool:
+        i = bisect_left(self.names, name)
+        if i < len(self.names) and self.names[i] == name:
+            del self.names[i]
+            del self.sorted[i]
+            return True
+        return False

@@ -258,7 +258,9 @@ class Network(_Record):
 
     @property
     def prefixlen(self) -> int:
-        return netaddr.IPNetwork(self.subnet).prefixlen
+        # the subnet is stored validated as "a.b.c.d/len": no parse per call (drivers ask
+        # per endpoint on every apply)
+        return int(self.subnet.rpartition("/")[2])
 
 
 @dataclass(frozen=True)
