@@ -24,6 +24,7 @@ from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from operator import attrgetter
 from typing import Any
 
@@ -69,7 +70,7 @@ def decode(record: Record, value: str) -> Any:
 
 def network_state(
     network: Network,
-    members: Sequence[Endpoint],
+    members: Mapping[str, Sequence[Endpoint]],
     roles: Mapping[str, HostRoles],
     this_host: Host,
     alive: Mapping[str, Host],
@@ -77,16 +78,18 @@ def network_state(
 ) -> NetworkState | None:
     """What this host must have for one network, or None if it does not serve it.
 
-    `members`: the network's endpoints sorted by name; `alive`: the live hosts (this one
-    may be among them); `roles`: host name -> its roles on this network."""
+    `members`: the network's endpoints by host, each host's sorted by name; `alive`: the
+    live hosts (this one may be among them); `roles`: host name -> its roles on this
+    network. Remote endpoints come ordered by (host, name)."""
     me = this_host.name
-    local = tuple(e for e in members if e.host == me)
+    local = tuple(members.get(me, ()))
     mine = roles.get(me)
     my_roles = mine.roles if mine is not None else ()
     if not local and not my_roles:
         return None
-    remote = tuple(e for e in members if e.host != me and e.host in alive)
-    peer_names = {e.host for e in remote}
+    others = sorted(h for h, eps in members.items() if h != me and h in alive and eps)
+    remote = tuple(chain.from_iterable(members[h] for h in others))
+    peer_names = set(others)
     peer_names |= {h for h, r in roles.items() if h != me and r.roles and h in alive}
     return NetworkState(
         network=network,
@@ -104,9 +107,9 @@ def desired_states(
     """One HostState per driver in `drivers`: the networks this host serves (the whole
     computation at once; DesiredState does the same incrementally)."""
     hosts = {**snapshot.hosts, this_host.name: this_host}
-    by_network: dict[str, list[Endpoint]] = defaultdict(list)
-    for ep in snapshot.endpoints.values():
-        by_network[ep.network].append(ep)
+    by_network: dict[str, dict[str, list[Endpoint]]] = defaultdict(lambda: defaultdict(list))
+    for ep in sorted(snapshot.endpoints.values(), key=_by_name):
+        by_network[ep.network][ep.host].append(ep)
     roles: dict[str, dict[str, HostRoles]] = defaultdict(dict)
     for (net, host), r in snapshot.roles.items():
         roles[net][host] = r
@@ -114,8 +117,7 @@ def desired_states(
     for name, network in sorted(snapshot.networks.items()):
         if network.driver not in per_driver:
             continue
-        members = sorted(by_network.get(name, ()), key=_by_name)
-        ns = network_state(network, members, roles.get(name, {}),
+        ns = network_state(network, by_network.get(name, {}), roles.get(name, {}),
                            this_host, snapshot.hosts, snapshot.secrets.get(name))
         if ns is not None:
             per_driver[network.driver][name] = ns
@@ -225,7 +227,7 @@ class DesiredState:
             if eps is not None and eps.pop(parts[1]):
                 self._endpoint_count -= 1
                 self._touched.add(parts[0])
-                if not eps.sorted:
+                if not eps.host_of:
                     del self._endpoints[parts[0]]
         elif family == "hosts":
             if self._hosts.pop(parts[0], None) is not None:
@@ -256,13 +258,14 @@ class DesiredState:
         return len(self._networks), self._endpoint_count
 
     def local_endpoints(self, host: str) -> int:
-        return sum(1 for m in self._endpoints.values() for e in m.sorted if e.host == host)
+        return sum(len(m.by_host.get(host, ())) for m in self._endpoints.values())
 
     def snapshot(self) -> Snapshot:
         """A copy of every decoded record (costs a copy of everything: not per event)."""
         return Snapshot(
             networks=dict(self._networks),
-            endpoints={(n, e.name): e for n, m in self._endpoints.items() for e in m.sorted},
+            endpoints={(n, e.name): e for n, m in self._endpoints.items()
+                       for eps in m.by_host.values() for e in eps},
             hosts=dict(self._hosts),
             secrets=dict(self._secrets),
             roles={(n, h): r for n, rs in self._roles.items() for h, r in rs.items()},
@@ -298,7 +301,7 @@ class DesiredState:
             if network is None or network.driver not in wanted:
                 continue
             ns = network_state(
-                network, self._endpoints[name].sorted if name in self._endpoints else (),
+                network, self._endpoints[name].by_host if name in self._endpoints else {},
                 self._roles.get(name, {}),
                 this_host, self._alive, self._secrets.get(name),
             )
@@ -323,25 +326,35 @@ class DesiredState:
 
 
 class _Members:
-    """One network's endpoints, kept sorted by name as they come and go (no sort per
-    event: a network of a thousand endpoints costs a list insert, not a sort)."""
+    """One network's endpoints by host, each host's kept sorted by name as they come and
+    go: a network of a thousand endpoints costs a list insert per event, and its local
+    and remote tuples are copies of these lists, not a filter over every endpoint."""
 
     def __init__(self) -> None:
-        self.names: list[str] = []
-        self.sorted: list[Endpoint] = []
+        self.host_of: dict[str, str] = {}  # endpoint name -> its host
+        self.by_host: dict[str, list[Endpoint]] = {}
+        self._names: dict[str, list[str]] = {}  # host -> its endpoints' names, sorted
 
     def put(self, name: str, ep: Endpoint) -> None:
-        i = bisect_left(self.names, name)
-        if i < len(self.names) and self.names[i] == name:
-            self.sorted[i] = ep
+        if self.host_of.get(name, ep.host) != ep.host:
+            self.pop(name)
+        names = self._names.setdefault(ep.host, [])
+        eps = self.by_host.setdefault(ep.host, [])
+        i = bisect_left(names, name)
+        if i < len(names) and names[i] == name:
+            eps[i] = ep
         else:
-            self.names.insert(i, name)
-            self.sorted.insert(i, ep)
+            names.insert(i, name)
+            eps.insert(i, ep)
+        self.host_of[name] = ep.host
 
     def pop(self, name: str) -> bool:
-        i = bisect_left(self.names, name)
-        if i < len(self.names) and self.names[i] == name:
-            del self.names[i]
-            del self.sorted[i]
-            return True
-        return False
+        host = self.host_of.pop(name, None)
+        if host is None:
+            return False
+        names, eps = self._names[host], self.by_host[host]
+        i = bisect_left(names, name)
+        del names[i], eps[i]
+        if not names:
+            del self._names[host], self.by_host[host]
+        return True

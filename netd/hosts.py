@@ -85,7 +85,10 @@ class HostRegistration:
             self._host = replace(self._host, driver_data={**self._host.driver_data,
                                                           driver: dict(data)})
             if self._started:
-                self._lease.put(self._keys.host(self._host.name), self._host.to_json())
+                try:
+                    self._lease.put(self._keys.host(self._host.name), self._host.to_json())
+                except NetdError as exc:  # the lease keeper writes it when the store is back
+                    log.warning("host record not updated yet: %s", exc)
         self._on_change()
 
     def _claim(self) -> None:

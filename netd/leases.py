@@ -89,10 +89,11 @@ class KeptLease:
 
     def put(self, key: str, value: str) -> None:
         """Write `key` under the lease now and keep it there (written again whenever it is
-        found missing or changed, or the lease had to be renewed)."""
+        found missing or changed, or the lease had to be renewed). If the store fails,
+        the error is raised and the keeper writes it on its next round."""
         with self._lock:
-            self._store.put(key, value, self.ensure())
             self._records[key] = value
+            self._store.put(key, value, self.ensure())
 
     def discard(self, key: str) -> None:
         """Stop keeping `key` and delete it."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from netd.errors import Conflict
+from netd.errors import Conflict, StoreUnavailable
 from netd.hosts import HostRegistration
 from netd.leases import LeaseKeeper
 from netd.model import Host
@@ -167,3 +167,22 @@ def test_release_revokes_the_lease_and_its_records(tmp_path: Path) -> None:
     assert store.get("/coreos.com/network/subnets/10.5.1.0-24") is None
     assert kept not in keeper.leases() and kept.id == 0
     assert not (tmp_path / "subnet-lease").exists()
+
+
+def test_data_published_while_the_store_is_down_is_written_when_it_is_back(
+    tmp_path: Path,
+) -> None:
+    store = WatchableMemStore()
+    reg, keeper = registration(store, tmp_path)
+    reg.start()
+    real_put = store.put
+
+    def down(key: str, value: str, lease: int = 0) -> int:
+        raise StoreUnavailable("store down")
+
+    store.put = down  # type: ignore[method-assign]
+    reg.publish("weave", {"sleeve_port": 7000})  # does not raise into the driver
+    store.put = real_put  # type: ignore[method-assign]
+    keep_now(keeper)
+    current = record(store)
+    assert current is not None and current.driver_data == {"weave": {"sleeve_port": 7000}}
