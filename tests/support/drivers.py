@@ -1,8 +1,8 @@
 """Building drivers the way the daemon does, for tests that drive one directly.
 
 `driver_context` gives what netd.__main__ gives a driver (DriverContext); defaults are
-harmless stand-ins: an in-memory store, a fresh state dir, a lease keeper that is
-never started. `weave_driver` builds the weave driver on such a context.
+harmless stand-ins: an in-memory store, a shared scratch state dir, a lease keeper
+that is never started. `weave_driver` builds the weave driver on such a context.
 """
 
 from __future__ import annotations
@@ -40,11 +40,19 @@ def driver_context(
         store=store,
         keys=Keys(),
         netlink=netlink if netlink is not None else Netlink(),
-        state_dir=state_dir or Path(tempfile.mkdtemp(prefix=f"netd-test-{name}-")),
+        state_dir=state_dir or _shared_state_dir(name),
         leases=LeaseKeeper(store),
         request_resync=lambda: None,
         publish=published.update,
     )
+
+
+def _shared_state_dir(name: str) -> Path:
+    """One directory per driver name for every test that gives none (drivers in tests
+    keep nothing there): created once, not one more per test."""
+    path = Path(tempfile.gettempdir()) / f"netd-test-driver-{name}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
 
 
 def weave_driver(*, host: Host = LOCAL_HOST, **kwargs: Any) -> WeaveDriver:
