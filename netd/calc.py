@@ -214,8 +214,9 @@ class DesiredState:
             self._roles[parts[0]][parts[1]] = obj
             self._touched.add(parts[0])
         elif family == "driver":
-            self._driver_records[record.owner]["".join(parts)] = obj
-            self._touched_drivers.add(record.owner)
+            for owner in record.owners:
+                self._driver_records[owner]["".join(parts)] = obj
+                self._touched_drivers.add(owner)
 
     def _drop(self, record: Record) -> None:
         family, parts = record.family, record.parts
@@ -242,9 +243,10 @@ class DesiredState:
                 if not roles:
                     del self._roles[parts[0]]
         elif family == "driver":
-            records = self._driver_records.get(record.owner)
-            if records is not None and records.pop("".join(parts), None) is not None:
-                self._touched_drivers.add(record.owner)
+            for owner in record.owners:
+                records = self._driver_records.get(owner)
+                if records is not None and records.pop("".join(parts), None) is not None:
+                    self._touched_drivers.add(owner)
 
     # --- reading ------------------------------------------------------------------
     def hosts(self) -> dict[str, Host]:

@@ -128,11 +128,12 @@ class Keys:
 class Record:
     """What a watched key is: a desired-state kind under netd's root (`family` is one of
     DESIRED_KINDS, `parts` the names in its path), or a record under a prefix a driver
-    declared (`family` "driver", `owner` that driver, `parts` (prefix, rest of key))."""
+    declared (`family` "driver", `owners` the drivers that declared the prefix, `parts`
+    (prefix, rest of key))."""
 
     family: str
     parts: tuple[str, ...]
-    owner: str = ""
+    owners: tuple[str, ...] = ()
 
 
 class RecordKinds:
@@ -141,7 +142,7 @@ class RecordKinds:
     def __init__(self, keys: Keys, driver_prefixes: Mapping[str, Iterable[str]] = {}) -> None:
         self.keys = keys
         root = keys.root()
-        self._foreign: list[tuple[str, str]] = []  # (prefix, owning driver), longest first
+        owners: dict[str, list[str]] = {}  # prefix -> drivers that declared it
         for driver, prefixes in driver_prefixes.items():
             for prefix in prefixes:
                 if not prefix.endswith("/"):
@@ -149,15 +150,15 @@ class RecordKinds:
                 if prefix.startswith(root) or root.startswith(prefix):
                     raise ValueError(f"driver {driver}: watch prefix {prefix!r} overlaps "
                                      f"netd's own {root}")
-                self._foreign.append((prefix, driver))
-        self._foreign.sort(key=lambda p: -len(p[0]))
+                owners.setdefault(prefix, []).append(driver)
+        self._foreign = sorted((p, tuple(d)) for p, d in owners.items())
 
     def prefixes(self) -> list[str]:
-        """Every prefix to list and watch: the root first, then drivers' prefixes."""
-        return [self.keys.root(), *sorted({p for p, _ in self._foreign})]
-
-    def owner_prefixes(self, driver: str) -> list[str]:
-        return [p for p, d in self._foreign if d == driver]
+        """Every prefix to list and watch: the root first, then drivers' prefixes (one
+        inside another declared prefix is watched through the outer one)."""
+        declared = [p for p, _ in self._foreign]
+        outer = [p for p in declared if not any(p != q and p.startswith(q) for q in declared)]
+        return [self.keys.root(), *outer]
 
     def classify(self, key: str) -> Record | None:
         """The record a key holds, or None for keys desired state does not depend on
@@ -168,7 +169,9 @@ class RecordKinds:
             if DESIRED_KINDS.get(family) == len(parts) and all(parts):
                 return Record(family, parts)
             return None
-        for prefix, driver in self._foreign:
-            if key.startswith(prefix):
-                return Record("driver", (prefix, key[len(prefix) :]), driver)
-        return None
+        matching = [(p, d) for p, d in self._foreign if key.startswith(p)]
+        if not matching:
+            return None
+        owners = tuple(sorted({o for _, drivers in matching for o in drivers}))
+        prefix = max((p for p, _ in matching), key=len)
+        return Record("driver", (prefix, key[len(prefix) :]), owners)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netd.calc import DesiredState, Snapshot, desired_states
 from netd.model import Endpoint, Host, HostRoles, Network
-from netd.store.keys import Keys, RecordKinds
+from netd.store.keys import Keys, Record, RecordKinds
 
 
 def ep(name: str, host: str, network: str = "blue", ip: str = "10.1.0.5") -> Endpoint:
@@ -219,3 +220,18 @@ def test_incremental_equals_computing_everything(steps: list[tuple[bool, int]]) 
         want = desired_states(Snapshot.from_kvs(KEYS, present), H1, {"weave"})["weave"]
         assert dict(got.networks) == dict(want.networks)
         assert dict(got.hosts) == dict(want.hosts)
+
+
+def test_record_kinds_classify_root_kinds_and_drivers_prefixes() -> None:
+    kinds = RecordKinds(KEYS, {"a": ("/x/",), "b": ("/x/y/", "/z/"), "c": ("/z/",)})
+    assert kinds.prefixes() == [KEYS.root(), "/x/", "/z/"]
+    assert kinds.classify(KEYS.endpoint("blue", "c1")) == Record("endpoints", ("blue", "c1"))
+    assert kinds.classify(KEYS.host_role("blue", "h1")) == Record("roles", ("blue", "h1"))
+    assert kinds.classify(KEYS.ipam_address("blue", "10.1.0.5")) is None
+    assert kinds.classify(KEYS.endpoints("blue")) is None  # a prefix, not a record
+    assert kinds.classify("/x/y/k") == Record("driver", ("/x/y/", "k"), ("a", "b"))
+    assert kinds.classify("/x/k").owners == ("a",)
+    assert kinds.classify("/z/k").owners == ("b", "c")
+    assert kinds.classify("/elsewhere/k") is None
+    with pytest.raises(ValueError, match="overlaps netd's own"):
+        RecordKinds(KEYS, {"bad": ("/netd/hosts/",)})
