@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from netd.model import network_mtu
+from tests.support.drivers import weave_backend
 from tests.support.sleeve_runner import SleeveLab, in_ns, sh
 
 
@@ -24,7 +25,7 @@ def run_case(seconds: int, encrypt: bool, offload: bool) -> dict[str, Any]:
         h1, h2 = lab.hosts
         for host in lab.hosts:
             lab.start_engine(host)
-        mtu = network_mtu("sleeve", 1500, encrypt)
+        mtu = network_mtu(weave_backend("sleeve"), 1500, encrypt)
         lab.add_network(10, mtu, os.urandom(32) if encrypt else None)
         c1 = lab.add_container(h1, 10, "10.77.0.1", mtu, "c1")
         c2 = lab.add_container(h2, 10, "10.77.0.2", mtu, "c2")

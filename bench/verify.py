@@ -30,8 +30,9 @@ from bench.stats import summary_ms, table
 from netd.model import Endpoint, Host, Network, mac_from_ip
 from netd.netlink import Netlink
 from netd.plugin import HostState, NetworkState
-from plugins.weave.driver import VERIFY_BUDGET, WeaveDriver
+from plugins.weave.driver import VERIFY_BUDGET
 from plugins.weave.names import bridge_name, host_veth_name, vxlan_name
+from tests.support.drivers import weave_driver
 
 HOST = Host(name="tvhost", underlay_ip="127.0.0.1")
 SUBNET = ipaddress.ip_network("10.97.0.0/20")  # container addresses: inside their netns only
@@ -59,7 +60,7 @@ class Bench:
         )
         self.namespaces: list[str] = []
         self.endpoints: list[Endpoint] = []
-        self.driver = WeaveDriver(verify_budget=budget)
+        self.driver = weave_driver(host=HOST, verify_budget=budget)
 
     def grow(self, count: int) -> None:
         first = len(self.namespaces)

@@ -1,9 +1,11 @@
 """`netd`: start the daemon in the foreground.
 
-Order matters: open the store, register this host, set up drivers, start the
-reconciler (first full sync adopts what exists), then publish the socket. SIGTERM and
-SIGINT stop the threads and leave the datapath in place; the host lease is not revoked,
-so peers keep their tunnels to this host across a restart.
+Order matters: open the store, build each driver with its context (this host, store,
+keys, the shared netlink facade, its state dir, the lease keeper, resync and publish
+hooks) and set it up, register this host with the drivers' data, start the reconciler
+(one worker per driver; the first full sync adopts what exists), then publish the
+socket. SIGTERM and SIGINT stop the threads and leave the datapath in place; the host
+lease is not revoked, so peers keep their tunnels to this host across a restart.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from netd import netlink
 from netd.api import ApiServer, ensure_socket_free
 from netd.errors import Conflict, InvalidInput, NetdError
 from netd.hosts import HostRegistration
+from netd.leases import LeaseKeeper
 from netd.model import Host
-from netd.plugin import load_drivers
+from netd.plugin import DriverContext, load_drivers, specs_of
 from netd.reconcile import Reconciler
 from netd.service import Service
 from netd.store import open_store
@@ -108,21 +111,36 @@ def run(cfg: config_mod.Config) -> None:
             f"underlay IP {underlay_ip} is not an address of this host; peers could not "
             "reach it (give --underlay-ip one of this host's addresses)"
         )
-    host = Host(name=cfg.host, underlay_ip=underlay_ip, underlay_mtu=underlay_mtu)
-    drivers = load_drivers(state_dir=cfg.state_dir)
-    driver_data: dict[str, dict[str, Any]] = {}
-    for name, driver in drivers.items():
-        driver_data[name] = driver.setup(host)
-    host = Host(
-        name=host.name, underlay_ip=underlay_ip, underlay_mtu=underlay_mtu,
-        driver_data=driver_data, version="0.1.0",
-    )
+    host = Host(name=cfg.host, underlay_ip=underlay_ip, underlay_mtu=underlay_mtu,
+                version="0.1.0")
+    leases = LeaseKeeper(store, cfg.state_dir)
     reconciler: Reconciler | None = None
     registration = HostRegistration(
         store, keys, host, cfg.host_ttl, cfg.state_dir,
-        on_change=lambda: reconciler.kick() if reconciler else None,
+        on_change=lambda: reconciler.kick() if reconciler else None, leases=leases,
     )
+    shared_netlink = netlink.Netlink()
+
+    def context(name: str) -> DriverContext:
+        state_dir = cfg.state_dir / "drivers" / name
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return DriverContext(
+            name=name,
+            host=lambda: registration.host,
+            store=store,
+            keys=keys,
+            netlink=shared_netlink,
+            state_dir=state_dir,
+            leases=leases,
+            request_resync=lambda: reconciler.request_resync(name) if reconciler else None,
+            publish=lambda data: registration.publish(name, data),
+        )
+
+    drivers = load_drivers(context)
+    for name, driver in drivers.items():
+        registration.publish(name, driver.setup())
     registration.start()
+    leases.start()
     reconciler = Reconciler(
         store, keys, drivers, lambda: registration.host, resync_interval=cfg.resync_interval,
         # a live host re-registers within one keepalive interval (ttl/3) of the store
@@ -130,7 +148,7 @@ def run(cfg: config_mod.Config) -> None:
         host_grace=max(cfg.host_ttl / 3, 1.0) + 1.0,
     )
     reconciler.start()
-    service = Service(store, keys, registration, reconciler, drivers)
+    service = Service(store, keys, registration, reconciler, specs_of(drivers))
     try:
         server = ApiServer(cfg.socket, service)
     except OSError as exc:
@@ -149,10 +167,11 @@ def run(cfg: config_mod.Config) -> None:
     log.info("stopping; the datapath stays in place")
     server.stop()
     idle = reconciler.stop()
-    registration.stop()
+    leases.stop()
     if idle:
         for driver in drivers.values():
             driver.close()
+        shared_netlink.close()
     else:  # never pull a driver's sockets from under an apply still running
         log.warning("an apply is still running; exiting without closing the drivers")
     store.close()

@@ -75,6 +75,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", r"/v1/attach", lambda s, p, b, q: (200, s.attach(b).to_dict())),
     ("POST", r"/v1/detach", lambda s, p, b, q: (200, s.detach(b).to_dict())),
     ("GET", r"/v1/hosts", lambda s, p, b, q: (200, s.list_hosts())),
+    ("GET", r"/v1/drivers",
+     lambda s, p, b, q: (200, [spec.to_dict() for _, spec in sorted(s.specs.items())])),
 ]
 _COMPILED = [(m, re.compile(f"^{pattern}$"), h) for m, pattern, h in ROUTES]
 MAX_BODY = 1 << 20

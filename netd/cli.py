@@ -149,6 +149,20 @@ def _print_hosts(value: list[dict[str, Any]]) -> str:
     )
 
 
+def _print_drivers(value: list[dict[str, Any]]) -> str:
+    def backend(b: dict[str, Any], default: str) -> str:
+        star = "*" if b["name"] == default else ""
+        crypto = f", encrypted -{b['encryption_overhead']}" if b["encryption"] else ""
+        return f"{b['name']}{star} (-{b['overhead']}{crypto})"
+
+    rows = []
+    for d in value:
+        backends = ", ".join(backend(b, d["default_backend"]) for b in d["backends"])
+        options = ", ".join(f"{o['name']}={o['type']}" for o in d["options"]) or "-"
+        rows.append((d["name"], backends, options))
+    return table(rows, ["DRIVER", "BACKENDS (* default, MTU overhead)", "OPTIONS (-o)"])
+
+
 def _ago(when: Any) -> str:
     if not isinstance(when, int | float) or when <= 0:
         return "never"
@@ -168,6 +182,7 @@ def _print_status(s: dict[str, Any]) -> str:
     ]
     if s.get("drivers") is not None:
         lines.insert(1, f"drivers: {', '.join(s['drivers']) or 'none'}")
+    lines += _worker_lines(s.get("workers") or {})
     if s["errors"]:
         lines.append("errors:")
         lines += [f"  {item}: {msg}" for item, msg in sorted(s["errors"].items())]
@@ -175,6 +190,24 @@ def _print_status(s: dict[str, Any]) -> str:
         lines.append("errors: none")
     lines += _datapath_lines(s.get("datapath") or {})
     return "\n".join(lines)
+
+
+def _worker_lines(workers: dict[str, Any]) -> list[str]:
+    """One line per driver's reconcile worker: what it applied, when, whether it is busy."""
+    lines = ["workers:"] if workers else []
+    for name, w in sorted(workers.items()):
+        state = "idle"
+        if w.get("applying_since"):
+            state = f"applying for {max(0.0, time.time() - w['applying_since']):.1f} s"
+            if w.get("pending"):
+                state += ", newer state waiting"
+        errors = len(w.get("errors") or {})
+        retry = f", retry in {w['retry_in']:.1f} s" if errors and w.get("retry_in") else ""
+        lines.append(
+            f"  {name}: revision {w.get('revision', 0)}, last sync {_ago(w.get('last_sync'))}, "
+            f"{w.get('syncs', 0)} syncs, {state}, {errors} errors{retry}"
+        )
+    return lines
 
 
 def _datapath_lines(datapath: dict[str, Any]) -> list[str]:
@@ -258,18 +291,18 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--subnet", required=True, help="CIDR, e.g. 10.1.0.0/24")
     create.add_argument("--tenant", help="owning tenant (default: default)")
-    create.add_argument("--driver", choices=["weave", "flannel", "openflow"],
-                        help="overlay driver (default weave)")
-    create.add_argument("--backend",
-                        choices=["fastdp", "sleeve", "vxlan", "udp", "host-gw", "gre"],
-                        help="driver backend (weave: fastdp|sleeve, flannel: vxlan|udp|host-gw, "
-                        "openflow: gre|vxlan)")
+    create.add_argument("--driver", help="overlay driver (default weave); the daemon "
+                        "offers the drivers it loaded: see `netctl driver ls`")
+    create.add_argument("--backend", help="driver backend (default: the driver's own, "
+                        "e.g. weave: fastdp|sleeve)")
     create.add_argument("--vni", type=int, help="VNI / segment id (default: lowest free)")
     create.add_argument("--gateway", help="gateway address (default: first usable)")
     create.add_argument("--mtu", type=int, help="MTU (default: underlay MTU less overhead)")
-    create.add_argument("--encrypt", action="store_true", help="encrypt (weave sleeve)")
+    create.add_argument("--encrypt", action="store_true",
+                        help="encrypt (backends that declare it, e.g. weave sleeve)")
     create.add_argument("-o", "--opt", action="append", metavar="KEY=VALUE",
-                        help="driver option, repeatable")
+                        help="driver option, repeatable (the driver's options: "
+                        "`netctl driver ls`)")
     create.set_defaults(run=cmd_network_create)
     ls = nsub.add_parser("ls", help="list networks")
     ls.set_defaults(run=lambda c, a: (c.request("GET", "/v1/networks"), _print_networks))
@@ -316,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     hsub = host.add_subparsers(dest="action", required=True, metavar="ACTION")
     hls = hsub.add_parser("ls", help="hosts, underlay address, liveness")
     hls.set_defaults(run=lambda c, a: (c.request("GET", "/v1/hosts"), _print_hosts))
+
+    driver = sub.add_parser("driver", help="the drivers this daemon loaded")
+    dsub = driver.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dls = dsub.add_parser("ls", help="drivers, their backends (MTU overhead) and -o options")
+    dls.set_defaults(run=lambda c, a: (c.request("GET", "/v1/drivers"), _print_drivers))
 
     status = sub.add_parser("status", help="this daemon: store, networks, endpoints, last sync")
     status.set_defaults(run=lambda c, a: (c.request("GET", "/v1/status"), _print_status))

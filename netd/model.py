@@ -9,32 +9,23 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import netaddr
 
 from netd.errors import HostLimit, InvalidInput
 
-DRIVERS: dict[str, tuple[str, ...]] = {
-    # driver -> backends; the first is the default
-    "weave": ("fastdp", "sleeve"),
-    "flannel": ("vxlan", "udp", "host-gw"),
-    "openflow": ("gre", "vxlan"),
-}
+if TYPE_CHECKING:
+    from netd.plugin import BackendSpec, DriverSpec
+
 DEFAULT_DRIVER = "weave"
 DEFAULT_TENANT = "default"
 VNI_MIN, VNI_MAX = 1, 16_777_215
 MTU_MIN, MTU_MAX = 68, 65_535
-# bytes of outer headers each backend adds to an inner Ethernet frame's IP packet
-ENCAP_OVERHEAD: dict[str, int] = {
-    "fastdp": 50,  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
-    "vxlan": 50,
-    "sleeve": 28 + 14,  # outer IPv4 + UDP + inner Ethernet (sleeve adds its own below)
-    "udp": 28,  # flannel udp carries IP packets, not frames
-    "host-gw": 0,
-    "gre": 38,  # outer IPv4 20 + GRE with key 8 + inner Ethernet 14 (+4 spare for VLAN)
-}
+# The weave sleeve wire format's constants, still imported from here by plugins.weave
+# (sleeve, crypto); the overheads that reach MTUs come from the driver's BackendSpec.
 SLEEVE_HEADER = 8  # sleeve frame header (see plugins/weave/sleeve)
 SLEEVE_CRYPTO_OVERHEAD = 12 + 16  # nonce + AEAD tag
 
@@ -99,16 +90,45 @@ def check_str_list(value: Any, what: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def check_options(value: Any) -> dict[str, str]:
-    """Driver options: an object of string keys to string values."""
+def check_options(value: Any, spec: DriverSpec) -> dict[str, str]:
+    """Driver options (`-o KEY=VALUE`): only the keys the driver declares, each value
+    parsing as the declared type. Stored as text in a canonical form (ints in decimal,
+    bools as true/false); a JSON number or boolean is accepted for int/bool options."""
     if not isinstance(value, dict):
         raise InvalidInput(f"invalid driver options {value!r}: expected an object of KEY: VALUE")
+    valid = ", ".join(o.name for o in spec.options)
+    out: dict[str, str] = {}
     for key, item in value.items():
-        if not isinstance(key, str) or not key or not isinstance(item, str):
+        option = spec.option(key) if isinstance(key, str) else None
+        if option is None:
             raise InvalidInput(
-                f"invalid driver option {key!r}={item!r}: keys and values must be strings"
+                f"unknown driver option {key!r} for driver {spec.name}: "
+                + (f"valid options are {valid}" if valid else "it takes no options")
             )
-    return dict(value)
+        out[key] = _option_text(spec.name, key, option.type, item)
+    return out
+
+
+def _option_text(driver: str, key: str, kind: type, value: Any) -> str:
+    bad = InvalidInput(
+        f"invalid value {value!r} for option {key} of driver {driver}: expected "
+        + {"int": "an integer", "bool": "true or false"}.get(kind.__name__, "a string")
+    )
+    if kind is bool:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower()
+        raise bad
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
+            return str(int(value))
+        raise bad
+    if not isinstance(value, str):
+        raise bad
+    return value
 
 
 def check_vni(value: Any) -> int:
@@ -238,7 +258,9 @@ class Network(_Record):
 
     @property
     def prefixlen(self) -> int:
-        return netaddr.IPNetwork(self.subnet).prefixlen
+        # the subnet is stored validated as "a.b.c.d/len": no parse per call (drivers ask
+        # per endpoint on every apply)
+        return int(self.subnet.rpartition("/")[2])
 
 
 @dataclass(frozen=True)
@@ -299,16 +321,52 @@ class SecurityGroup(_Record):
         return super().from_dict(data)
 
 
-def network_mtu(backend: str, underlay_mtu: int, encrypt: bool = False) -> int:
+@dataclass(frozen=True)
+class HostRoles(_Record):
+    """A host's roles on a network (e.g. "expose"): the host serves the network even
+    with no local endpoint on it."""
+
+    network: str
+    host: str
+    roles: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        data = dict(data)
+        data["roles"] = tuple(data.get("roles", ()))
+        return super().from_dict(data)
+
+
+def network_mtu(backend: BackendSpec, underlay_mtu: int, encrypt: bool = False) -> int:
     """The largest inner IP packet the backend carries over an underlay of this MTU."""
-    mtu = underlay_mtu - ENCAP_OVERHEAD[backend]
-    if backend == "sleeve":
-        mtu -= SLEEVE_HEADER + (SLEEVE_CRYPTO_OVERHEAD if encrypt else 0)
-    return mtu
+    return (underlay_mtu - backend.overhead
+            - (backend.encryption_overhead if encrypt else 0))
+
+
+def driver_spec(drivers: Mapping[str, DriverSpec], driver: str) -> DriverSpec:
+    """The loaded driver's spec, or a refusal naming the drivers this netd has."""
+    spec = drivers.get(driver)
+    if spec is None:
+        available = ", ".join(sorted(drivers)) or "none"
+        raise InvalidInput(
+            f"driver {driver} is not available in this netd (available: {available})"
+        )
+    return spec
+
+
+def backend_spec(spec: DriverSpec, backend: str) -> BackendSpec:
+    found = spec.backend(backend)
+    if found is None:
+        raise InvalidInput(
+            f"driver {spec.name} has no backend {backend!r}: choose one of "
+            f"{', '.join(b.name for b in spec.backends)}"
+        )
+    return found
 
 
 def validate_network(
     *,
+    drivers: Mapping[str, DriverSpec],
     name: str,
     subnet: str,
     tenant: str | None = None,
@@ -318,34 +376,36 @@ def validate_network(
     gateway: str | None = None,
     mtu: int | None = None,
     encrypt: bool = False,
-    options: dict[str, str] | None = None,
+    options: dict[str, Any] | None = None,
     underlay_mtu: int = 1500,
 ) -> Network:
     """A Network from user input, defaults filled in; vni may stay 0 (allocated later).
 
-    Types are checked strictly (this is where JSON enters); an explicit MTU must fit
-    the backend over `underlay_mtu` (this host's underlay)."""
+    `drivers`: the specs of the drivers this netd loaded; the driver, its backend,
+    encryption and options must be ones they declare. Types are checked strictly (this
+    is where JSON enters); an explicit MTU must fit the backend over `underlay_mtu`."""
     check_name(name, "network name")
     tenant = check_name(tenant or DEFAULT_TENANT, "tenant name")
     driver = check_str(driver, "driver") if driver is not None else DEFAULT_DRIVER
-    if driver not in DRIVERS:
-        raise InvalidInput(f"unknown driver {driver!r}: choose one of {', '.join(DRIVERS)}")
-    backend = check_str(backend, "backend") if backend is not None else DRIVERS[driver][0]
-    if backend not in DRIVERS[driver]:
-        raise InvalidInput(
-            f"driver {driver} has no backend {backend!r}: choose one of "
-            f"{', '.join(DRIVERS[driver])}"
-        )
+    spec = driver_spec(drivers, driver)
+    backend = check_str(backend, "backend") if backend is not None else spec.default_backend
+    bspec = backend_spec(spec, backend)
     encrypt = check_bool(encrypt, "encrypt")
-    if encrypt and (driver, backend) != ("weave", "sleeve"):
-        raise InvalidInput("--encrypt needs --driver weave --backend sleeve")
+    if encrypt and not bspec.encryption:
+        capable = [f"--driver {d.name} --backend {b.name}"
+                   for d in drivers.values() for b in d.backends if b.encryption]
+        raise InvalidInput(
+            f"backend {backend} of driver {driver} cannot encrypt"
+            + (f": --encrypt needs {' or '.join(capable)}" if capable else "")
+        )
+    opts = {} if options is None else check_options(options, spec)
     net = parse_subnet(subnet)
     gw = str(first_usable(net)) if gateway is None else str(parse_ip(gateway, "gateway"))
     gw_addr = netaddr.IPAddress(gw)
     if gw_addr not in net or gw_addr in (net.network, net.broadcast):
         raise InvalidInput(f"gateway {gw} is not a usable address of {net.cidr}")
     vni_value = 0 if vni is None else check_vni(vni)
-    largest = network_mtu(backend, underlay_mtu, encrypt)
+    largest = network_mtu(bspec, underlay_mtu, encrypt)
     mtu_value = largest if mtu is None else check_mtu(mtu)
     if mtu_value > largest:
         raise InvalidInput(
@@ -353,7 +413,6 @@ def validate_network(
             f"{underlay_mtu}: at most {largest} ({underlay_mtu} less "
             f"{underlay_mtu - largest} bytes of encapsulation)"
         )
-    opts = {} if options is None else check_options(options)
     return Network(
         name=name,
         subnet=str(net.cidr),
@@ -368,10 +427,10 @@ def validate_network(
     )
 
 
-def check_underlay_fits(network: Network, underlay_mtu: int) -> None:
+def check_underlay_fits(network: Network, underlay_mtu: int, backend: BackendSpec) -> None:
     """Refuse a network whose MTU plus encapsulation does not fit this underlay: big
     packets would vanish silently (a black hole), so say it up front."""
-    largest = network_mtu(network.backend, underlay_mtu, network.encrypt)
+    largest = network_mtu(backend, underlay_mtu, network.encrypt)
     if network.mtu > largest:
         overhead = underlay_mtu - largest
         raise HostLimit(

@@ -1,42 +1,232 @@
-"""The reconcile loop: store watch -> snapshot -> calc -> driver.apply, forever.
+"""The reconcile loop: store watch -> calc -> one worker per driver -> driver.apply.
 
-One thread keeps a local copy of everything under the store prefix (list once, then
-watch from the next revision; a compacted or broken watch re-lists, as flannel does)
-and converges the kernel whenever the copy changes, on a periodic full resync, and
-soon after a failure (failed items are retried while the rest proceeds). Sweeping
-owned leftovers starts only after the first complete sync.
+One thread keeps a local copy of every watched record (netd's root plus the prefixes
+drivers declare; list once, then watch from the next revision; a compacted or broken
+watch re-lists, as flannel does) in calc.DesiredState, which recomputes only what the
+events touched. After each batch of events, on a periodic full resync (verify) and
+when this host's data changes, every driver's worker is offered its desired HostState.
 
-The API waits on `wait_applied(revision)` so that an attach returns only when this
-host's datapath reflects it, with the item's error if the driver failed it.
+Each driver has its own worker thread with its own dirty flag, retry with backoff
+(failed items are retried while the rest proceeds) and status (revision applied, last
+sync, errors), so a slow driver never stalls another's attaches. A worker offered the
+very same HostState object it already applied counts the new revision as applied
+without calling the driver. Sweeping owned leftovers starts only after a worker's first
+complete sync.
+
+The API waits on `wait_applied(revision, item)`: first until the local copy has seen
+the revision, then on the worker of the driver that owns the item (the driver of the
+item's network), so that an attach returns only when this host's datapath reflects it,
+with the item's error if the driver failed it.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from netd.calc import Snapshot, desired_states
+from netd.calc import DesiredState, Snapshot
 from netd.errors import Compacted, NetdError, StoreUnavailable
 from netd.model import Host
-from netd.plugin import ApplyReport, Driver
-from netd.store.base import Store
-from netd.store.keys import Keys
+from netd.plugin import ApplyReport, Driver, HostState, network_of_item
+from netd.store.base import Store, Watch, WatchEvent
+from netd.store.keys import Keys, RecordKinds
 
 log = logging.getLogger(__name__)
+
+DEFAULT_APPLY_TIMEOUT = 15.0
+MAX_RETRY_DELAY = 30.0
+
+
+@dataclass
+class WorkerStatus:
+    driver: str
+    revision: int = 0  # store revision of the last desired state applied
+    last_sync: float = 0.0  # wall clock of the last apply's end
+    errors: dict[str, str] = field(default_factory=dict)
+    syncs: int = 0
+    applying_since: float = 0.0  # wall clock the running apply started (0: idle)
+    pending: bool = False  # a newer desired state waits for the running apply
+    retry_in: float = 0.0  # seconds until failed items are retried (0: none failed)
+    last_duration: float = 0.0  # seconds the last apply took
+
+    def copy(self) -> WorkerStatus:
+        return replace(self, errors=dict(self.errors))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "last_sync": self.last_sync,
+            "errors": dict(self.errors),
+            "syncs": self.syncs,
+            "applying_since": self.applying_since,
+            "pending": self.pending,
+            "retry_in": round(self.retry_in, 3),
+            "last_duration": round(self.last_duration, 4),
+        }
 
 
 @dataclass
 class SyncStatus:
-    revision: int = 0  # store revision of the last applied snapshot
-    last_sync: float = 0.0  # wall clock of the last apply
+    """The reconciler as a whole: revision/last_sync/syncs are those of the worker
+    furthest behind, errors those of every worker."""
+
+    revision: int = 0  # store revision every worker has applied
+    last_sync: float = 0.0
     errors: dict[str, str] = field(default_factory=dict)
     syncs: int = 0
     store_ok: bool = False
     store_error: str = ""
+    seen_revision: int = 0  # store revision the local copy reflects
+    workers: dict[str, WorkerStatus] = field(default_factory=dict)
+
+
+class DriverWorker:
+    """Applies one driver's desired state on its own thread."""
+
+    def __init__(self, name: str, driver: Driver, retry_interval: float = 1.0) -> None:
+        self.name = name
+        self.driver = driver
+        self._retry_interval = retry_interval
+        self._retry_delay = retry_interval
+        self._cond = threading.Condition()
+        self._desired: HostState | None = None
+        self._desired_revision = 0
+        self._dirty = False
+        self._verify = False
+        self._retry_at: float | None = None  # monotonic time failed items are retried
+        self._status = WorkerStatus(driver=name)
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name=f"apply-{name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float) -> bool:
+        """Stop after the apply in progress; False if it did not end within timeout."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def offer(self, desired: HostState, revision: int, *, verify: bool = False) -> None:
+        """The driver's desired state as of `revision`. The very same object as the
+        last one offered needs no apply unless verify is asked."""
+        with self._cond:
+            if desired is self._desired and not verify:
+                self._desired_revision = max(self._desired_revision, revision)
+                if not self._dirty and not self._status.applying_since:
+                    self._status.revision = max(self._status.revision, revision)
+                    self._cond.notify_all()
+                return
+            self._desired = desired
+            self._desired_revision = max(self._desired_revision, revision)
+            self._dirty = True
+            self._verify = self._verify or verify
+            self._status.pending = bool(self._status.applying_since)
+            self._cond.notify_all()
+
+    def request_resync(self) -> None:
+        """A verify apply of the current desired state, soon (the driver asked)."""
+        with self._cond:
+            if self._desired is None:
+                return
+            self._dirty = True
+            self._verify = True
+            self._cond.notify_all()
+
+    def status(self) -> WorkerStatus:
+        with self._cond:
+            status = self._status.copy()
+            if self._retry_at is not None:
+                status.retry_in = max(0.0, self._retry_at - time.monotonic())
+            return status
+
+    def wait_applied(self, revision: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._status.revision < revision:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def item_error(self, item: str) -> str | None:
+        with self._cond:
+            return self._status.errors.get(item)
+
+    def _next(self) -> tuple[HostState, int, bool] | None:
+        """Wait for work: a new desired state, a verify request or a due retry."""
+        with self._cond:
+            while not self._stop:
+                retry_due = self._retry_at is not None and time.monotonic() >= self._retry_at
+                if self._desired is not None and (self._dirty or retry_due):
+                    work = (self._desired, self._desired_revision, self._verify)
+                    self._dirty = self._verify = False
+                    self._retry_at = None
+                    self._status.applying_since = time.time()
+                    self._status.pending = False
+                    return work
+                wait = None if self._retry_at is None else self._retry_at - time.monotonic()
+                self._cond.wait(wait if wait is None else max(0.0, wait))
+            return None
+
+    def _run(self) -> None:
+        while True:
+            work = self._next()
+            if work is None:
+                return
+            desired, revision, verify = work
+            started = time.monotonic()
+            report = self._apply(desired, sweep=self._status.syncs > 0, verify=verify)
+            self._finish(desired, revision, report, time.monotonic() - started)
+
+    def _apply(self, desired: HostState, *, sweep: bool, verify: bool) -> ApplyReport:
+        try:
+            return self.driver.apply(desired, sweep=sweep, verify=verify)
+        except NetdError as exc:
+            report = ApplyReport()
+            report.fail(f"driver:{self.name}", str(exc))
+        except Exception as exc:  # keep converging whatever the driver did
+            log.exception("driver %s failed", self.name)
+            report = ApplyReport()
+            report.fail(f"driver:{self.name}", f"internal error: {exc}")
+        return report
+
+    def _finish(
+        self, desired: HostState, revision: int, report: ApplyReport, took: float
+    ) -> None:
+        with self._cond:
+            previous = self._status.errors
+            for item, message in report.errors.items():
+                level = logging.DEBUG if previous.get(item) == message else logging.WARNING
+                log.log(level, "%s: apply failed for %s: %s", self.name, item, message)
+            # the same items failing the same way again: back off (1 s, 2 s ... 30 s)
+            if report.errors and report.errors == previous:
+                self._retry_delay = min(self._retry_delay * 2, MAX_RETRY_DELAY)
+            else:
+                self._retry_delay = self._retry_interval
+            if report.errors:
+                self._retry_at = time.monotonic() + self._retry_delay
+            if report.changed:
+                log.info("%s: applied revision %d: %d kernel changes",
+                         self.name, revision, report.changed)
+            if desired is self._desired:  # offered again unchanged meanwhile: covered too
+                revision = max(revision, self._desired_revision)
+            self._status.revision = max(self._status.revision, revision)
+            self._status.errors = dict(report.errors)
+            self._status.last_sync = time.time()
+            self._status.last_duration = took
+            self._status.syncs += 1
+            self._status.applying_since = 0.0
+            self._cond.notify_all()
 
 
 class Reconciler:
@@ -55,42 +245,127 @@ class Reconciler:
         self._drivers = dict(drivers)
         self._this_host = this_host
         self._resync_interval = resync_interval
-        self._retry_interval = retry_interval
-        self._retry_delay = retry_interval
         self._host_grace = host_grace
-        # hosts whose registry key vanished: (last record, when); see _with_departed
+        self._kinds = RecordKinds(
+            keys, {name: d.spec.watch_prefixes for name, d in self._drivers.items()}
+        )
+        # hosts whose registry key vanished: (last record, when); see _departed_hosts
         self._departed: dict[str, tuple[Host, float]] = {}
-        self._cache = _DecodedCache(keys)
-        self._status = SyncStatus()
+        self._state = DesiredState(self._kinds)
+        self._workers = {
+            name: DriverWorker(name, driver, retry_interval)
+            for name, driver in self._drivers.items()
+        }
+        self._seen = 0  # root revision every worker has been offered
+        self._store_ok = False
+        self._store_error = ""
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._kick = threading.Event()
+        self._resync_asked = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
 
     # --- public -------------------------------------------------------------------
     def start(self) -> None:
+        for worker in self._workers.values():
+            worker.start()
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> bool:
-        """Stop after the apply in progress; False if it did not finish within timeout."""
+        """Stop after the applies in progress; False if one did not end within timeout."""
         self._stop.set()
         self._kick.set()
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        deadline = time.monotonic() + timeout
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        idle = not self._thread.is_alive()
+        for worker in self._workers.values():
+            idle = worker.stop(max(0.0, deadline - time.monotonic())) and idle
+        return idle
 
     def kick(self) -> None:
-        """Ask for an apply soon even without a store change (e.g. host data changed)."""
+        """Ask for desired state to be offered again soon (e.g. this host's data changed)."""
         self._kick.set()
 
+    def request_resync(self, driver: str) -> None:
+        """A full verify apply of one driver, soon (OVS reconnected, a lease was lost)."""
+        worker = self._workers.get(driver)
+        if worker is not None:
+            worker.request_resync()
+
+    def workers(self) -> dict[str, WorkerStatus]:
+        return {name: w.status() for name, w in self._workers.items()}
+
     def status(self) -> SyncStatus:
+        workers = self.workers()
         with self._cond:
-            return SyncStatus(**{**self._status.__dict__, "errors": dict(self._status.errors)})
+            status = SyncStatus(store_ok=self._store_ok, store_error=self._store_error,
+                                seen_revision=self._seen, workers=workers)
+        if workers:
+            status.revision = min(w.revision for w in workers.values())
+            status.last_sync = min(w.last_sync for w in workers.values())
+            status.syncs = min(w.syncs for w in workers.values())
+            for w in workers.values():
+                status.errors.update(w.errors)
+        else:
+            status.revision = status.seen_revision
+        return status
 
     def snapshot(self) -> Snapshot:
         with self._cond:
-            return self._cache.snapshot()
+            return self._state.snapshot()
 
-    def _with_departed(self, snapshot: Snapshot) -> Snapshot:
+    def counts(self, host: str) -> tuple[int, int]:
+        """(networks, endpoints of `host`) in the local copy."""
+        with self._cond:
+            return self._state.counts()[0], self._state.local_endpoints(host)
+
+    def owner_of(self, item: str) -> str | None:
+        """The driver whose worker applies `item` (None: no loaded driver does)."""
+        if item.startswith("driver:"):
+            name = item.split(":", 1)[1]
+            return name if name in self._workers else None
+        network_name = network_of_item(item)
+        if network_name is None:
+            return None
+        with self._cond:
+            network = self._state.network(network_name)
+        if network is None or network.driver not in self._workers:
+            return None
+        return network.driver
+
+    def wait_applied(
+        self, revision: int, item: str | None = None, timeout: float = DEFAULT_APPLY_TIMEOUT
+    ) -> bool:
+        """Block until this host applied a desired state at >= revision (True) or timeout:
+        the worker owning `item`, or every worker when item is None."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._seen < revision:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        if item is None:
+            workers = list(self._workers.values())
+        else:
+            owner = self.owner_of(item)
+            workers = [] if owner is None else [self._workers[owner]]
+        return all(w.wait_applied(revision, max(0.0, deadline - time.monotonic()))
+                   for w in workers)
+
+    def item_error(self, item: str) -> str | None:
+        for worker in self._workers.values():
+            error = worker.item_error(item)
+            if error is not None:
+                return error
+        return None
+
+    def observe(self) -> dict[str, Any]:
+        return {name: d.observe() for name, d in self._drivers.items()}
+
+    # --- hosts that just vanished ---------------------------------------------------
+    def _departed_hosts(self, live: Mapping[str, Host]) -> dict[str, Host]:
         """Keep a vanished host in the desired state for `host_grace` seconds.
 
         A lease can expire for a reason that is not the host's death: the store was
@@ -99,14 +374,11 @@ class Reconciler:
         back; tearing their tunnels down meanwhile would cut traffic between healthy
         hosts. A host that does not come back within the grace is dropped."""
         now = time.monotonic()
-        for name in [n for n in self._departed if n in snapshot.hosts]:
+        for name in [n for n in self._departed if n in live]:
             del self._departed[name]
         for name in [n for n, (_, t) in self._departed.items() if now - t >= self._host_grace]:
             del self._departed[name]
-        if not self._departed:
-            return snapshot
-        hosts = {name: host for name, (host, _) in self._departed.items()}
-        return replace(snapshot, hosts={**hosts, **snapshot.hosts})
+        return {name: host for name, (host, _) in self._departed.items()}
 
     def _note_departures(self, before: Mapping[str, Host], after: Mapping[str, Host]) -> None:
         if self._host_grace <= 0:
@@ -115,24 +387,6 @@ class Reconciler:
         for name, host in before.items():
             if name not in after and name not in self._departed:
                 self._departed[name] = (host, now)
-
-    def wait_applied(self, revision: int, timeout: float) -> bool:
-        """Block until a snapshot at >= revision has been applied (True) or timeout."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._status.revision < revision:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-            return True
-
-    def item_error(self, item: str) -> str | None:
-        with self._cond:
-            return self._status.errors.get(item)
-
-    def observe(self) -> dict[str, Any]:
-        return {name: d.observe() for name, d in self._drivers.items()}
 
     # --- loop ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -146,136 +400,124 @@ class Reconciler:
                 log.warning("store watch interrupted, re-listing: %s", exc)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 1.0)  # converge soon after the store returns
-            except Exception:  # keep converging whatever a driver or decoder did
+            except Exception:  # keep converging whatever a decoder did
                 log.exception("reconcile loop failed; restarting it")
                 self._stop.wait(1.0)
 
     def _list_and_watch(self) -> None:
-        items, revision = self._store.list(self._keys.root())
+        starts: dict[str, int] = {}
+        kvs: dict[str, str] = {}
+        for prefix in self._kinds.prefixes():
+            items, listed_at = self._store.list(prefix)
+            kvs.update((kv.key, kv.value) for kv in items)
+            starts[prefix] = listed_at + 1
+        root = self._keys.root()
+        revision = starts[root] - 1
         with self._cond:
-            before = self._cache.hosts()
-            self._cache = _DecodedCache(self._keys, {kv.key: kv.value for kv in items})
-            self._note_departures(before, self._cache.hosts())
-        watch = self._store.watch(self._keys.root(), revision + 1)
+            before = self._state.hosts()
+            self._state.reset(kvs)
+            self._note_departures(before, self._state.hosts())
+        watch = _Watches(self._store, starts)
         self._set_store_state(True, "")  # ok only with a live watch
         try:
-            self._apply(revision, verify=True)
+            self._offer(revision, verify=True)
             next_resync = time.monotonic() + self._resync_interval
             while not self._stop.is_set():
-                events = watch.get(timeout=0.2)
-                for ev in events:
-                    revision = max(revision, ev.revision)
-                    with self._cond:
+                batch = watch.get(timeout=0.2)
+                with self._cond:
+                    for prefix, ev in batch:
+                        if prefix == root:
+                            revision = max(revision, ev.revision)
                         if ev.type == "put" and ev.value is not None:
-                            self._cache.put(ev.key, ev.value)
+                            self._state.put(ev.key, ev.value)
                         else:
-                            before = self._cache.hosts()
-                            self._cache.delete(ev.key)
-                            self._note_departures(before, self._cache.hosts())
+                            before = self._state.hosts() if self._host_grace > 0 else {}
+                            if self._state.delete(ev.key) and before:
+                                self._note_departures(before, self._state.hosts())
                 due = time.monotonic() >= next_resync
-                retry = bool(self._status.errors) and (
-                    time.time() - self._status.last_sync >= self._retry_delay
-                )
                 grace_over = any(
                     time.monotonic() - t >= self._host_grace for _, t in self._departed.values()
                 )
-                if events or due or retry or grace_over or self._kick.is_set():
+                if batch or due or grace_over or self._kick.is_set():
                     self._kick.clear()
-                    self._apply(revision, verify=due)
+                    self._offer(revision, verify=due)
                     if due:
                         next_resync = time.monotonic() + self._resync_interval
         finally:
             watch.close()
 
-    def _apply(self, revision: int, verify: bool) -> None:
-        snapshot = self._with_departed(self.snapshot())
+    def _offer(self, revision: int, verify: bool) -> None:
+        """Compute what changed and offer every worker its desired state at `revision`."""
         host = self._this_host()
-        desired = desired_states(snapshot, host, set(self._drivers))
-        sweep = self._status.syncs > 0
-        report = ApplyReport()
-        for name, driver in self._drivers.items():
-            try:
-                report.merge(driver.apply(desired[name], sweep=sweep, verify=verify))
-            except NetdError as exc:
-                report.fail(f"driver:{name}", str(exc))
-            except Exception as exc:
-                log.exception("driver %s failed", name)
-                report.fail(f"driver:{name}", f"internal error: {exc}")
-        previous = self._status.errors
-        for item, message in report.errors.items():
-            level = logging.DEBUG if previous.get(item) == message else logging.WARNING
-            log.log(level, "apply failed for %s: %s", item, message)
-        # the same items failing the same way again: back off (1 s, 2 s ... 30 s)
-        if report.errors and report.errors == previous:
-            self._retry_delay = min(self._retry_delay * 2, 30.0)
-        else:
-            self._retry_delay = self._retry_interval
-        if report.changed:
-            log.info("applied revision %d: %d kernel changes", revision, report.changed)
         with self._cond:
-            self._status.revision = max(self._status.revision, revision)
-            self._status.errors = dict(report.errors)
-            self._status.last_sync = time.time()
-            self._status.syncs += 1
+            departed = self._departed_hosts(self._state.hosts()) if self._departed else {}
+            states = self._state.states(host, self._workers.keys(), departed)
+        for name, worker in self._workers.items():
+            worker.offer(states[name], revision, verify=verify)
+        with self._cond:
+            self._seen = max(self._seen, revision)
             self._cond.notify_all()
 
     def _set_store_state(self, ok: bool, error: str) -> None:
         with self._cond:
-            self._status.store_ok = ok
-            self._status.store_error = error
+            self._store_ok = ok
+            self._store_error = error
 
 
-class _DecodedCache:
-    """The local copy of the store, kept decoded: each event decodes only its own record,
-    so building a snapshot costs dict copies, not a JSON parse of every endpoint."""
+class _Watches:
+    """Several prefix watches read as one: (prefix, event) pairs in each watch's order.
+    One watch is read directly; several get a reader thread each."""
 
-    def __init__(self, keys: Keys, kvs: Mapping[str, str] | None = None) -> None:
-        self._keys = keys
-        self._raw: dict[str, str] = {}
-        self._parts: dict[str, Snapshot] = {}  # key -> its record decoded alone
-        self._networks: dict[str, Any] = {}
-        self._endpoints: dict[Any, Any] = {}
-        self._hosts: dict[str, Any] = {}
-        self._secrets: dict[str, str] = {}
-        for key, value in (kvs or {}).items():
-            self.put(key, value)
+    def __init__(self, store: Store, starts: Mapping[str, int]) -> None:
+        self._watches: dict[str, Watch] = {}
+        try:
+            for prefix, start in starts.items():
+                self._watches[prefix] = store.watch(prefix, start)
+        except BaseException:
+            self.close()
+            raise
+        self._queue: queue.Queue[tuple[str, list[WatchEvent] | BaseException]] = queue.Queue()
+        self._closed = threading.Event()
+        self._readers: list[threading.Thread] = []
+        if len(self._watches) > 1:
+            for prefix, watch in self._watches.items():
+                reader = threading.Thread(target=self._read, args=(prefix, watch),
+                                          name=f"watch {prefix}", daemon=True)
+                reader.start()
+                self._readers.append(reader)
 
-    def _tables(self, part: Snapshot) -> list[tuple[Mapping[Any, Any], dict[Any, Any]]]:
-        return [
-            (part.networks, self._networks),
-            (part.endpoints, self._endpoints),
-            (part.hosts, self._hosts),
-            (part.secrets, self._secrets),
-        ]
+    def _read(self, prefix: str, watch: Watch) -> None:
+        while not self._closed.is_set():
+            try:
+                events = watch.get(timeout=0.5)
+            except BaseException as exc:
+                self._queue.put((prefix, exc))
+                return
+            if events:
+                self._queue.put((prefix, events))
 
-    def put(self, key: str, value: str) -> None:
-        if self._raw.get(key) == value:
-            return
-        self.delete(key)
-        self._raw[key] = value
-        if self._keys.kind_of(key) is None:
-            return
-        part = Snapshot.from_kvs(self._keys, {key: value})
-        self._parts[key] = part
-        for source, table in self._tables(part):
-            table.update(source)
+    def get(self, timeout: float) -> list[tuple[str, WatchEvent]]:
+        if not self._readers:
+            ((prefix, watch),) = self._watches.items()
+            return [(prefix, ev) for ev in watch.get(timeout)]
+        out: list[tuple[str, WatchEvent]] = []
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return out
+        while True:
+            prefix, got = item
+            if isinstance(got, BaseException):
+                raise got
+            out.extend((prefix, ev) for ev in got)
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return out
 
-    def delete(self, key: str) -> None:
-        self._raw.pop(key, None)
-        part = self._parts.pop(key, None)
-        if part is None:
-            return
-        for source, table in self._tables(part):
-            for name in source:
-                table.pop(name, None)
-
-    def hosts(self) -> dict[str, Host]:
-        return dict(self._hosts)
-
-    def snapshot(self) -> Snapshot:
-        return Snapshot(
-            networks=dict(self._networks),
-            endpoints=dict(self._endpoints),
-            hosts=dict(self._hosts),
-            secrets=dict(self._secrets),
-        )
+    def close(self) -> None:
+        self._closed.set()
+        for reader in self._readers:
+            reader.join(1.0)
+        for watch in self._watches.values():
+            watch.close()

@@ -13,13 +13,14 @@ container run one at a time. The HTTP layer (netd.api) only maps requests and er
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from netd import netlink
 from netd.container import ContainerRef, resolve
 from netd.hosts import HostRegistration
 from netd.model import Endpoint, Host, Network
+from netd.plugin import DriverSpec
 from netd.reconcile import Reconciler
 from netd.service.context import Context
 from netd.service.endpoints import Endpoints
@@ -38,13 +39,13 @@ class Service:
         keys: Keys,
         registration: HostRegistration,
         reconciler: Reconciler,
-        drivers: Iterable[str],
+        drivers: Mapping[str, DriverSpec],
         *,
         containers: Callable[[str], ContainerRef] = resolve,
         links: Callable[[str], set[str]] = netlink.link_names,
     ) -> None:
-        """`drivers`: the names of the drivers this daemon loaded (networks of other
-        drivers are refused). `containers` and `links` resolve references and read a
+        """`drivers`: the specs of the drivers this daemon loaded, by name (networks of
+        other drivers are refused). `containers` and `links` resolve references and read a
         netns's interface names (tests fake them)."""
         self.ctx = Context(store, keys, registration, reconciler, drivers, containers, links)
         self.networks = Networks(self.ctx)

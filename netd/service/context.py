@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ipam.pool import AddressPool
@@ -22,6 +22,7 @@ from netd.container import ContainerRef
 from netd.errors import InvalidInput, NetdError, NotFound
 from netd.hosts import HostRegistration
 from netd.model import Endpoint, Host, Network, check_name
+from netd.plugin import DriverSpec
 from netd.reconcile import Reconciler
 from netd.store.base import KeyValue, Store
 from netd.store.keys import Keys
@@ -38,7 +39,7 @@ class Context:
         keys: Keys,
         registration: HostRegistration,
         reconciler: Reconciler,
-        drivers: Iterable[str],
+        drivers: Mapping[str, DriverSpec],
         containers: Callable[[str], ContainerRef],
         links: Callable[[str], set[str]],
     ) -> None:
@@ -47,6 +48,7 @@ class Context:
         self.registration = registration
         self.reconciler = reconciler
         self.drivers = frozenset(drivers)
+        self.specs = dict(drivers)
         self.resolve = containers
         self.links = links
         # attach/detach of one container run one at a time: choosing ethN, committing
@@ -96,7 +98,7 @@ class Context:
             return cached[1]
 
     def await_apply(self, revision: int, item: str | None) -> str | None:
-        if not self.reconciler.wait_applied(revision, APPLY_TIMEOUT):
+        if not self.reconciler.wait_applied(revision, item, APPLY_TIMEOUT):
             return f"this host did not apply the change within {APPLY_TIMEOUT:.0f} s"
         return None if item is None else self.reconciler.item_error(item)
 

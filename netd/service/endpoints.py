@@ -96,8 +96,8 @@ class Endpoints:
         requested_ip = check_str(fields["ip"], "IP address") if fields.get("ip") else None
 
         def check(network: Network) -> None:
-            _check_driver(ctx.drivers, network)
-            check_underlay_fits(network, ctx.host.underlay_mtu)
+            backend = _check_driver(ctx.specs, network)
+            check_underlay_fits(network, ctx.host.underlay_mtu, backend)
             if requested_ip is not None:
                 address_range(network).check(requested_ip)
 
@@ -294,7 +294,7 @@ class Endpoints:
         except _Changed:  # something changed since: release what is still ours
             undone = self._commit_detach(endpoint, pool)
         if undone is not None:
-            self.ctx.reconciler.wait_applied(undone, APPLY_TIMEOUT)
+            self.ctx.reconciler.wait_applied(undone, endpoint_id(endpoint), APPLY_TIMEOUT)
 
     def detach(self, request: dict[str, Any]) -> Endpoint:
         ctx = self.ctx

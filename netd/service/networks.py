@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import secrets as pysecrets
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 from ipam import ids
 from netd.errors import Conflict, InvalidInput, NetdError, NotFound, Unsupported
 from netd.model import Endpoint, Network, check_name, subnets_overlap, validate_network
+from netd.plugin import BackendSpec, DriverSpec
 from netd.service import transaction
 from netd.service.context import Context, only
 from netd.service.transaction import Diagnosis, Txn
@@ -21,14 +23,21 @@ log = logging.getLogger(__name__)
 REMOVAL_TTL = 10  # seconds a crashed `network rm` blocks attaches to its network
 
 
-def _check_driver(drivers: frozenset[str], network: Network) -> None:
-    """Refuse a network whose driver this daemon did not load."""
-    if network.driver not in drivers:
-        available = ", ".join(sorted(drivers)) or "none"
+def _check_driver(specs: Mapping[str, DriverSpec], network: Network) -> BackendSpec:
+    """The backend of a stored network, refused if this netd cannot serve it."""
+    spec = specs.get(network.driver)
+    if spec is None:
+        available = ", ".join(sorted(specs)) or "none"
         raise Unsupported(
             f"driver {network.driver} is not available in this netd "
             f"(available: {available})"
         )
+    backend = spec.backend(network.backend)
+    if backend is None:
+        raise Unsupported(
+            f"driver {network.driver} of this netd has no backend {network.backend}"
+        )
+    return backend
 
 
 class Networks:
@@ -43,8 +52,9 @@ class Networks:
         )
         if "name" not in fields or "subnet" not in fields:
             raise InvalidInput("network create needs a name and --subnet")
-        network = validate_network(**fields, underlay_mtu=self.ctx.host.underlay_mtu)
-        _check_driver(self.ctx.drivers, network)
+        network = validate_network(
+            **fields, drivers=self.ctx.specs, underlay_mtu=self.ctx.host.underlay_mtu
+        )
         keys, store = self.ctx.keys, self.ctx.store
         created: dict[str, Network] = {}
 

@@ -73,13 +73,20 @@ class Status:
         return {
             "host": ctx.host.to_dict(),
             "drivers": sorted(ctx.drivers),
-            "store": {"reachable": reachable, "revision": revision, "error": error},
+            # reachable only while this host's watch is live too: a dead watch means
+            # this host no longer follows the store, however the probe fared
+            "store": {
+                "reachable": reachable and sync.store_ok, "revision": revision,
+                "error": error or sync.store_error,
+                "watch": "ok" if sync.store_ok else (sync.store_error or "not started"),
+            },
             "networks": len(snapshot.networks),
             "endpoints": len(local),
             "last_sync": sync.last_sync,
             "applied_revision": sync.revision,
             "syncs": sync.syncs,
             "errors": sync.errors,
+            "workers": {name: w.to_dict() for name, w in sorted(sync.workers.items())},
             "datapath": datapath,
         }
 

@@ -2,13 +2,28 @@
 
 Documented in docs/keys.md; change both together. Everything netd owns lives under
 one prefix (`/netd/` by default) so several clusters can share an etcd.
+
+RecordKinds is the one registry of what the reconciler watches: the record kinds under
+netd's root that make up desired state, plus the prefixes drivers declare (their own
+schemas, e.g. flannel's subnet leases), each owned by one driver.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 DEFAULT_PREFIX = "/netd"
+
+# record kinds under the root that desired state is computed from -> path parts after
+# "<root><family>/" (networks/<n>, endpoints/<n>/<e>, hosts/<h>, secrets/<n>, roles/<n>/<h>)
+DESIRED_KINDS: dict[str, int] = {
+    "networks": 1,
+    "endpoints": 2,
+    "hosts": 1,
+    "secrets": 1,
+    "roles": 2,
+}
 
 
 @dataclass(frozen=True)
@@ -91,6 +106,14 @@ class Keys:
 
     def number(self, space: str, n: int) -> str:
         return f"{self.numbers(space)}{n}"
+    def roles(self, network: str | None = None) -> str:
+        base = f"{self.prefix}/roles/"
+        return base if network is None else f"{base}{network}/"
+
+    def host_role(self, network: str, host: str) -> str:
+        """A host's roles on a network (e.g. it exposes it): the host serves the network
+        even without a local endpoint on it."""
+        return f"{self.roles(network)}{host}"
 
     def secrets(self) -> str:
         return f"{self.prefix}/secrets/"
@@ -105,3 +128,56 @@ class Keys:
             return None
         parts = key[len(self.root()) :].split("/")
         return parts[0], tuple(parts[1:])
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a watched key is: a desired-state kind under netd's root (`family` is one of
+    DESIRED_KINDS, `parts` the names in its path), or a record under a prefix a driver
+    declared (`family` "driver", `owners` the drivers that declared the prefix, `parts`
+    (prefix, rest of key))."""
+
+    family: str
+    parts: tuple[str, ...]
+    owners: tuple[str, ...] = ()
+
+
+class RecordKinds:
+    """The one registry of watched records: netd's own root plus drivers' prefixes."""
+
+    def __init__(self, keys: Keys, driver_prefixes: Mapping[str, Iterable[str]] = {}) -> None:
+        self.keys = keys
+        root = keys.root()
+        owners: dict[str, list[str]] = {}  # prefix -> drivers that declared it
+        for driver, prefixes in driver_prefixes.items():
+            for prefix in prefixes:
+                if not prefix.endswith("/"):
+                    raise ValueError(f"driver {driver}: watch prefix {prefix!r} must end in /")
+                if prefix.startswith(root) or root.startswith(prefix):
+                    raise ValueError(f"driver {driver}: watch prefix {prefix!r} overlaps "
+                                     f"netd's own {root}")
+                owners.setdefault(prefix, []).append(driver)
+        self._foreign = sorted((p, tuple(d)) for p, d in owners.items())
+
+    def prefixes(self) -> list[str]:
+        """Every prefix to list and watch: the root first, then drivers' prefixes (one
+        inside another declared prefix is watched through the outer one)."""
+        declared = [p for p, _ in self._foreign]
+        outer = [p for p in declared if not any(p != q and p.startswith(q) for q in declared)]
+        return [self.keys.root(), *outer]
+
+    def classify(self, key: str) -> Record | None:
+        """The record a key holds, or None for keys desired state does not depend on
+        (IPAM claims, VNI index, tenants, removal markers ...)."""
+        kind = self.keys.kind_of(key)
+        if kind is not None:
+            family, parts = kind
+            if DESIRED_KINDS.get(family) == len(parts) and all(parts):
+                return Record(family, parts)
+            return None
+        matching = [(p, d) for p, d in self._foreign if key.startswith(p)]
+        if not matching:
+            return None
+        owners = tuple(sorted({o for _, drivers in matching for o in drivers}))
+        prefix = max((p for p, _ in matching), key=len)
+        return Record("driver", (prefix, key[len(prefix) :]), owners)

@@ -32,14 +32,22 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from netd.delta import DeltaTracker
 from netd.errors import DatapathError, NetdError
-from netd.model import Endpoint, Host, Network
-from netd.netlink import OWNED_PREFIX, Link, Netlink
-from netd.plugin import ApplyReport, HostState, NetworkState, endpoint_id, network_id
+from netd.model import SLEEVE_CRYPTO_OVERHEAD, SLEEVE_HEADER, Endpoint, Host, Network
+from netd.netlink import OWNED_PREFIX, Link
+from netd.plugin import (
+    ApplyReport,
+    BackendSpec,
+    DriverContext,
+    DriverSpec,
+    HostState,
+    NetworkState,
+    endpoint_id,
+    network_id,
+)
 from netd.plumbing import ContainerPort, PlugFailed, plug, siblings_to_replug
 from netd.plumbing import host_end_ok as port_host_end_ok
 from plugins.weave.fastdp import FastDP, FastdpNetwork, FastdpRemotes
@@ -143,23 +151,39 @@ def remotes_id(net: Network) -> str:
     return f"remotes:{net.name}"
 
 
+IPV4_UDP = 20 + 8  # outer IPv4 and UDP headers
+ETHERNET = 14  # the inner frame's Ethernet header
+
+
 class WeaveDriver:
     name = "weave"
+    spec: ClassVar[DriverSpec] = DriverSpec(
+        name="weave",
+        backends=(
+            # kernel VXLAN: outer IPv4 + UDP + VXLAN 8 + inner Ethernet
+            BackendSpec("fastdp", overhead=IPV4_UDP + 8 + ETHERNET),
+            # userspace UDP: outer IPv4 + UDP + sleeve header + inner Ethernet;
+            # encrypted frames carry a nonce and an AEAD tag more
+            BackendSpec("sleeve", overhead=IPV4_UDP + SLEEVE_HEADER + ETHERNET,
+                        encryption=True, encryption_overhead=SLEEVE_CRYPTO_OVERHEAD),
+        ),
+        default_backend="fastdp",
+    )
 
     def __init__(
         self,
+        ctx: DriverContext,
         *,
-        state_dir: Path | None = None,
         sleeve_port: int = SLEEVE_PORT,
         verify_budget: int | None = VERIFY_BUDGET,
-        **_: Any,
     ) -> None:
         """`verify_budget`: how many container namespaces one verify pass checks at most
         (round-robin); None checks all of them every pass."""
-        self.state_dir = state_dir
+        self._ctx = ctx
+        self.state_dir = ctx.state_dir
         self._verify_budget = verify_budget
         self._verify_cursor: str | None = None  # last endpoint id the budget covered
-        self._nl = Netlink()
+        self._nl = ctx.netlink
         self._host: Host | None = None
         self._sleeve_port = sleeve_port
         self._sleeve = Sleeve(self._nl, self._new_engine)
@@ -167,8 +191,8 @@ class WeaveDriver:
         self._delta = WeaveDelta()  # desired vs applied, per item (netd.delta)
         self._listed_sweep_done = False
 
-    def setup(self, host: Host) -> dict[str, Any]:
-        self._host = host
+    def setup(self) -> dict[str, Any]:
+        host = self._host = self._ctx.host()
         return {"vtep": host.underlay_ip, "sleeve_port": self._sleeve_port}
 
     def _new_engine(self) -> SleeveEngine:

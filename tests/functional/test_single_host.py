@@ -183,6 +183,8 @@ BAD_NETWORK = [
     (["bad/name", "--subnet", "10.40.0.0/24"], "invalid network name"),
     (["n1", "--subnet", "10.40.0.0/24", "--gateway", "10.41.0.1"], "gateway"),
     (["n1", "--subnet", "10.40.0.0/24", "--backend", "gre"], "no backend"),
+    (["n1", "--subnet", "10.40.0.0/24", "-o", "prefx=/x"],
+     "unknown driver option 'prefx' for driver weave: it takes no options"),
     (["n1", "--subnet", "10.40.0.0/24", "--encrypt"], "--encrypt"),
     (["n1", "--subnet", "10.40.0.0/24", "--driver", "flannel"],
      "driver flannel is not available in this netd (available: weave)"),
@@ -401,8 +403,14 @@ def test_status_shows_datapath_and_json_after_command(lab: Lab, pair: tuple[str,
     assert any(role == "bridge" for role in weave["links"].values())
     assert weave["ports"] >= 2  # the pair's veths
     assert status["drivers"] == ["weave"]
+    assert status["workers"]["weave"]["revision"] >= status["applied_revision"] > 0
     table = lab.netctl("h1", "status").stdout
     assert "datapath:" in table and "weave:" in table
+    assert "  weave: revision " in table
+    drivers = lab.netctl_json("h1", "driver", "ls")
+    assert [(d["name"], d["default_backend"]) for d in drivers] == [("weave", "fastdp")]
+    assert {b["name"]: b["overhead"] for b in drivers[0]["backends"]} == {
+        "fastdp": 50, "sleeve": 50}
     after = json.loads(lab.netctl("h1", "network", "ls", "--json").stdout)
     assert after == lab.netctl_json("h1", "network", "ls")
     result = lab.netctl("h1", "network", "inspect", "nope", "--json", check=False)

@@ -20,6 +20,7 @@ import pytest
 from netd.model import network_mtu
 from plugins.weave.crypto import WINDOW, FrameCipher
 from plugins.weave.sleeve import F_ENCRYPTED, MAGIC, header
+from tests.support.drivers import weave_backend
 from tests.support.sleeve_runner import SleeveLab, in_ns, sh
 
 pytestmark = [
@@ -29,7 +30,8 @@ pytestmark = [
 ]
 
 PLAIN, ENC = 100, 200
-MTU = {PLAIN: network_mtu("sleeve", 1500), ENC: network_mtu("sleeve", 1500, encrypt=True)}
+SLEEVE = weave_backend("sleeve")
+MTU = {PLAIN: network_mtu(SLEEVE, 1500), ENC: network_mtu(SLEEVE, 1500, encrypt=True)}
 KEY = os.urandom(32)
 IP = {"a1": "10.77.0.1", "a2": "10.77.0.2", "b1": "10.77.0.3", "b2": "10.77.0.4"}
 PATTERN = "c0ffee15deadbeef0badf00d5eed1e55"

@@ -24,6 +24,7 @@ from netd.plumbing import tap
 from plugins.weave.driver import WeaveDriver
 from plugins.weave.names import bridge_name, host_veth_name, tap_name
 from tests.functional.conftest import in_netns, netns_path
+from tests.support.drivers import weave_backend, weave_driver
 
 pytestmark = [
     pytest.mark.root,
@@ -102,9 +103,9 @@ def test_sleeve_network_tap_on_bridge_repaired_by_verify_and_adopted(
     cleanup_links: list[WeaveDriver],
 ) -> None:
     port = 20_000 + secrets.randbelow(30_000)
-    driver = WeaveDriver(sleeve_port=port)
+    driver = weave_driver(host=LOCAL, sleeve_port=port)
     cleanup_links.append(driver)
-    assert driver.setup(LOCAL) == {"vtep": "127.0.0.1", "sleeve_port": port}
+    assert driver.setup() == {"vtep": "127.0.0.1", "sleeve_port": port}
     a, b = make_netns("tac"), make_netns("tac")
     ep_a = local_endpoint(sleeve_net, "a", netns_path(a), 10)
     ep_b = local_endpoint(sleeve_net, "b", netns_path(b), 11)
@@ -131,9 +132,9 @@ def test_sleeve_network_tap_on_bridge_repaired_by_verify_and_adopted(
 
         driver.close()  # a daemon stopping leaves the TAP; the next one adopts it
         assert nl.get_link(tap_name(vni)) == tp
-        again = WeaveDriver(sleeve_port=port)
+        again = weave_driver(host=LOCAL, sleeve_port=port)
         cleanup_links.append(again)
-        again.setup(LOCAL)
+        again.setup()
         assert ok(again.apply(desired, sweep=False, verify=True)).changed == 0
         assert nl.get_link(tap_name(vni)) == tp
         assert again.observe()["sleeve"]["networks"][str(vni)]["running"]
@@ -147,9 +148,9 @@ def test_sleeve_network_tap_on_bridge_repaired_by_verify_and_adopted(
 def test_encrypted_network_without_key_is_refused(
     sleeve_net: Network, make_netns: Callable[[str], str], cleanup_links: list[WeaveDriver],
 ) -> None:
-    driver = WeaveDriver(sleeve_port=20_000 + secrets.randbelow(30_000))
+    driver = weave_driver(host=LOCAL, sleeve_port=20_000 + secrets.randbelow(30_000))
     cleanup_links.append(driver)
-    driver.setup(LOCAL)
+    driver.setup()
     net = Network(**{**sleeve_net.to_dict(), "encrypt": True})
     ep = local_endpoint(net, "a", netns_path(make_netns("tac")), 10)
     report = driver.apply(local_state(net, [ep]), sweep=False, verify=True)
@@ -201,7 +202,7 @@ def test_two_hosts_ping_over_sleeve(lab: Lab, encrypt: bool) -> None:
     lab.netctl("h1", "network", "create", name, "--subnet", subnet,
                "--backend", "sleeve", *args)
     mtu = int(lab.netctl_json("h1", "network", "inspect", name)["mtu"])
-    assert mtu == network_mtu("sleeve", 1500, encrypt)
+    assert mtu == network_mtu(weave_backend("sleeve"), 1500, encrypt)
     a = lab.add_container("h1", f"{name}a")
     b = lab.add_container("h2", f"{name}b")
     lab.netctl("h1", "attach", a, "--network", name, "--ip", f"{base}.0.10")

@@ -31,6 +31,7 @@ from netd.plugin import ApplyReport, HostState, NetworkState, endpoint_id
 from plugins.weave.driver import WeaveDriver
 from plugins.weave.names import bridge_name, host_veth_name, vxlan_name
 from tests.functional.conftest import in_netns, netns_path, unique
+from tests.support.drivers import weave_driver
 
 pytestmark = pytest.mark.root
 
@@ -131,7 +132,7 @@ def local_endpoints(
 @pytest.fixture
 def driver(vni: int) -> Iterator[WeaveDriver]:
     """A driver whose links are removed by name at teardown, whatever the test did."""
-    drv = WeaveDriver()
+    drv = weave_driver()
     yield drv
     remove_links(drv, vni)
 
@@ -178,7 +179,7 @@ def test_two_local_endpoints_talk_and_reapply_changes_nothing(
 
     before = ifindexes(nl, names)
     assert ok(driver.apply(desired, sweep=False, verify=True)).changed == 0
-    restarted = WeaveDriver()  # a restarted daemon adopts instead of recreating
+    restarted = weave_driver()  # a restarted daemon adopts instead of recreating
     try:
         assert ok(restarted.apply(desired, sweep=False, verify=True)).changed == 0
     finally:
@@ -390,7 +391,7 @@ def test_verify_budget_checks_containers_round_robin_and_broken_hosts_at_once(
     eps = [endpoint(net, n, LOCAL.name, netns_path(ns), 10 + i)
            for i, (n, ns) in enumerate(zip("abc", names, strict=True))]
     desired = state(net, eps)
-    drv = WeaveDriver(verify_budget=1)
+    drv = weave_driver(verify_budget=1)
     try:
         ok(drv.apply(desired, sweep=False, verify=True))  # first pass: all; window at "a"
         assert all(has_addr(ns, ep.ip) for ns, ep in zip(names, eps, strict=True))
@@ -546,7 +547,7 @@ _APPLY = """
 import json, sys
 from netd.model import Endpoint, Host, Network
 from netd.plugin import HostState, NetworkState
-from plugins.weave.driver import WeaveDriver
+from tests.support.drivers import weave_driver
 spec = json.load(sys.stdin)
 host = Host.from_dict(spec["host"])
 networks = {}
@@ -559,7 +560,7 @@ for n in spec["networks"]:
         peers=tuple(Host.from_dict(h) for h in n["peers"]),
     )
 hosts = {h["name"]: Host.from_dict(h) for h in spec["hosts"]}
-driver = WeaveDriver()
+driver = weave_driver(host=host)
 desired = HostState(host=host, networks=networks, hosts=hosts)
 report = driver.apply(desired, sweep=spec["sweep"], verify=True)
 driver.close()

@@ -139,5 +139,13 @@ def test_wrongly_typed_fields_are_bad_requests(server: Path) -> None:
         assert status == 400, body
 
 
-def test_backlog_takes_bursts() -> None:
-    assert api.ApiServer.request_queue_size >= 128
+def test_drivers_are_served_as_they_declare_themselves(server: Path) -> None:
+    status, body = _raw(server, b"GET /v1/drivers HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 200
+    assert body == [{
+        "name": "weave", "default_backend": "fastdp", "options": [], "watch_prefixes": [],
+        "backends": [
+            {"name": "fastdp", "overhead": 50, "encryption": False, "encryption_overhead": 0},
+            {"name": "sleeve", "overhead": 50, "encryption": True, "encryption_overhead": 28},
+        ],
+    }]

@@ -155,3 +155,54 @@ def test_status_rendering_shows_store_and_datapath() -> None:
     assert "weave: 3 links, 1 networks, 1 ports" in out
     assert "sleeve vni 7 (nwt7): 1 peers rx_frames=4 tx_frames=5" in out
     assert "last sync: never" in out
+
+
+def test_status_shows_each_drivers_worker() -> None:
+    now = time.time()
+    status = {
+        "host": {"name": "h1", "underlay_ip": "10.0.0.1", "underlay_mtu": 1500},
+        "drivers": ["openflow", "weave"],
+        "store": {"reachable": True, "revision": 50, "error": ""},
+        "networks": 2, "endpoints": 3, "last_sync": now - 2, "applied_revision": 41,
+        "syncs": 9, "errors": {"endpoint:o/c1": "barrier timed out"},
+        "workers": {
+            "weave": {"revision": 50, "last_sync": now - 1, "errors": {}, "syncs": 12,
+                      "applying_since": 0, "pending": False, "retry_in": 0},
+            "openflow": {"revision": 41, "last_sync": now - 2, "syncs": 9,
+                         "errors": {"endpoint:o/c1": "barrier timed out"},
+                         "applying_since": now - 3.0, "pending": True, "retry_in": 1.5},
+        },
+        "datapath": {},
+    }
+    lines = cli._print_status(status).splitlines()
+    weave = next(line for line in lines if line.startswith("  weave: revision"))
+    assert "revision 50" in weave and "12 syncs" in weave and "idle" in weave
+    openflow = next(line for line in lines if line.startswith("  openflow: revision"))
+    assert "revision 41" in openflow and "applying for 3." in openflow
+    assert "newer state waiting" in openflow and "1 errors, retry in 1.5 s" in openflow
+    assert lines.index("workers:") < lines.index(openflow)
+
+
+def test_driver_ls_shows_backends_overheads_and_options() -> None:
+    value = [{
+        "name": "flannel", "default_backend": "vxlan", "watch_prefixes": [],
+        "backends": [
+            {"name": "vxlan", "overhead": 50, "encryption": False, "encryption_overhead": 0},
+            {"name": "udp", "overhead": 28, "encryption": True, "encryption_overhead": 28},
+        ],
+        "options": [{"name": "prefix", "type": "str", "help": "", "default": None},
+                    {"name": "port", "type": "int", "help": "", "default": None}],
+    }]
+    out = cli._print_drivers(value).splitlines()
+    assert out[1].split("  ")[0] == "flannel"
+    assert "vxlan* (-50), udp (-28, encrypted -28)" in out[1]
+    assert out[1].endswith("prefix=str, port=int")
+
+
+def test_driver_choice_is_the_daemons(tmp_path: Path) -> None:
+    """netctl does not keep its own list of drivers or backends: whatever is given goes to
+    the daemon, which knows what it loaded (and refuses the rest)."""
+    args = cli.build_parser().parse_args(
+        ["network", "create", "n", "--subnet", "10.0.0.0/24", "--driver", "someday",
+         "--backend", "warp", "-o", "k=v"])
+    assert (args.driver, args.backend, args.opt) == ("someday", "warp", ["k=v"])

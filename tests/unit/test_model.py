@@ -1,12 +1,16 @@
-"""Validation at the edge: every bad field gets an InvalidInput naming it."""
+"""Validation at the edge: every bad field gets an InvalidInput naming it; what drivers,
+backends, options and overheads exist comes from the loaded drivers' declarations."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 
 from netd.errors import HostLimit, InvalidInput
 from netd.model import (
     Endpoint,
+    HostRoles,
     Network,
     check_ip_in_subnet,
     check_mac,
@@ -16,10 +20,27 @@ from netd.model import (
     subnets_overlap,
     validate_network,
 )
+from netd.plugin import BackendSpec, DriverSpec, OptionSpec
+from tests.support.drivers import WEAVE_SPECS, weave_backend
+
+# stand-ins for drivers that are not built yet: only their declarations matter here
+GRE = BackendSpec("gre", overhead=20 + 8 + 14)  # outer IPv4, GRE with key, inner Ethernet
+FLANNEL = DriverSpec(
+    name="flannel",
+    backends=(BackendSpec("vxlan", 50), BackendSpec("udp", 28), BackendSpec("host-gw", 0)),
+    default_backend="vxlan",
+    options=(OptionSpec("prefix", str, "flannel's etcd prefix", "/coreos.com/network"),
+             OptionSpec("port", int, "UDP port"),
+             OptionSpec("directrouting", bool, "host-gw where possible", False)),
+)
+OPENFLOW = DriverSpec(name="openflow", backends=(GRE, BackendSpec("vxlan", 50)),
+                      default_backend="gre")
+ALL = {**WEAVE_SPECS, "flannel": FLANNEL, "openflow": OPENFLOW}
 
 
-def net(**kw: object) -> Network:
-    return validate_network(**{"name": "blue", "subnet": "10.1.0.0/24", **kw})  # type: ignore[arg-type]
+def net(**kw: Any) -> Network:
+    fields: dict[str, Any] = {"name": "blue", "subnet": "10.1.0.0/24", "drivers": ALL, **kw}
+    return validate_network(**fields)
 
 
 def test_defaults() -> None:
@@ -27,8 +48,52 @@ def test_defaults() -> None:
     assert (n.driver, n.backend, n.gateway, n.tenant, n.vni) == ("weave", "fastdp", "10.1.0.1",
                                                                 "default", 0)
     assert n.mtu == 1450
-    assert validate_network(name="f", subnet="10.2.0.0/16", driver="flannel").backend == "vxlan"
-    assert validate_network(name="o", subnet="10.3.0.0/16", driver="openflow").backend == "gre"
+    assert net(driver="flannel").backend == "vxlan"
+    assert net(driver="openflow").backend == "gre"
+
+
+def test_a_driver_that_is_not_loaded_is_refused_naming_the_loaded_ones() -> None:
+    with pytest.raises(InvalidInput, match=r"^driver flannel is not available in this netd "
+                                           r"\(available: weave\)$"):
+        net(driver="flannel", drivers=WEAVE_SPECS)
+    with pytest.raises(InvalidInput, match=r"\(available: none\)"):
+        net(drivers={})
+
+
+def test_gre_with_key_overhead_reaches_the_mtu() -> None:
+    assert net(driver="openflow").mtu == 1500 - 42 == 1458
+    assert net(driver="openflow", underlay_mtu=9000).mtu == 9000 - 42
+    with pytest.raises(InvalidInput, match=r"at most 1458 \(1500 less 42 bytes"):
+        net(driver="openflow", mtu=1459)
+
+
+def test_options_are_checked_against_the_driver_declaration() -> None:
+    n = net(driver="flannel", options={"prefix": "/x", "port": "08472", "directrouting": True})
+    assert n.options == {"prefix": "/x", "port": "8472", "directrouting": "true"}
+    assert net(driver="flannel", options={"port": 8472}).options == {"port": "8472"}
+    with pytest.raises(InvalidInput, match=r"unknown driver option 'prefx' for driver flannel: "
+                                           r"valid options are prefix, port, directrouting"):
+        net(driver="flannel", options={"prefx": "/x"})
+    with pytest.raises(InvalidInput, match=r"invalid value 'x' for option port of driver "
+                                           r"flannel: expected an integer"):
+        net(driver="flannel", options={"port": "x"})
+    with pytest.raises(InvalidInput, match="expected true or false"):
+        net(driver="flannel", options={"directrouting": "yes"})
+    with pytest.raises(InvalidInput, match=r"unknown driver option 'prefix' for driver weave: "
+                                           r"it takes no options"):
+        net(options={"prefix": "/x"})
+
+
+def test_encryption_only_where_a_backend_declares_it() -> None:
+    assert net(backend="sleeve", encrypt=True).encrypt
+    with pytest.raises(InvalidInput, match=r"backend fastdp of driver weave cannot encrypt: "
+                                           r"--encrypt needs --driver weave --backend sleeve"):
+        net(encrypt=True)
+
+
+def test_host_roles_round_trip() -> None:
+    roles = HostRoles(network="blue", host="h1", roles=("expose",))
+    assert HostRoles.from_json(roles.to_json()) == roles
 
 
 @pytest.mark.parametrize(
@@ -42,7 +107,7 @@ def test_defaults() -> None:
         ({"name": "a b"}, "network name"),
         ({"name": ""}, "network name"),
         ({"tenant": "x/y"}, "tenant name"),
-        ({"driver": "calico"}, "unknown driver"),
+        ({"driver": "calico"}, "not available in this netd"),
         ({"backend": "gre"}, "no backend"),
         ({"vni": 0}, "VNI"),
         ({"vni": 16_777_216}, "VNI"),
@@ -85,10 +150,11 @@ def test_mac() -> None:
 
 
 def test_mtu_per_backend() -> None:
-    assert network_mtu("fastdp", 1500) == 1450
-    assert network_mtu("sleeve", 1500) == 1500 - 28 - 14 - 8
-    assert network_mtu("sleeve", 1500, encrypt=True) == 1500 - 28 - 14 - 8 - 28
-    assert network_mtu("host-gw", 1500) == 1500
+    assert network_mtu(weave_backend("fastdp"), 1500) == 1450
+    assert network_mtu(weave_backend("sleeve"), 1500) == 1500 - 28 - 14 - 8
+    assert network_mtu(weave_backend("sleeve"), 1500, encrypt=True) == 1500 - 28 - 14 - 8 - 28
+    assert network_mtu(GRE, 1500) == 1458
+    assert network_mtu(BackendSpec("host-gw", 0), 1500) == 1500
 
 
 def test_overlap() -> None:
@@ -97,7 +163,7 @@ def test_overlap() -> None:
 
 
 def test_round_trip() -> None:
-    n = net(vni=7, options={"prefix": "/x"})
+    n = net(vni=7, driver="flannel", options={"prefix": "/x"})
     assert Network.from_json(n.to_json()) == n
     ep = Endpoint(network="blue", name="c1", container="c1", netns="/run/netns/c1", host="h1",
                   ifname="eth0", ip="10.1.0.5", mac="02:42:0a:01:00:05",
@@ -114,8 +180,10 @@ def test_round_trip() -> None:
         ({"mtu": "1400"}, "MTU"),
         ({"encrypt": "false"}, "expected true or false"),
         ({"options": "x"}, "driver options"),
-        ({"options": {"prefix": 1}}, "driver option"),
-        ({"options": {"": "x"}}, "driver option"),
+        ({"options": {"": "x"}}, "unknown driver option ''"),
+        ({"driver": "flannel", "options": {"prefix": 1}}, "expected a string"),
+        ({"driver": "flannel", "options": {"port": 1.5}}, "expected an integer"),
+        ({"driver": "flannel", "options": {"port": True}}, "expected an integer"),
         ({"driver": ["weave"]}, "driver"),
         ({"subnet": 10}, "invalid subnet"),
         ({"gateway": 167837697}, "gateway"),
@@ -157,6 +225,9 @@ def test_explicit_mtu_must_fit_the_underlay() -> None:
 
 def test_underlay_fits() -> None:
     blue = net()  # 1450 over fastdp
-    check_underlay_fits(blue, 1500)
+    check_underlay_fits(blue, 1500, weave_backend("fastdp"))
     with pytest.raises(HostLimit, match=r"underlay MTU 1400 .* MTU 1450 plus 50 .* needs 1500"):
-        check_underlay_fits(blue, 1400)
+        check_underlay_fits(blue, 1400, weave_backend("fastdp"))
+    gre = net(driver="openflow")
+    with pytest.raises(HostLimit, match=r"MTU 1458 plus 42 .* needs 1500"):
+        check_underlay_fits(gre, 1499, GRE)
