@@ -44,7 +44,7 @@ class _Registration:
 class _AppliedAtOnce:
     """The reconciler's part of an attach, as if the datapath applied it instantly."""
 
-    def wait_applied(self, revision: int, timeout: float) -> bool:
+    def wait_applied(self, revision: int, item: str | None, timeout: float) -> bool:
         return True
 
     def item_error(self, item: str) -> str | None:
@@ -66,6 +66,7 @@ def make_service(endpoint: str, prefix: str, host: str) -> Any:
     from netd.service import Service
     from netd.store.etcd import EtcdStore
     from netd.store.keys import Keys
+    from plugins.weave.driver import WeaveDriver
 
     class CountingStore(EtcdStore):
         commits = 0
@@ -80,7 +81,7 @@ def make_service(endpoint: str, prefix: str, host: str) -> Any:
 
     store = CountingStore([endpoint])
     return Service(store, Keys(prefix), _Registration(host),  # type: ignore[arg-type]
-                   _AppliedAtOnce(), {"weave"},  # type: ignore[arg-type]
+                   _AppliedAtOnce(), {"weave": WeaveDriver.spec},  # type: ignore[arg-type]
                    containers=_container, links=_no_links)
 
 

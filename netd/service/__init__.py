@@ -73,6 +73,10 @@ class Service:
         return self.ctx.drivers
 
     @property
+    def specs(self) -> dict[str, DriverSpec]:
+        return self.ctx.specs
+
+    @property
     def host(self) -> Host:
         return self.ctx.host
 

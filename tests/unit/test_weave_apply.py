@@ -8,9 +8,8 @@ from netd.model import Endpoint, Host, Network, mac_from_ip
 from netd.netlink import RTPROT_NETD, FdbEntry
 from netd.plugin import ApplyReport, HostState, NetworkState, endpoint_id
 from plugins.weave.driver import WeaveDriver
-from plugins.weave.fastdp import FastDP
 from plugins.weave.names import bridge_name, host_veth_name, vxlan_name
-from plugins.weave.sleeve_backend import Sleeve
+from tests.support.drivers import driver_context
 from tests.support.fakenetlink import FakeNetlink
 
 LOCAL = Host(name="h1", underlay_ip="192.0.2.1")
@@ -21,11 +20,7 @@ RED = Network(name="red", subnet="10.2.0.0/24", gateway="10.2.0.1", vni=43, mtu=
 
 def weave_over(nl: FakeNetlink) -> WeaveDriver:
     """A weave driver whose netlink is `nl` (builds no socket, starts no engine)."""
-    drv = WeaveDriver()
-    drv._nl = nl  # type: ignore[assignment]
-    drv._sleeve = Sleeve(nl, drv._new_engine)  # type: ignore[arg-type]
-    drv._backends = {"fastdp": FastDP(nl), "sleeve": drv._sleeve}  # type: ignore[arg-type]
-    return drv
+    return WeaveDriver(driver_context(host=LOCAL, netlink=nl))  # type: ignore[arg-type]
 
 
 def ep(net: Network, name: str, last: int, netns: str, host: str = "h1") -> Endpoint:
