@@ -1,7 +1,7 @@
 """The Store protocol: what netd needs from a key-value store, and nothing more.
 
 Two implementations satisfy it (netd.store.etcd and netd.store.embedded) and one
-contract suite (tests/unit/test_store_contract.py) runs against both. Values are text
+contract suite (tests/unit/netd/store/test_store_contract.py) runs against both. Values are text
 (netd writes JSON); keys are built only by netd.store.keys.
 
 Semantics, shared by both implementations:

@@ -1,7 +1,7 @@
 """An in-memory stand-in for netd.netlink.Netlink, so driver and plumbing logic can be
 unit-tested without root.
 
-Same public methods and parameters as the facade (tests/unit/test_fakenetlink.py
+Same public methods and parameters as the facade (tests/unit/netd/test_fakenetlink.py
 compares them), same semantics where drivers depend on them: per-netns links,
 addresses, routes, neighbours, FDB and ARP parameters; "already exists" on an add and
 "not found" on a delete are success; a missing netns is NetnsNotFound; a veth dies with

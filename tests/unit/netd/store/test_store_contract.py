@@ -36,7 +36,7 @@ from netd.store.embedded import EmbeddedStore
 from netd.store.etcd import EtcdStore
 from tests.support.etcd import EtcdServer, free_port
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[4]
 
 
 @pytest.fixture

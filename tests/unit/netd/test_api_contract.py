@@ -27,7 +27,7 @@ from netd.model import Host
 from netd.service import Service
 from netd.store.embedded import EmbeddedStore
 from netd.store.keys import Keys
-from tests.unit.test_service import make_service
+from tests.unit.netd.test_service import make_service
 
 
 def _openapi() -> dict[str, object]:
