@@ -26,8 +26,6 @@ VNI_MIN, VNI_MAX = 1, 16_777_215
 MTU_MIN, MTU_MAX = 68, 65_535
 # The weave sleeve wire format's constants, still imported from here by plugins.weave
 # (sleeve, crypto); the overheads that reach MTUs come from the driver's BackendSpec.
-SLEEVE_HEADER = 8  # sleeve frame header (see plugins/weave/sleeve)
-SLEEVE_CRYPTO_OVERHEAD = 12 + 16  # nonce + AEAD tag
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")

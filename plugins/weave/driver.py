@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from netd.delta import DeltaTracker
 from netd.errors import DatapathError, NetdError
-from netd.model import SLEEVE_CRYPTO_OVERHEAD, SLEEVE_HEADER, Endpoint, Host, Network
+from netd.model import Endpoint, Host, Network
 from netd.netlink import OWNED_PREFIX, Link
 from netd.plugin import (
     ApplyReport,
@@ -50,9 +50,10 @@ from netd.plugin import (
 )
 from netd.plumbing import ContainerPort, PlugFailed, plug, siblings_to_replug
 from netd.plumbing import host_end_ok as port_host_end_ok
+from plugins.weave.crypto import OVERHEAD as SEAL_OVERHEAD
 from plugins.weave.fastdp import FastDP, FastdpNetwork, FastdpRemotes
 from plugins.weave.names import bridge_name, host_veth_name, owned_role, vni_of
-from plugins.weave.sleeve import DEFAULT_PORT, SleeveEngine
+from plugins.weave.sleeve import DEFAULT_PORT, SLEEVE_HEADER, SleeveEngine
 from plugins.weave.sleeve_backend import Sleeve, SleeveNetwork, SleeveRemotes
 
 SLEEVE_PORT = DEFAULT_PORT  # weave's sleeve UDP port
@@ -165,7 +166,7 @@ class WeaveDriver:
             # userspace UDP: outer IPv4 + UDP + sleeve header + inner Ethernet;
             # encrypted frames carry a nonce and an AEAD tag more
             BackendSpec("sleeve", overhead=IPV4_UDP + SLEEVE_HEADER + ETHERNET,
-                        encryption=True, encryption_overhead=SLEEVE_CRYPTO_OVERHEAD),
+                        encryption=True, encryption_overhead=SEAL_OVERHEAD),
         ),
         default_backend="fastdp",
     )
@@ -444,9 +445,9 @@ class WeaveDriver:
 
     def close(self) -> None:
         """Stop the sleeve engine's threads and close sockets; the datapath (bridges,
-        vxlan devices, TAPs, veths) stays for the next daemon to adopt."""
+        vxlan devices, TAPs, veths) stays for the next daemon to adopt. The netlink
+        facade is shared by every driver: the daemon closes it after them."""
         self._sleeve.close()
-        self._nl.close()
 
 
 def _sweep_key(name: str) -> tuple[int, str]:

@@ -10,7 +10,7 @@ Why it looks like this (measured on the 2-core test machine, see docs/sleeve.md)
   underlay, the peer reassembles) and are written whole into the peer's TAP.
 * Fixed buffers, headers written in place, encrypt/decrypt into preallocated buffers.
 
-Wire format, 8-byte header (model.SLEEVE_HEADER), then the payload:
+Wire format, 8-byte header (SLEEVE_HEADER), then the payload:
   0      magic 0x57
   1      version (high nibble, 1) | flags (low nibble: 1 encrypted, 2 gso, 4 csum)
   2..4   VNI, big endian
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from netd.errors import Conflict, DatapathError, InvalidInput, NotFound
-from netd.model import SLEEVE_HEADER, check_mac, check_mtu, check_vni
+from netd.model import check_mac, check_mtu, check_vni
 from netd.plumbing import tap
 from plugins.weave.crypto import (
     NONCE_SIZE,
@@ -72,7 +72,7 @@ _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 _ZERO_VNET = bytes(VNET)
 _VNET_CSUM = struct.Struct("<BBHHHH")
 
-assert SLEEVE_HEADER == 8
+SLEEVE_HEADER = 8  # bytes before the payload (the wire format above)
 
 Addr = tuple[str, int]
 

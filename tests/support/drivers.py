@@ -55,10 +55,19 @@ def _shared_state_dir(name: str) -> Path:
     return path
 
 
+class _SoleWeaveDriver(WeaveDriver):
+    """A weave driver that is the only user of its netlink facade, so closing the
+    driver closes the facade too (the daemon closes its shared one after all drivers)."""
+
+    def close(self) -> None:
+        super().close()
+        self._nl.close()
+
+
 def weave_driver(*, host: Host = LOCAL_HOST, **kwargs: Any) -> WeaveDriver:
-    """A WeaveDriver on a context of its own (its own netlink facade, as before the
-    context existed); keyword arguments go to the constructor (sleeve_port, ...)."""
-    return WeaveDriver(driver_context(host=host), **kwargs)
+    """A WeaveDriver on a context of its own (its own netlink facade, closed with the
+    driver); keyword arguments go to the constructor (sleeve_port, ...)."""
+    return _SoleWeaveDriver(driver_context(host=host), **kwargs)
 
 
 def weave_backend(name: str) -> BackendSpec:
