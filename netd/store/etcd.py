@@ -178,8 +178,12 @@ def _never_sent(exc: grpc.RpcError) -> bool:
 def _reason(exc: grpc.RpcError) -> str:
     """The useful part of a gRPC failure ('Connection refused', 'TLS failed: ...')."""
     text = _details(exc)
-    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
-        return "TLS failed: certificate verify failed"
+    verify = re.search(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed|BAD_SIGNATURE|"
+                       r"certificate signature failure|issuer|self.signed|expired", text)
+    if verify:
+        detail = re.search(r"OPENSSL_internal:([^;]+)", text)
+        return "TLS failed: certificate verify failed" + (
+            f" ({detail.group(1).strip()})" if detail else "")
     if re.search(r"TSI_|SSL|[Hh]andshake", text):
         return ("TLS failed: the member ended the handshake (it wants a client "
                 "certificate it trusts, or does not speak TLS)")
