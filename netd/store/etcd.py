@@ -326,15 +326,17 @@ class EtcdStore(ConditionalWrites):
         member = self.member(index)
         if member.ready:
             return
+        ready = grpc.channel_ready_future(member.channel)
         try:
-            grpc.channel_ready_future(member.channel).result(timeout=CONNECT_TIMEOUT)
+            ready.result(timeout=CONNECT_TIMEOUT)
         except grpc.FutureTimeoutError:
+            ready.cancel()
             # why: a cheap call that fails at once with the channel's reason
             try:
-                member.maintenance.Status(rpc_pb2.StatusRequest(), timeout=0.2,
-                                          metadata=self.metadata(index))
+                member.maintenance.Status(rpc_pb2.StatusRequest(), timeout=0.2)
             except grpc.RpcError as exc:
-                raise _Unreached(_reason(exc)) from exc
+                reason = _reason(exc)
+                raise _Unreached("connect timeout" if reason == "timed out" else reason) from exc
             raise _Unreached("connect timeout") from None
         member.ready = True
 
@@ -624,6 +626,8 @@ class EtcdWatch:
                     first.put(response)
                     if response.canceled and not response.compact_revision:
                         return
+                if call is not self._call:
+                    return  # an attempt given up on: its stream is not the watch
                 if not self._handle(response):
                     self._end(None)
                     return
@@ -641,6 +645,8 @@ class EtcdWatch:
             problem = f"{_code(exc)}: {_details(exc)}"
         if not opened:
             first.put(problem)
+            return
+        if call is not self._call:
             return
         self._end(StoreUnavailable(
             f"watch connection to etcd at {self._endpoint} broke ({problem}); "
