@@ -222,14 +222,7 @@ class _Member:
     watch: rpc_pb2_grpc.WatchStub
     maintenance: rpc_pb2_grpc.MaintenanceStub
     auth: rpc_pb2_grpc.AuthStub
-    ready: bool = False
-
-    def note(self, state: grpc.ChannelConnectivity) -> None:
-        self.ready = state == grpc.ChannelConnectivity.READY
-
-    def close(self) -> None:
-        self.channel.unsubscribe(self.note)
-        self.channel.close()
+    ready: bool = False  # a call succeeded since the last failure: the channel is up
 
 
 class EtcdStore(ConditionalWrites):
@@ -279,7 +272,6 @@ class EtcdStore(ConditionalWrites):
                 rpc_pb2_grpc.WatchStub(channel), rpc_pb2_grpc.MaintenanceStub(channel),
                 rpc_pb2_grpc.AuthStub(channel),
             )
-            channel.subscribe(found.note, try_to_connect=False)
             self._members[index] = found
             return found
 
@@ -326,19 +318,24 @@ class EtcdStore(ConditionalWrites):
         member = self.member(index)
         if member.ready:
             return
-        ready = grpc.channel_ready_future(member.channel)
+        # a cheap call, queued while the channel connects: it fails at once with the
+        # channel's reason (refused, TLS), or times out on a member that never connects
         try:
-            ready.result(timeout=CONNECT_TIMEOUT)
-        except grpc.FutureTimeoutError:
-            ready.cancel()
-            # why: a cheap call that fails at once with the channel's reason
-            try:
-                member.maintenance.Status(rpc_pb2.StatusRequest(), timeout=0.2)
-            except grpc.RpcError as exc:
-                reason = _reason(exc)
-                raise _Unreached("connect timeout" if reason == "timed out" else reason) from exc
-            raise _Unreached("connect timeout") from None
+            member.maintenance.Status(rpc_pb2.StatusRequest(), timeout=CONNECT_TIMEOUT,
+                                      metadata=self.metadata(index))
+        except grpc.RpcError as exc:
+            if _code(exc) == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise _Unreached("connect timeout") from exc
+            if _code(exc) == grpc.StatusCode.UNAUTHENTICATED:
+                self.forget_token(index)
+            raise _Unreached(self._why(index, exc)) from exc
         member.ready = True
+
+    def _why(self, index: int, exc: grpc.RpcError) -> str:
+        reason = _reason(exc)
+        if self.endpoints[index][0] == "http" and "Socket closed" in reason:
+            reason += "; if etcd speaks TLS, use etcds://"
+        return reason
 
     def _send(self, index: int, call: Callable[[_Member, Any], Any], deadline: float,
               write: bool) -> Any:
@@ -350,20 +347,23 @@ class EtcdStore(ConditionalWrites):
         for attempt in range(2):
             metadata = self.metadata(index, refresh=attempt > 0)
             try:
-                return call(member, {"timeout": deadline, "metadata": metadata})
+                result = call(member, {"timeout": deadline, "metadata": metadata})
             except grpc.RpcError as exc:
                 code, message = _code(exc), _details(exc)
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                            grpc.StatusCode.CANCELLED):
+                    member.ready = False
                 if code == grpc.StatusCode.UNAUTHENTICATED and attempt == 0 \
                         and self.security.user:
                     continue  # an expired or unknown auth token: authenticate again
                 if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise _TimedOut(message) from exc
                 if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-                    reason = _reason(exc)
-                    if self.endpoints[index][0] == "http" and "Socket closed" in reason:
-                        reason += "; if etcd speaks TLS, use etcds://"
-                    raise _Unreached(reason, maybe_sent=not _never_sent(exc)) from exc
+                    raise _Unreached(self._why(index, exc),
+                                     maybe_sent=not _never_sent(exc)) from exc
                 raise self._refused(index, message) from exc
+            member.ready = True
+            return result
         raise AssertionError("unreachable")
 
     def _call(self, what: str, call: Callable[[_Member, Any], Any], write: bool = False) -> Any:
@@ -526,7 +526,7 @@ class EtcdStore(ConditionalWrites):
         with self._lock:
             members, self._members = self._members, {}
         for member in members.values():
-            member.close()
+            member.channel.close()
 
 
 class EtcdWatch:
