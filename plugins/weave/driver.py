@@ -158,6 +158,7 @@ class _Served:
     eps: dict[int, Endpoint] = field(default_factory=dict)  # id(endpoint) -> endpoint
     links: set[str] = field(default_factory=set)  # the network-level owned links
     clean: bool = False  # its last apply reported no error
+    bridge: Link | None = None  # its bridge as last read
 
 
 def remotes_id(net: Network) -> str:
@@ -430,8 +431,9 @@ class WeaveDriver:
                     report.fail(endpoint_id(ep), f"network {net.name} is not ready: {reason}")
                 return
             items.networks.mark_applied(net_item)
-        bridge: Link | None = None
         served = self._served[net.name]
+        # the bridge as read since the network was last applied (only its index is used)
+        bridge = served.bridge if fresh else None
         endpoints = [served.ports[i] for i in todo if i in served.ports] if fresh else ns.local
         for ep in endpoints:
             item = endpoint_id(ep)
@@ -449,6 +451,7 @@ class WeaveDriver:
                 if bridge is None:
                     report.fail(item, f"bridge {want.bridge} is gone")
                     continue
+                served.bridge = bridge
             if (
                 before.get(item) == want
                 and item not in (spot or ())
@@ -459,6 +462,8 @@ class WeaveDriver:
                 continue
             if self._plug(ep, want, bridge, host_links, report):
                 ports.mark_applied(item)
+            else:
+                served.bridge = None  # read it again next time: it may be what failed
         failed_before = len(report.errors)
         remote_item = remotes_id(net)
         remote = backend.remote_plan(ns, host, desired.hosts, report)
