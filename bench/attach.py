@@ -7,14 +7,22 @@ process start-up in the figure). Latencies are grouped in buckets of --step atta
 (1-200, 201-400, ...) so growth with the number of endpoints shows; then every
 container is detached, timed the same way (buckets count down from the full host).
 
+With --no-container-ipv6 the bench's containers get IPv6 disabled before they are
+attached (a harness setting, as a runtime could choose; netd leaves the container end
+to the container): a new container's IPv6 start-up multicast (DAD, MLD reports, router
+solicitations) is flooded by the network's bridge to every port, so with it on, the
+kernel's work per attach grows with the endpoints of the network (docs/benchmarks.md).
+
 Run as root from the repo root:
-    .venv/bin/python -m bench.attach [--count 1000] [--step 200] [--store etcd] [--json]
+    .venv/bin/python -m bench.attach [--count 1000] [--step 200] [--store etcd]
+        [--no-container-ipv6] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import time
 from typing import Any
 
@@ -50,12 +58,24 @@ def _buckets(latencies: list[float], step: int) -> list[dict[str, Any]]:
     return out
 
 
-def run(count: int, step: int, store: str, resync: float) -> dict[str, Any]:
+def _disable_ipv6(containers: list[str]) -> None:
+    """IPv6 off for interfaces created later in these netns (one `ip -batch` run)."""
+    batch = "".join(
+        f"netns exec {c} sysctl -qw net.ipv6.conf.default.disable_ipv6=1\n" for c in containers
+    )
+    subprocess.run(["ip", "-batch", "-"], input=batch, text=True, check=True, timeout=300)
+
+
+def run(
+    count: int, step: int, store: str, resync: float, container_ipv6: bool = True
+) -> dict[str, Any]:
     with Lab(hosts=1, store=store, prefix=lab_prefix(), resync_interval=resync) as lab:
         host = lab.hosts["h1"]
         client = Client(host.socket, timeout=120)
         client.request("POST", "/v1/networks", {"name": NETWORK, "subnet": SUBNET})
         containers = [lab.add_container("h1", f"c{i}") for i in range(count)]
+        if not container_ipv6:
+            _disable_ipv6(containers)
         timer = _Timer(client)
         attach = [timer.post("/v1/attach", {"container": c, "network": NETWORK})
                   for c in containers]
@@ -65,6 +85,7 @@ def run(count: int, step: int, store: str, resync: float) -> dict[str, Any]:
         "store": store,
         "count": count,
         "resync_interval_s": resync,
+        "container_ipv6": container_ipv6,
         "failures": len(timer.failures),
         "first_failures": timer.failures[:5],
         "attach": summary_ms(attach),
@@ -85,7 +106,8 @@ def _countdown(rng: str, count: int) -> str:
 def render(result: dict[str, Any]) -> str:
     lines = [
         f"attach/detach latency through the API, 1 host, {result['store']} store, "
-        f"{result['count']} containers, resync every {result['resync_interval_s']:g} s",
+        f"{result['count']} containers, resync every {result['resync_interval_s']:g} s, "
+        f"container IPv6 {'on' if result['container_ipv6'] else 'off'}",
         "",
     ]
     for kind, label in (("attach", "attach #"), ("detach", "endpoints present")):
@@ -106,9 +128,12 @@ def main() -> None:
     parser.add_argument("--store", choices=["embedded", "etcd"], default="embedded")
     parser.add_argument("--resync", type=float, default=30.0,
                         help="the daemon's periodic full resync interval, s (netd's default 30)")
+    parser.add_argument("--no-container-ipv6", action="store_true",
+                        help="disable IPv6 in the containers before attaching them")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = parser.parse_args()
-    result = run(args.count, args.step, args.store, args.resync)
+    result = run(args.count, args.step, args.store, args.resync,
+                 container_ipv6=not args.no_container_ipv6)
     print(json.dumps(result, indent=2) if args.json else render(result))
 
 

@@ -148,7 +148,8 @@ def run(cfg: config_mod.Config) -> None:
         host_grace=max(cfg.host_ttl / 3, 1.0) + 1.0,
     )
     reconciler.start()
-    service = Service(store, keys, registration, reconciler, specs_of(drivers))
+    service = Service(store, keys, registration, reconciler, specs_of(drivers),
+                      links=lambda netns: netlink.link_names(netns, shared_netlink))
     try:
         server = ApiServer(cfg.socket, service)
     except OSError as exc:

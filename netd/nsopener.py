@@ -14,6 +14,8 @@ well under a millisecond.
 Lifetime: the opener exits on EOF of the socketpair (Netlink.close, or the daemon's
 death closes it) and is also killed by PR_SET_PDEATHSIG if the thread that started it
 ends; the client then restarts it once, and falls back to pyroute2's fork if that fails.
+So that a short-lived thread (an API request) using the opener first does not take it
+down when it ends, the process is always started from one long-lived spawner thread.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 
 from netd.errors import DatapathError
 
@@ -39,6 +42,11 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # -I -S: no site packages, no environment; only this module and netd.errors get imported
 _BOOT = f"import sys; sys.path.insert(0, {_ROOT!r}); import netd.nsopener as m; m.main(sys.argv)"
 _TIMEOUT = 5.0  # seconds for one open; a stuck opener is killed, the caller falls back
+
+
+# PR_SET_PDEATHSIG follows the thread that forked: fork from one that lives as long as
+# the process (an idle pool worker waits forever), not from the caller's thread
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nsopener-spawn")
 
 
 class OpenerUnavailable(DatapathError):
@@ -123,13 +131,14 @@ class NsOpener:
     def _start(self) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self._proc = subprocess.Popen(
+            self._proc = _SPAWNER.submit(
+                subprocess.Popen,
                 [sys.executable, "-I", "-S", "-c", _BOOT, str(theirs.fileno()), str(os.getpid())],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 close_fds=True,
-            )
+            ).result()
         except OSError as exc:
             mine.close()
             raise OpenerUnavailable(f"cannot start the netns opener: {exc}") from None

@@ -29,11 +29,13 @@ class Addresses(Links):
         )
 
     def ensure_address(
-        self, name: LinkRef, ip: str, prefixlen: int, netns: str | None = None
+        self, name: LinkRef, ip: str, prefixlen: int, netns: str | None = None,
+        *, fresh: bool = False,
     ) -> int:
-        """`ip/prefixlen` is the only IPv4 address of `name` (a link netd owns)."""
+        """`ip/prefixlen` is the only IPv4 address of `name` (a link netd owns).
+        `fresh`: the link was just created and has no IPv4 address (nothing to read)."""
         link = self._need(name, netns)
-        have = self.list_addresses(link, netns)
+        have = set() if fresh else self.list_addresses(link, netns)
         changed = 0
         for addr, plen in sorted(have - {(ip, prefixlen)}):
             changed += self.delete_address(link, addr, plen, netns)

@@ -57,6 +57,7 @@ class VethPair:
     changed: int
     host: Link
     peer: Link
+    created: bool = False  # this call created the pair: the peer is as the kernel made it
 
 
 def _link_from_msg(msg: Any) -> Link:
@@ -163,9 +164,12 @@ class Links(Sockets):
             lambda: ipr.link("set", index=link.index, master=bridge.index),
         )
 
-    def ensure_no_ipv6_ll(self, name: LinkRef) -> int:
+    def ensure_no_ipv6_ll(self, name: LinkRef, *, never_had_carrier: bool = False) -> int:
         """addrgenmode none on `name` and no IPv6 link-local address on it. Call before
-        the link first goes up; on an adopted link it also removes the fe80:: address."""
+        the link first goes up; on an adopted link it also removes the fe80:: address.
+        `never_had_carrier`: the link was just created and has had no carrier, so the
+        kernel gave it no link-local address (saves an address dump, whose cost grows
+        with the links of the namespace)."""
         link = self._need(name)
         if link.addrgenmode in (None, ADDRGENMODE_NONE):
             return 0
@@ -176,6 +180,8 @@ class Links(Sockets):
             f"set addrgenmode none on {link.name}",
             lambda: ipr.link("set", index=link.index, IFLA_AF_SPEC=spec),
         )
+        if never_had_carrier:
+            return 1
         with self._reading(f"read IPv6 addresses of {link.name}"):
             lladdrs = [
                 (str(m.get_attr("IFA_ADDRESS")), int(m["prefixlen"]))
@@ -316,9 +322,11 @@ class Links(Sockets):
         an error. `host_links`: a fresh dump of this netns's links by name (a name absent
         from it does not exist), so the host end costs no request of its own."""
         changed = 0
+        self._ipr(netns)  # NetnsNotFound before anything is created
         host = host_links.get(host_name) if host_links is not None else self.get_link(host_name)
-        peer = self.get_link(peer_name, netns)
+        peer = None
         if host is not None:
+            peer = self.get_link(peer_name, netns)
             self._check_kind(host, "veth")
             paired = (
                 peer is not None
@@ -330,31 +338,49 @@ class Links(Sockets):
                 changed += self.delete_link(host_name)
                 host = None
                 peer = self.get_link(peer_name, netns)
+        created = False
         if host is None or peer is None:
             if peer is not None:
-                raise DatapathError(
-                    f"interface {peer_name} already exists in netns {netns} and is not "
-                    f"netd's: choose another --ifname"
-                )
+                raise self._foreign_peer(peer_name, netns)
             what = f"create veth {host_name} with peer {peer_name} in netns {netns}"
             ipr = self._ipr()
-            changed += tolerant(
-                what,
-                lambda: ipr.link(
-                    "add",
-                    ifname=host_name,
-                    kind="veth",
-                    mtu=mtu,
-                    peer={"ifname": peer_name, "net_ns_fd": netns, "address": mac, "mtu": mtu},
-                ),
-            )
+            # the host end is created up and a port of `master` at once (the peer stays
+            # down, so neither end has carrier or an IPv6 link-local address yet)
+            extra: dict[str, Any] = {"state": "up"}
+            if master is not None:
+                extra["master"] = master.index
+            try:
+                changed += tolerant(
+                    what,
+                    lambda: ipr.link(
+                        "add",
+                        ifname=host_name,
+                        kind="veth",
+                        mtu=mtu,
+                        peer={"ifname": peer_name, "net_ns_fd": netns, "address": mac,
+                              "mtu": mtu},
+                        **extra,
+                    ),
+                )
+            except DatapathError:
+                if self.get_link(peer_name, netns) is not None:
+                    raise self._foreign_peer(peer_name, netns) from None
+                raise
+            created = True
             host, peer = self._need(host_name), self._need(peer_name, netns)
         changed += self.set_mtu(host, mtu)
         changed += self.set_mac(peer, mac, netns)
         changed += self.set_mtu(peer, mtu, netns)
+        changed += self.ensure_no_ipv6_ll(host, never_had_carrier=created)
         changed += self.link_up(peer, netns)
-        changed += self.ensure_no_ipv6_ll(host)
         if master is not None:
             changed += self.set_master(host, master)
         changed += self.link_up(host)
-        return VethPair(changed, host, peer)
+        return VethPair(changed, host, peer, created)
+
+    @staticmethod
+    def _foreign_peer(peer_name: str, netns: str) -> DatapathError:
+        return DatapathError(
+            f"interface {peer_name} already exists in netns {netns} and is not "
+            f"netd's: choose another --ifname"
+        )

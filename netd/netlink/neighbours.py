@@ -27,16 +27,19 @@ class FdbEntry:
 
 
 class Neighbours(Links):
-    def ensure_arp_retrans(self, name: LinkRef, ms: int, netns: str | None = None) -> int:
+    def ensure_arp_retrans(
+        self, name: LinkRef, ms: int, netns: str | None = None, *, fresh: bool = False
+    ) -> int:
         """ARP retransmit interval of one interface (the kernel's retrans_time_ms).
 
         Container ends get a short one: the first ARP for a peer attached a moment ago
         may go out before this host has its neighbour entry, and the default 1 s retry
-        would make a fresh endpoint look unreachable for a second."""
+        would make a fresh endpoint look unreachable for a second. `fresh`: the link was
+        just created (its parameters are the defaults: written without reading them)."""
         link = self._need(name, netns)
         ipr = self._ipr(netns)
         with self._reading(f"read neighbour parameters of {link.name}", netns):
-            for table in ipr.get_ntables(AF_INET):
+            for table in () if fresh else ipr.get_ntables(AF_INET):
                 if table.get_attr("NDTA_NAME") != "arp_cache":
                     continue
                 parms = dict((table.get_attr("NDTA_PARMS") or {}).get("attrs", ()))

@@ -67,18 +67,21 @@ def plug(
     changed = 0
     existed = False
     try:
-        if host_links is not None:
-            existed = port.host_name in host_links
-        else:
-            existed = nl.get_link(port.host_name) is not None
+        if host_links is None:
+            link = nl.get_link(port.host_name)
+            host_links = {} if link is None else {port.host_name: link}
+        existed = port.host_name in host_links
         pair = nl.ensure_veth_into_netns(
             port.host_name, port.ifname, port.netns, mac=port.mac, mtu=port.mtu,
             master=master, host_links=host_links,
         )
         changed += pair.changed
         peer = pair.peer
-        changed += nl.ensure_arp_retrans(peer, port.arp_retrans_ms, port.netns)
-        changed += nl.ensure_address(peer, port.ip, port.prefixlen, port.netns)
+        # a peer this call created has the kernel's defaults: nothing to read first
+        changed += nl.ensure_arp_retrans(peer, port.arp_retrans_ms, port.netns,
+                                         fresh=pair.created)
+        changed += nl.ensure_address(peer, port.ip, port.prefixlen, port.netns,
+                                     fresh=pair.created)
         if port.gateway is not None:
             changed += nl.ensure_default_route(port.gateway, peer, port.netns)
     except DatapathError as exc:

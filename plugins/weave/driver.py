@@ -47,6 +47,7 @@ from netd.plugin import (
     NetworkState,
     endpoint_id,
     network_id,
+    network_of_item,
 )
 from netd.plumbing import ContainerPort, PlugFailed, plug, siblings_to_replug
 from netd.plumbing import host_end_ok as port_host_end_ok
@@ -148,6 +149,19 @@ class WeaveDelta:
     backends: dict[str, BackendItems[Any, Any]] = field(default_factory=dict)
 
 
+@dataclass(eq=False)
+class _Served:
+    """A network this host serves, as the trackers' desired side last took it."""
+
+    ns: NetworkState
+    items: BackendItems[Any, Any]
+    ports: dict[str, Endpoint] = field(default_factory=dict)  # endpoint id -> endpoint
+    eps: dict[int, Endpoint] = field(default_factory=dict)  # id(endpoint) -> endpoint
+    links: set[str] = field(default_factory=set)  # the network-level owned links
+    clean: bool = False  # its last apply reported no error
+    bridge: Link | None = None  # its bridge as last read
+
+
 def remotes_id(net: Network) -> str:
     return f"remotes:{net.name}"
 
@@ -191,6 +205,9 @@ class WeaveDriver:
         self._backends: dict[str, Backend] = {"fastdp": FastDP(self._nl), "sleeve": self._sleeve}
         self._delta = WeaveDelta()  # desired vs applied, per item (netd.delta)
         self._listed_sweep_done = False
+        self._served: dict[str, _Served] = {}  # networks with local endpoints, by name
+        self._by_netns: dict[str, set[str]] = {}  # container netns -> its desired ports
+        self._basis: tuple[Host, Mapping[str, Host]] | None = None
 
     def setup(self) -> dict[str, Any]:
         host = self._host = self._ctx.host()
@@ -216,33 +233,27 @@ class WeaveDriver:
             self._host = desired.host
         delta = self._delta
         report = ApplyReport()
-        work: list[tuple[BackendItems[Any, Any], NetworkState]] = []
-        ports: dict[str, PortPlan] = {}
-        keep: set[str] = set()
-        for ns in desired.networks.values():
-            items = self._items(ns.network.backend)
-            if items is None:
-                _fail_network(ns, f"weave has no backend {ns.network.backend!r}", report)
-                continue
-            if ns.local:
-                keep |= items.backend.link_names(ns)
-                for ep in ns.local:
-                    plan = ports[endpoint_id(ep)] = port_plan(ns.network, ep)
-                    keep.add(plan.port.host_name)
-                work.append((items, ns))
-        for name in self._backends:
-            if (items := self._items(name)) is not None:
-                items.networks.replace_desired({})  # set again network by network below
-                items.remotes.replace_desired({})
-        delta.ports.replace_desired(ports)
-        delta.links.replace_desired({name: owned_role(name) or "" for name in keep})
+        work = self._update_desired(desired, verify, report)
         self._hand_over_default_routes()
+        todo: dict[str, list[str]] = {}  # network -> its endpoints pending an update
+        for item, _ in delta.ports.pending_updates():
+            todo.setdefault(network_of_item(item) or "", []).append(item)
+        for name, served in self._served.items():
+            net = served.ns.network
+            if (
+                name in todo
+                or not served.clean
+                or not served.items.networks.in_sync(network_id(net))
+                or not served.items.remotes.in_sync(remotes_id(net))
+            ):
+                work.setdefault(name, served)
         # verify: the host side of every endpoint comes from this one dump
         owned = self._list_owned(report) if verify else None
         if sweep and (verify or not self._listed_sweep_done):
             if owned is None and not verify:
                 owned = self._list_owned(report)
             if owned is not None:
+                keep = delta.links.desired_keys()
                 self._remove([n for n in _sorted_owned(owned) if n not in keep], report)
             self._listed_sweep_done = owned is not None
         else:
@@ -250,30 +261,133 @@ class WeaveDriver:
                          report)
         spot: set[str] | None = None  # endpoints whose container side this pass checks
         if verify and owned is not None and self._verify_budget is not None:
-            ids = sorted(ports)
+            ids = sorted(delta.ports.desired_keys())
             spot, self._verify_cursor = round_robin(ids, self._verify_cursor, self._verify_budget)
-        for items, ns in work:
+        for name in sorted(work):
+            served = work[name]
+            ns = served.ns
+            failed_before = len(report.errors)
             try:
-                self._apply_network(items, ns, desired, verify, owned, spot, report)
+                self._apply_network(served.items, ns, desired, verify, owned, spot,
+                                    todo.get(name, []), report)
             except Exception as exc:  # one bad network must not stop the others
                 _fail_network(ns, f"unexpected error: {exc!r}", report)
-                self._forget(items, ns)
+                self._forget(served.items, ns)
+            served.clean = len(report.errors) == failed_before
         # items of networks this host no longer serves went with their links
         for items in delta.backends.values():
             items.networks.forget_undesired()
             items.remotes.forget_undesired()
         delta.ports.forget_undesired()
-        for name in keep:
+        for name, _ in delta.links.pending_updates():
             delta.links.mark_applied(name)
         self._nl.close_unused(set())
         return report
+
+    def _update_desired(
+        self, desired: HostState, everything: bool, report: ApplyReport
+    ) -> dict[str, _Served]:
+        """Bring the trackers' desired side to `desired`, touching only networks whose
+        NetworkState is not the very object seen last time (calc keeps untouched ones
+        identical), and within one only endpoints that are new objects; the networks
+        that changed (all of them with `everything` or a new host basis)."""
+        basis = (desired.host, desired.hosts)
+        if self._basis is None or basis[0] != self._basis[0] or basis[1] is not self._basis[1]:
+            everything = True
+        self._basis = basis
+        work: dict[str, _Served] = {}
+        for name, ns in desired.networks.items():
+            served = self._served.get(name)
+            items = self._items(ns.network.backend)
+            if items is None:
+                _fail_network(ns, f"weave has no backend {ns.network.backend!r}", report)
+                self._unserve(name)
+                continue
+            if not ns.local:
+                self._unserve(name)
+                continue
+            if served is not None and served.ns is ns and not everything:
+                continue
+            if served is None or served.items is not items or served.ns.network != ns.network:
+                self._unserve(name)
+                served = self._served[name] = _Served(ns, items)
+                self._set_links(served, items.backend.link_names(ns))
+                for ep in ns.local:
+                    self._want_port(served, ep)
+            else:
+                now = dict(zip(map(id, ns.local), ns.local, strict=True))
+                before = served.eps
+                for key in before.keys() - now.keys():
+                    self._unwant_port(served, before[key])
+                served.ns = ns
+                for key in now.keys() - before.keys():
+                    self._want_port(served, now[key])
+                self._set_links(served, items.backend.link_names(ns))
+            work[name] = served
+        for name in [n for n in self._served if n not in desired.networks]:
+            self._unserve(name)
+        return work
+
+    def _want_port(self, served: _Served, ep: Endpoint) -> None:
+        item = endpoint_id(ep)
+        plan = port_plan(served.ns.network, ep)
+        old = served.ports.get(item)
+        if old is not None:
+            served.eps.pop(id(old), None)
+            self._port_netns(old, item, add=False)
+        served.ports[item] = ep
+        served.eps[id(ep)] = ep
+        self._delta.ports.set_desired(item, plan)
+        self._delta.links.set_desired(plan.port.host_name, "veth")
+        self._port_netns(ep, item, add=True)
+
+    def _unwant_port(self, served: _Served, ep: Endpoint) -> None:
+        item = endpoint_id(ep)
+        served.eps.pop(id(ep), None)
+        if served.ports.get(item) is not ep:
+            return  # replaced by a newer object of the same endpoint
+        del served.ports[item]
+        plan = self._delta.ports.desired(item)
+        self._delta.ports.delete_desired(item)
+        if plan is not None:
+            self._delta.links.delete_desired(plan.port.host_name)
+        self._port_netns(ep, item, add=False)
+
+    def _port_netns(self, ep: Endpoint, item: str, *, add: bool) -> None:
+        if add:
+            self._by_netns.setdefault(ep.netns, set()).add(item)
+            return
+        items = self._by_netns.get(ep.netns)
+        if items is not None:
+            items.discard(item)
+            if not items:
+                del self._by_netns[ep.netns]
+
+    def _set_links(self, served: _Served, names: set[str]) -> None:
+        for name in served.links - names:
+            self._delta.links.delete_desired(name)
+        for name in names - served.links:
+            self._delta.links.set_desired(name, owned_role(name) or "")
+        served.links = set(names)
+
+    def _unserve(self, name: str) -> None:
+        """This host no longer serves network `name` with weave: nothing of it is desired."""
+        served = self._served.pop(name, None)
+        if served is None:
+            return
+        for ep in list(served.ports.values()):
+            self._unwant_port(served, ep)
+        self._set_links(served, set())
+        net = served.ns.network
+        served.items.networks.delete_desired(network_id(net))
+        served.items.remotes.delete_desired(remotes_id(net))
 
     def _hand_over_default_routes(self) -> None:
         """An endpoint going away may take its container's default route with it: the
         container's remaining endpoints are applied again so one of them installs it."""
         ports = self._delta.ports
         gone = [plan.port.netns for _, plan in ports.pending_deletes()]
-        staying = {item: plan.port.netns for item, plan in ports.desired_items()}
+        staying = {item: netns for netns in set(gone) for item in self._by_netns.get(netns, ())}
         for item in siblings_to_replug(gone, staying):
             ports.mark_dirty(item)
 
@@ -291,10 +405,13 @@ class WeaveDriver:
         verify: bool,
         host_links: Mapping[str, Link] | None,
         spot: set[str] | None,
+        todo: Sequence[str],
         report: ApplyReport,
     ) -> None:
         """`host_links`: this apply's dump of owned links; `spot`: with a verify budget,
-        the endpoints whose container side this pass checks (None: all)."""
+        the endpoints whose container side this pass checks (None: all); `todo`: the
+        network's endpoints pending an update (all that a pass without verify looks at
+        when the network itself is in sync)."""
         net, host, backend = ns.network, desired.host, items.backend
         ports = self._delta.ports
         net_item = network_id(net)
@@ -315,8 +432,11 @@ class WeaveDriver:
                     report.fail(endpoint_id(ep), f"network {net.name} is not ready: {reason}")
                 return
             items.networks.mark_applied(net_item)
-        bridge: Link | None = None
-        for ep in ns.local:
+        served = self._served[net.name]
+        # the bridge as read since the network was last applied (only its index is used)
+        bridge = served.bridge if fresh else None
+        endpoints = [served.ports[i] for i in todo if i in served.ports] if fresh else ns.local
+        for ep in endpoints:
             item = endpoint_id(ep)
             if fresh and ports.in_sync(item):
                 continue
@@ -332,6 +452,7 @@ class WeaveDriver:
                 if bridge is None:
                     report.fail(item, f"bridge {want.bridge} is gone")
                     continue
+                served.bridge = bridge
             if (
                 before.get(item) == want
                 and item not in (spot or ())
@@ -342,6 +463,8 @@ class WeaveDriver:
                 continue
             if self._plug(ep, want, bridge, host_links, report):
                 ports.mark_applied(item)
+            else:
+                served.bridge = None  # read it again next time: it may be what failed
         failed_before = len(report.errors)
         remote_item = remotes_id(net)
         remote = backend.remote_plan(ns, host, desired.hosts, report)
@@ -440,6 +563,7 @@ class WeaveDriver:
         report = ApplyReport()
         self._sweep_listed(set(), report)
         self._delta = WeaveDelta()
+        self._served, self._by_netns, self._basis = {}, {}, None
         if report.errors:
             raise DatapathError("; ".join(f"{k}: {v}" for k, v in report.errors.items()))
 

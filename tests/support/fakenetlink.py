@@ -234,7 +234,7 @@ class FakeNetlink:
         self._check("set_master", link.name, HOST)
         return self._update(HOST, link, master=bridge.index)
 
-    def ensure_no_ipv6_ll(self, name: LinkRef) -> int:
+    def ensure_no_ipv6_ll(self, name: LinkRef, *, never_had_carrier: bool = False) -> int:
         link = self._need(name)
         if link.addrgenmode in (None, ADDRGENMODE_NONE):
             return 0
@@ -387,7 +387,8 @@ class FakeNetlink:
         return 1
 
     def ensure_address(
-        self, name: LinkRef, ip: str, prefixlen: int, netns: str | None = None
+        self, name: LinkRef, ip: str, prefixlen: int, netns: str | None = None,
+        *, fresh: bool = False,
     ) -> int:
         link = self._need(name, netns)
         self._check("ensure_address", link.name, netns)
@@ -494,7 +495,9 @@ class FakeNetlink:
 
     # -- neighbours and fdb -------------------------------------------------------------
 
-    def ensure_arp_retrans(self, name: LinkRef, ms: int, netns: str | None = None) -> int:
+    def ensure_arp_retrans(
+        self, name: LinkRef, ms: int, netns: str | None = None, *, fresh: bool = False
+    ) -> int:
         link = self._need(name, netns)
         self._check("ensure_arp_retrans", link.name, netns)
         ns = self._space(netns)

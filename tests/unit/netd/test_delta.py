@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from netd.delta import DeltaTracker
 
 
@@ -48,3 +50,47 @@ def test_forget_undesired_keeps_only_desired_and_named_items() -> None:
     t.replace_desired({"a": 1})
     t.forget_undesired(keep={"c"})
     assert dict(t.applied_items()) == {"a": 1, "c": 3} and len(t) == 1
+
+
+def test_pending_items_match_their_definition_after_any_sequence_of_calls() -> None:
+    """The tracker keeps its pending keys incrementally; whatever the calls, they are
+    exactly what the definition says (desired and not applied as desired; applied and
+    no longer desired)."""
+    rng = random.Random(6)
+    t: DeltaTracker[str, int] = DeltaTracker()
+    desired: dict[str, int] = {}
+    applied: dict[str, int] = {}
+    keys = "abcdef"
+    for _ in range(3000):
+        key, value, op = rng.choice(keys), rng.randrange(3), rng.randrange(8)
+        if op == 0:
+            t.set_desired(key, value)
+            desired[key] = value
+        elif op == 1:
+            t.delete_desired(key)
+            desired.pop(key, None)
+        elif op == 2 and key in desired:
+            t.mark_applied(key)
+            applied[key] = desired[key]
+        elif op == 3:
+            t.mark_dirty(key) if rng.random() < 0.5 else t.mark_deleted(key)
+            applied.pop(key, None)
+        elif op == 4 and rng.random() < 0.1:
+            new = {k: rng.randrange(3) for k in keys if rng.random() < 0.5}
+            t.replace_desired(new)
+            desired = dict(new)
+        elif op == 5 and rng.random() < 0.1:
+            keep = {k for k in keys if rng.random() < 0.5}
+            t.forget_undesired(keep)
+            applied = {k: v for k, v in applied.items() if k in desired or k in keep}
+        elif op == 6 and rng.random() < 0.05:
+            t.mark_all_dirty()
+            applied.clear()
+        elif op == 7:
+            t.mark_applied(key, value)
+            applied[key] = value
+        updates = {k: v for k, v in desired.items() if applied.get(k, -1) != v}
+        deletes = {k: v for k, v in applied.items() if k not in desired}
+        assert dict(t.pending_updates()) == updates
+        assert dict(t.pending_deletes()) == deletes
+        assert t.desired_keys() == set(desired)

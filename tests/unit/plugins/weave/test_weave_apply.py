@@ -4,6 +4,9 @@ proceed, sweep removes only weave's leftovers, the default route is handed over.
 
 from __future__ import annotations
 
+import pytest
+
+import plugins.weave.driver as driver_module
 from netd.model import Endpoint, Host, Network, mac_from_ip
 from netd.netlink import RTPROT_NETD, FdbEntry
 from netd.plugin import ApplyReport, HostState, NetworkState, endpoint_id
@@ -195,3 +198,36 @@ def test_unknown_backend_fails_the_network_and_its_endpoints() -> None:
                                   sweep=True, verify=True)
     assert set(report.errors) == {"network:blue", endpoint_id(ep(odd, "a", 5, a))}
     assert nl.list_links("nd") == []
+
+
+def test_an_attach_plans_only_the_new_endpoint_and_skips_an_unchanged_network(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As calc hands it over: the untouched network's NetworkState is the very same
+    object and the changed one keeps its other endpoints' objects. The driver plans the
+    new endpoint only and sends no request for the untouched network."""
+    nl = FakeNetlink()
+    names = [f"c{i}" for i in range(60)]
+    paths = containers(nl, *names, "r")
+    blue_eps = [ep(NET, n, 10 + i, p)
+                for i, (n, p) in enumerate(zip(names, paths[:-1], strict=True))]
+    red = NetworkState(RED, (ep(RED, "r", 5, paths[-1]),), (), ())
+    drv = weave_over(nl)
+    before = HostState(host=LOCAL, networks={"blue": NetworkState(NET, tuple(blue_eps[:-1]),
+                                                                  (), ()), "red": red},
+                       hosts={"h1": LOCAL})
+    ok(drv.apply(before, sweep=True, verify=True))
+    planned: list[str] = []
+    real_plan = driver_module.port_plan
+
+    def counting_plan(net: Network, endpoint: Endpoint) -> driver_module.PortPlan:
+        planned.append(endpoint.name)
+        return real_plan(net, endpoint)
+
+    monkeypatch.setattr(driver_module, "port_plan", counting_plan)
+    nl.fail_on("ensure_address", "eth1", paths[-1])  # any request for red's endpoint fails
+    after = HostState(host=LOCAL, networks={"blue": NetworkState(NET, tuple(blue_eps), (), ()),
+                                            "red": red}, hosts=before.hosts)
+    assert ok(drv.apply(after, sweep=True, verify=False)).changed > 0
+    assert planned == [names[-1]]
+    assert nl.addresses("eth0", paths[-2]) == {(blue_eps[-1].ip, 24)}
