@@ -316,7 +316,7 @@ class Endpoints:
             revision = self._commit_detach(endpoint, pool)
             if revision is None:
                 raise NotFound(f"{name} is not attached to network {network.name}")
-            error = ctx.await_apply(revision, None)
+            error = ctx.await_apply(revision, endpoint_id(endpoint))
         if error is not None:
             raise DatapathError(
                 f"{name} is detached from {network.name} in the store, but {error}; "

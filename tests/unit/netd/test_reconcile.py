@@ -140,6 +140,31 @@ def test_a_blocked_driver_does_not_delay_another_drivers_apply(
     assert [e.name for e in slow.last().networks["s"].local] == ["a"]
 
 
+def test_a_removal_waits_only_for_the_driver_that_served_the_item(
+    store: WatchableMemStore, running: list[Reconciler]
+) -> None:
+    slow, fast = FakeDriver("slow"), FakeDriver("fast")
+    store.put(KEYS.network("s"), network("s", "slow").to_json())
+    store.put(KEYS.network("f"), network("f", "fast").to_json())
+    add_endpoint(store, endpoint("f", "b"))
+    rec = start(store, slow, fast)
+    running.append(rec)
+    assert rec.wait_applied(store.revision(), None, WAIT)
+    slow.gate, slow.entered = threading.Event(), threading.Event()
+    try:
+        add_endpoint(store, endpoint("s", "a"))
+        assert slow.entered.wait(WAIT)
+        assert store.delete(KEYS.endpoint("f", "b"))
+        revision = store.revision()
+        assert rec.owner_of("endpoint:f/b") == "fast"
+        assert rec.wait_applied(revision, "endpoint:f/b", WAIT)
+        last = fast.last().networks.get("f")
+        assert last is None or last.local == ()
+        assert not rec.wait_applied(revision, None, 0.1)
+    finally:
+        slow.gate.set()
+
+
 def test_a_driver_whose_state_did_not_change_is_not_called(
     store: WatchableMemStore, running: list[Reconciler]
 ) -> None:
