@@ -7,6 +7,10 @@ process start-up in the figure). Latencies are grouped in buckets of --step atta
 (1-200, 201-400, ...) so growth with the number of endpoints shows; then every
 container is detached, timed the same way (buckets count down from the full host).
 
+Beside wall-clock latency each bucket shows the daemon's CPU time per request (netd
+and its helper processes, from /proc): on a shared machine the wall clock follows the
+load, while CPU per request shows whether netd's own work grows with the endpoints.
+
 With --no-container-ipv6 the bench's containers get IPv6 disabled before they are
 attached (a harness setting, as a runtime could choose; netd leaves the container end
 to the container): a new container's IPv6 start-up multicast (DAD, MLD reports, router
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import time
 from typing import Any
@@ -34,12 +39,58 @@ NETWORK = "benchnet"
 SUBNET = "10.96.0.0/20"  # room for 4093 endpoints
 
 
-class _Timer:
-    """Times requests; a failed one is counted (its time too) instead of ending the run."""
+_TICK = os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, client: Client) -> None:
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and its live descendants, plus the
+    descendants it already reaped."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ppid = int(fields[1])
+        own = int(fields[11]) + int(fields[12])
+        reaped = int(fields[13]) + int(fields[14])
+        stats[int(entry)] = (ppid, (own + reaped) / _TICK)
+    tree, total, frontier = {pid}, 0.0, [pid]
+    while frontier:
+        parent = frontier.pop()
+        total += stats.get(parent, (0, 0.0))[1]
+        children = [p for p, (pp, _) in stats.items() if pp == parent and p not in tree]
+        tree.update(children)
+        frontier += children
+    return total
+
+
+class _Timer:
+    """Times requests; a failed one is counted (its time too) instead of ending the run.
+    Every `step` requests it samples the daemon's CPU time."""
+
+    def __init__(self, client: Client, daemon_pid: int, step: int) -> None:
         self.client = client
+        self.daemon_pid = daemon_pid
+        self.step = step
         self.failures: list[str] = []
+        self.cpu_per_request: list[float] = []
+        self._count = 0
+        self._cpu_mark = process_tree_cpu(daemon_pid)
+
+    def mark(self) -> None:
+        """Start a new CPU bucket (between the attach and detach phases)."""
+        if self._count:
+            self._close_bucket()
+        self._cpu_mark = process_tree_cpu(self.daemon_pid)
+
+    def _close_bucket(self) -> None:
+        now = process_tree_cpu(self.daemon_pid)
+        self.cpu_per_request.append((now - self._cpu_mark) / self._count)
+        self._cpu_mark, self._count = now, 0
 
     def post(self, path: str, body: dict[str, Any]) -> float:
         start = time.perf_counter()
@@ -47,14 +98,20 @@ class _Timer:
             self.client.request("POST", path, body)
         except CliError as exc:
             self.failures.append(f"{path} {body['container']}: {exc}")
-        return time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        self._count += 1
+        if self._count == self.step:
+            self._close_bucket()
+        return elapsed
 
 
-def _buckets(latencies: list[float], step: int) -> list[dict[str, Any]]:
+def _buckets(latencies: list[float], step: int, cpu: list[float]) -> list[dict[str, Any]]:
     out = []
-    for first in range(0, len(latencies), step):
+    for index, first in enumerate(range(0, len(latencies), step)):
         chunk = latencies[first : first + step]
-        out.append({"range": f"{first + 1}-{first + len(chunk)}", **summary_ms(chunk)})
+        cpu_ms = round(cpu[index] * 1000, 2) if index < len(cpu) else None
+        out.append({"range": f"{first + 1}-{first + len(chunk)}", **summary_ms(chunk),
+                    "daemon_cpu_ms": cpu_ms})
     return out
 
 
@@ -76,11 +133,17 @@ def run(
         containers = [lab.add_container("h1", f"c{i}") for i in range(count)]
         if not container_ipv6:
             _disable_ipv6(containers)
-        timer = _Timer(client)
+        assert host.proc is not None
+        timer = _Timer(client, host.proc.pid, step)
         attach = [timer.post("/v1/attach", {"container": c, "network": NETWORK})
                   for c in containers]
+        timer.mark()
+        attach_cpu = timer.cpu_per_request
+        timer.cpu_per_request = []
         detach = [timer.post("/v1/detach", {"container": c, "network": NETWORK})
                   for c in reversed(containers)]
+        timer.mark()
+        detach_cpu = timer.cpu_per_request
     return {
         "store": store,
         "count": count,
@@ -90,10 +153,11 @@ def run(
         "first_failures": timer.failures[:5],
         "attach": summary_ms(attach),
         "detach": summary_ms(detach),
-        "attach_buckets": _buckets(attach, step),
+        "attach_buckets": _buckets(attach, step, attach_cpu),
         # detach i runs with count - i endpoints on the host: label by endpoints present
         "detach_buckets": [
-            {**b, "range": _countdown(b["range"], count)} for b in _buckets(detach, step)
+            {**b, "range": _countdown(b["range"], count)}
+            for b in _buckets(detach, step, detach_cpu)
         ],
     }
 
@@ -111,11 +175,20 @@ def render(result: dict[str, Any]) -> str:
         "",
     ]
     for kind, label in (("attach", "attach #"), ("detach", "endpoints present")):
-        rows = [(b["range"], b["n"], b["median_ms"], b["p99_ms"], b["max_ms"])
-                for b in result[f"{kind}_buckets"]]
+        rows = [(b["range"], b["n"], b["median_ms"], b["p99_ms"], b["max_ms"],
+                 b["daemon_cpu_ms"]) for b in result[f"{kind}_buckets"]]
         total = result[kind]
-        rows.append(("all", total["n"], total["median_ms"], total["p99_ms"], total["max_ms"]))
-        lines += [f"{kind}:", table(rows, [label, "n", "median ms", "p99 ms", "max ms"]), ""]
+        rows.append(("all", total["n"], total["median_ms"], total["p99_ms"], total["max_ms"],
+                     ""))
+        headers = [label, "n", "median ms", "p99 ms", "max ms", "netd cpu ms/req"]
+        lines += [f"{kind}:", table(rows, headers), ""]
+    first, last = result["attach_buckets"][0], result["attach_buckets"][-1]
+    if len(result["attach_buckets"]) > 1 and first["median_ms"]:
+        lines.append(f"attach median, last bucket / first: "
+                     f"{last['median_ms'] / first['median_ms']:.2f}"
+                     + (f"; netd cpu per attach, last / first: "
+                        f"{last['daemon_cpu_ms'] / first['daemon_cpu_ms']:.2f}"
+                        if first["daemon_cpu_ms"] and last["daemon_cpu_ms"] else ""))
     lines.append(f"failed requests: {result['failures']}")
     lines += [f"  {f}" for f in result["first_failures"]]
     return "\n".join(lines)
