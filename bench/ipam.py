@@ -29,7 +29,7 @@ from typing import Any
 
 from bench.stats import summary_ms, table
 from ipam.scope import AddressRange
-from netd.store.base import CommitResult, Condition, DeletePrefix, Operation
+from netd.store.base import CommitResult, Condition, DeletePrefix, KeyValue, Operation
 
 NETWORK = "ipambench"
 
@@ -71,6 +71,8 @@ def make_service(endpoint: str, prefix: str, host: str) -> Any:
     class CountingStore(EtcdStore):
         commits = 0
         lost = 0
+        reads = 0  # get and list calls: round trips besides the commits
+        listed = 0  # records those reads returned
 
         def commit(self, conditions: Sequence[Condition],
                    operations: Sequence[Operation]) -> CommitResult:
@@ -79,21 +81,42 @@ def make_service(endpoint: str, prefix: str, host: str) -> Any:
             CountingStore.lost += 0 if result.succeeded else 1
             return result
 
+        def get(self, key: str) -> KeyValue | None:
+            CountingStore.reads += 1
+            found = super().get(key)
+            CountingStore.listed += found is not None
+            return found
+
+        def list(self, prefix: str) -> tuple[list[KeyValue], int]:
+            CountingStore.reads += 1
+            found = super().list(prefix)
+            CountingStore.listed += len(found[0])
+            return found
+
     store = CountingStore([endpoint])
     return Service(store, Keys(prefix), _Registration(host),  # type: ignore[arg-type]
                    _AppliedAtOnce(), {"weave": WeaveDriver.spec},  # type: ignore[arg-type]
                    containers=_container, links=_no_links)
 
 
-def _client(endpoint: str, prefix: str, worker: int, count: int, start: Any, out: Any) -> None:
+def _client(endpoint: str, prefix: str, worker: int, count: int, start: Any, out: Any,
+            profile: str | None = None) -> None:
     service = make_service(endpoint, prefix, f"h{worker}")
+    counts = type(service.store)
     answers: list[tuple[str, str, str]] = []
     latencies: list[float] = []
     error = ""
+    profiler = None
     try:
         service.get_network(NETWORK)  # the daemon knows its networks before the burst
         start.wait(60)
         cpu = time.process_time()
+        reads_before = counts.reads
+        if profile:
+            import cProfile
+
+            profiler = cProfile.Profile(time.process_time)
+            profiler.enable()
         for i in range(count):
             began = time.perf_counter()
             ep = service.attach({"container": f"w{worker}-{i}", "network": NETWORK})
@@ -102,8 +125,12 @@ def _client(endpoint: str, prefix: str, worker: int, count: int, start: Any, out
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
     cpu = time.process_time() - cpu
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(f"{profile}.{worker}")
     store = service.store
-    out.put((worker, answers, latencies, error, type(store).commits, type(store).lost, cpu))
+    out.put((worker, answers, latencies, error, counts.commits, counts.lost, cpu,
+             counts.reads - reads_before, counts.listed))
     store.close()
 
 
@@ -116,7 +143,7 @@ def _cpu_seconds(pid: int | None) -> float:
 
 
 def run(endpoint: str, clients: int, count: int, subnet: str,
-        etcd_pid: int | None = None) -> dict[str, Any]:
+        etcd_pid: int | None = None, profile: str | None = None) -> dict[str, Any]:
     from netd.store.etcd import EtcdStore
     from netd.store.keys import Keys
 
@@ -127,7 +154,7 @@ def run(endpoint: str, clients: int, count: int, subnet: str,
     start = ctx.Barrier(clients + 1)
     out = ctx.Queue()
     share = [count // clients + (1 if n < count % clients else 0) for n in range(clients)]
-    procs = [ctx.Process(target=_client, args=(endpoint, prefix, n, share[n], start, out),
+    procs = [ctx.Process(target=_client, args=(endpoint, prefix, n, share[n], start, out, profile),
                          daemon=True) for n in range(clients)]
     for proc in procs:
         proc.start()
@@ -169,6 +196,9 @@ def run(endpoint: str, clients: int, count: int, subnet: str,
         if etcd_pid else None,
         "commits": sum(r[4] for r in results),
         "commits_lost": sum(r[5] for r in results),
+        # store round trips besides the commits (gets and lists), and records they returned
+        "reads_per_alloc": round(sum(r[7] for r in results) / max(1, len(ips)), 2),
+        "records_read_per_alloc": round(sum(r[8] for r in results) / max(1, len(ips)), 1),
         "duplicate_addresses": len(ips) - len(set(ips)),
         "duplicate_macs": len(answers) - len({a[2] for a in answers}),
         "unusable_addresses": sum(1 for ip in ips if not scope.usable(ip)),
@@ -188,6 +218,8 @@ def render(result: dict[str, Any]) -> str:
                      "commits lost", "dup ips", "dup macs"]),
         f"CPU per allocation: clients {result['client_cpu_ms_per_alloc']} ms, "
         f"etcd {result['etcd_cpu_ms_per_alloc']} ms",
+        f"store reads per allocation besides commits: {result['reads_per_alloc']} "
+        f"({result['records_read_per_alloc']} records)",
         f"store agrees with the answers: {result['store_agrees']}",
     ]
     lines += [f"error: {e}" for e in result["errors"]]
@@ -201,15 +233,17 @@ def main() -> None:
     parser.add_argument("--subnet", default="10.64.0.0/20", help="the network's subnet")
     parser.add_argument("--etcd", help="HOST:PORT of an etcd to use (default: start one)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--profile", metavar="PATH",
+                        help="write each client's cProfile stats to PATH.N")
     args = parser.parse_args()
     if args.etcd:
-        result = run(args.etcd, args.clients, args.count, args.subnet)
+        result = run(args.etcd, args.clients, args.count, args.subnet, profile=args.profile)
     else:
         from tests.support.etcd import EtcdServer
 
         with EtcdServer() as etcd:
             pid = etcd.proc.pid if etcd.proc else None
-            result = run(etcd.endpoint, args.clients, args.count, args.subnet, pid)
+            result = run(etcd.endpoint, args.clients, args.count, args.subnet, pid, args.profile)
     print(json.dumps(result, indent=2) if args.json else render(result))
 
 
