@@ -10,6 +10,13 @@ the pool's view, the MAC claim, the endpoint record, one conditional commit thro
 netd.service.transaction, and re-planning when a commit loses. At the end every address
 and MAC is checked unique, in the store and in the answers.
 
+Then, on the same etcd, a baseline (skip it with --no-baseline): as many raw `KV.Txn`
+of an attach's shape (six compares, four records) from as many processes, straight from
+grpcio's stubs with no netd code - the ceiling of one transaction per allocation on this
+machine at this moment, for comparing figures measured under other load. It also prints
+the CPU per allocation of clients and etcd, the store reads besides commits per
+allocation, and with --profile each client's cProfile.
+
 Run from the repo root (no root needed):
     .venv/bin/python -m bench.ipam [--clients 8] [--count 2000] [--subnet 10.64.0.0/20] [--json]
 """
@@ -29,7 +36,7 @@ from typing import Any
 
 from bench.stats import summary_ms, table
 from ipam.scope import AddressRange
-from netd.store.base import CommitResult, Condition, DeletePrefix, Operation
+from netd.store.base import CommitResult, Condition, DeletePrefix, KeyValue, Operation
 
 NETWORK = "ipambench"
 
@@ -71,6 +78,8 @@ def make_service(endpoint: str, prefix: str, host: str) -> Any:
     class CountingStore(EtcdStore):
         commits = 0
         lost = 0
+        reads = 0  # get and list calls: round trips besides the commits
+        listed = 0  # records those reads returned
 
         def commit(self, conditions: Sequence[Condition],
                    operations: Sequence[Operation]) -> CommitResult:
@@ -79,21 +88,42 @@ def make_service(endpoint: str, prefix: str, host: str) -> Any:
             CountingStore.lost += 0 if result.succeeded else 1
             return result
 
+        def get(self, key: str) -> KeyValue | None:
+            CountingStore.reads += 1
+            found = super().get(key)
+            CountingStore.listed += found is not None
+            return found
+
+        def list(self, prefix: str) -> tuple[list[KeyValue], int]:
+            CountingStore.reads += 1
+            found = super().list(prefix)
+            CountingStore.listed += len(found[0])
+            return found
+
     store = CountingStore([endpoint])
     return Service(store, Keys(prefix), _Registration(host),  # type: ignore[arg-type]
                    _AppliedAtOnce(), {"weave": WeaveDriver.spec},  # type: ignore[arg-type]
                    containers=_container, links=_no_links)
 
 
-def _client(endpoint: str, prefix: str, worker: int, count: int, start: Any, out: Any) -> None:
+def _client(endpoint: str, prefix: str, worker: int, count: int, start: Any, out: Any,
+            profile: str | None = None) -> None:
     service = make_service(endpoint, prefix, f"h{worker}")
+    counts = type(service.store)
     answers: list[tuple[str, str, str]] = []
     latencies: list[float] = []
     error = ""
+    profiler = None
     try:
         service.get_network(NETWORK)  # the daemon knows its networks before the burst
         start.wait(60)
         cpu = time.process_time()
+        reads_before = counts.reads
+        if profile:
+            import cProfile
+
+            profiler = cProfile.Profile(time.process_time)
+            profiler.enable()
         for i in range(count):
             began = time.perf_counter()
             ep = service.attach({"container": f"w{worker}-{i}", "network": NETWORK})
@@ -102,8 +132,12 @@ def _client(endpoint: str, prefix: str, worker: int, count: int, start: Any, out
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
     cpu = time.process_time() - cpu
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(f"{profile}.{worker}")
     store = service.store
-    out.put((worker, answers, latencies, error, type(store).commits, type(store).lost, cpu))
+    out.put((worker, answers, latencies, error, counts.commits, counts.lost, cpu,
+             counts.reads - reads_before, counts.listed))
     store.close()
 
 
@@ -116,7 +150,7 @@ def _cpu_seconds(pid: int | None) -> float:
 
 
 def run(endpoint: str, clients: int, count: int, subnet: str,
-        etcd_pid: int | None = None) -> dict[str, Any]:
+        etcd_pid: int | None = None, profile: str | None = None) -> dict[str, Any]:
     from netd.store.etcd import EtcdStore
     from netd.store.keys import Keys
 
@@ -127,7 +161,7 @@ def run(endpoint: str, clients: int, count: int, subnet: str,
     start = ctx.Barrier(clients + 1)
     out = ctx.Queue()
     share = [count // clients + (1 if n < count % clients else 0) for n in range(clients)]
-    procs = [ctx.Process(target=_client, args=(endpoint, prefix, n, share[n], start, out),
+    procs = [ctx.Process(target=_client, args=(endpoint, prefix, n, share[n], start, out, profile),
                          daemon=True) for n in range(clients)]
     for proc in procs:
         proc.start()
@@ -169,11 +203,82 @@ def run(endpoint: str, clients: int, count: int, subnet: str,
         if etcd_pid else None,
         "commits": sum(r[4] for r in results),
         "commits_lost": sum(r[5] for r in results),
+        # store round trips besides the commits (gets and lists), and records they returned
+        "reads_per_alloc": round(sum(r[7] for r in results) / max(1, len(ips)), 2),
+        "records_read_per_alloc": round(sum(r[8] for r in results) / max(1, len(ips)), 1),
         "duplicate_addresses": len(ips) - len(set(ips)),
         "duplicate_macs": len(answers) - len({a[2] for a in answers}),
         "unusable_addresses": sum(1 for ip in ips if not scope.usable(ip)),
         "store_agrees": len(addr) == len(macs) == len(endpoints) == len(answers),
         "errors": errors,
+    }
+
+
+def _raw_client(endpoint: str, prefix: str, worker: int, count: int, start: Any,
+                out: Any) -> None:
+    """The ceiling: one etcd transaction of an attach's shape per allocation (the network
+    record's revision, the removal marker, endpoint, address, name record and MAC claim
+    compared; four records written), straight from grpcio's stubs, no netd code."""
+    import grpc
+    from aetcd.rpc import rpc_pb2, rpc_pb2_grpc
+
+    channel = grpc.insecure_channel(endpoint)
+    kv = rpc_pb2_grpc.KVStub(channel)
+    network = f"{prefix}/raw/network".encode()
+    network_revision = kv.Range(rpc_pb2.RangeRequest(key=network)).kvs[0].mod_revision
+    endpoint_value = b"x" * 330  # about the size of an endpoint record
+    start.wait(60)
+    cpu = time.process_time()
+    for i in range(count):
+        base = f"{prefix}/raw/{worker}/{i}"
+        keys = [f"{base}/{part}".encode() for part in ("endpoint", "address", "name", "mac")]
+        compare = [rpc_pb2.Compare(key=network, target=rpc_pb2.Compare.MOD,
+                                   result=rpc_pb2.Compare.EQUAL, mod_revision=network_revision)]
+        compare += [rpc_pb2.Compare(key=key, target=rpc_pb2.Compare.VERSION,
+                                    result=rpc_pb2.Compare.EQUAL, version=0)
+                    for key in (f"{prefix}/raw/removing".encode(), *keys)]
+        values = [endpoint_value, b'{"owner": "w0-100"}', b'{"ip": "10.64.0.10"}',
+                  b'{"owner": "w0-100"}']
+        success = [rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=k, value=v))
+                   for k, v in zip(keys, values, strict=True)]
+        kv.Txn(rpc_pb2.TxnRequest(compare=compare, success=success), timeout=5)
+    out.put(time.process_time() - cpu)
+    channel.close()
+
+
+def run_baseline(endpoint: str, clients: int, count: int,
+                 etcd_pid: int | None = None) -> dict[str, Any]:
+    """The same number of transactions from the same number of processes, raw."""
+    from netd.store.etcd import EtcdStore
+
+    prefix = f"/netd-ipambench-raw-{uuid.uuid4().hex[:8]}"
+    store = EtcdStore([endpoint])
+    store.put(f"{prefix}/raw/network", "{}")
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(clients + 1)
+    out = ctx.Queue()
+    share = [count // clients + (1 if n < count % clients else 0) for n in range(clients)]
+    procs = [ctx.Process(target=_raw_client, args=(endpoint, prefix, n, share[n], start, out),
+                         daemon=True) for n in range(clients)]
+    for proc in procs:
+        proc.start()
+    try:
+        start.wait(120)
+        began, etcd_cpu = time.monotonic(), _cpu_seconds(etcd_pid)
+        cpus = [out.get(timeout=600) for _ in procs]
+        elapsed, etcd_cpu = time.monotonic() - began, _cpu_seconds(etcd_pid) - etcd_cpu
+    finally:
+        for proc in procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+        store.commit([], [DeletePrefix(prefix + "/")])
+        store.close()
+    return {
+        "transactions": count,
+        "per_second": round(count / elapsed) if elapsed else None,
+        "client_cpu_ms_per_txn": round(sum(cpus) * 1000 / count, 2),
+        "etcd_cpu_ms_per_txn": round(etcd_cpu * 1000 / count, 2) if etcd_pid else None,
     }
 
 
@@ -188,8 +293,17 @@ def render(result: dict[str, Any]) -> str:
                      "commits lost", "dup ips", "dup macs"]),
         f"CPU per allocation: clients {result['client_cpu_ms_per_alloc']} ms, "
         f"etcd {result['etcd_cpu_ms_per_alloc']} ms",
+        f"store reads per allocation besides commits: {result['reads_per_alloc']} "
+        f"({result['records_read_per_alloc']} records)",
         f"store agrees with the answers: {result['store_agrees']}",
     ]
+    raw = result.get("raw_txn_baseline")
+    if raw:
+        lines.append(
+            f"baseline, same etcd, right after: {raw['transactions']} raw KV.Txn of an "
+            f"attach's shape from {result['clients']} processes (no netd code): "
+            f"{raw['per_second']}/s, CPU per txn: clients {raw['client_cpu_ms_per_txn']} ms, "
+            f"etcd {raw['etcd_cpu_ms_per_txn']} ms")
     lines += [f"error: {e}" for e in result["errors"]]
     return "\n".join(lines)
 
@@ -201,15 +315,24 @@ def main() -> None:
     parser.add_argument("--subnet", default="10.64.0.0/20", help="the network's subnet")
     parser.add_argument("--etcd", help="HOST:PORT of an etcd to use (default: start one)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--profile", metavar="PATH",
+                        help="write each client's cProfile stats to PATH.N")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the raw-transaction baseline run after the attaches")
     args = parser.parse_args()
     if args.etcd:
-        result = run(args.etcd, args.clients, args.count, args.subnet)
+        result = run(args.etcd, args.clients, args.count, args.subnet, profile=args.profile)
+        if not args.no_baseline:
+            result["raw_txn_baseline"] = run_baseline(args.etcd, args.clients, args.count)
     else:
         from tests.support.etcd import EtcdServer
 
         with EtcdServer() as etcd:
             pid = etcd.proc.pid if etcd.proc else None
-            result = run(etcd.endpoint, args.clients, args.count, args.subnet, pid)
+            result = run(etcd.endpoint, args.clients, args.count, args.subnet, pid, args.profile)
+            if not args.no_baseline:
+                result["raw_txn_baseline"] = run_baseline(
+                    etcd.endpoint, args.clients, args.count, pid)
     print(json.dumps(result, indent=2) if args.json else render(result))
 
 

@@ -10,11 +10,10 @@ nothing else. With a seeded `random.Random` the order is deterministic.
 
 from __future__ import annotations
 
-import ipaddress
 import random
 from collections.abc import Iterable, Iterator
 
-from ipam.scope import AddressRange, to_int
+from ipam.scope import AddressRange, to_int, to_ip
 from netd.errors import Exhausted
 from netd.model import Network
 
@@ -85,6 +84,32 @@ class Occupancy:
     def is_used(self, ip: str) -> bool:
         return to_int(ip) in self._used
 
+    def free(self) -> int:
+        return self._size - len(self._used)
+
+    def in_use(self) -> int:
+        return len(self._used)
+
+    def pick(self, rng: random.Random, window: tuple[int, int] | None = None) -> str:
+        """One free address to try, at O(1) while the range has room: random inside
+        `window` (an offset into the range and a width, wrapping) if it has a free
+        address that no other name holds a sticky reservation on, else random in the
+        whole range, else the first of `candidates` (sticky addresses last). Raises
+        Exhausted when the range is full."""
+        if self.free() - len(self._sticky) > 0:
+            size = self._last - self._first + 1
+            for start, width in ((window or (0, size)), (0, size)):
+                for _ in range(RANDOM_PROBES):
+                    n = self._first + (start + rng.randrange(width)) % size
+                    if n not in self._used and n not in self._sticky and n not in self._reserved:
+                        return to_ip(n)
+        return next(self.candidates(rng))
+
+    def offset(self, ip: str) -> int:
+        """`ip`'s position in the range (0 for the first usable address)."""
+        n = to_int(ip)
+        return 0 if n is None else n - self._first
+
     def candidates(self, rng: random.Random) -> Iterator[str]:
         """As the module-level candidates(); raises Exhausted at once when full."""
         free = self._size - len(self._used)
@@ -125,7 +150,7 @@ def _order(
                 continue
             misses = 0
             seen.add(n)
-            yield str(ipaddress.IPv4Address(n))
+            yield to_ip(n)
         # the pool is nearly full: walk it once from a random point, wrapping around
         size = last - first + 1
         start = rng.randrange(size)
@@ -135,8 +160,8 @@ def _order(
             n = first + (start + offset) % size
             if not taken(n) and n not in seen:
                 seen.add(n)
-                yield str(ipaddress.IPv4Address(n))
+                yield to_ip(n)
     fallback = sorted(sticky)
     rng.shuffle(fallback)
     for n in fallback:
-        yield str(ipaddress.IPv4Address(n))
+        yield to_ip(n)

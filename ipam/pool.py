@@ -32,13 +32,25 @@ from netd.model import check_name
 from netd.store.base import Condition, Delete, DeletePrefix, KeyValue, Operation, Put, Store
 from netd.store.keys import Keys
 
-VIEW_MAX_AGE = 2.0  # seconds a cached view of the pool may guide automatic picks
-# The view is read again after picks collided (someone else took the address) at least
-# this many times and in at least this share of its picks: then it misses too much of
-# the other daemons' work. Re-reading costs O(addresses) (~64 ms for a /20 holding 2000
-# over etcd here) while a collision costs one lost commit (~2 ms), so a few are cheaper.
+# The view is advice (the commit's conditions decide), so keeping it fresh is a matter of
+# cost: a re-read costs O(records) (etcd here: ~3 ms of its CPU for 2000 records, plus
+# the client's decoding), a pick that collided costs one lost commit, about as much as
+# reading RECORDS_PER_COLLISION records. So while picks keep coming the view is re-read
+# when its collisions have cost about what a re-read costs (at least
+# COLLISIONS_BEFORE_REREAD of them) or when it claims the pool is full; the first pick
+# after VIEW_IDLE seconds without one, or any pick once the view is VIEW_MAX_AGE old,
+# re-reads it (what others freed and reserved since is learnt there).
+VIEW_IDLE = 2.0
+VIEW_MAX_AGE = 30.0
+RECORDS_PER_COLLISION = 200
 COLLISIONS_BEFORE_REREAD = 2
-COLLISION_SHARE_BEFORE_REREAD = 0.25
+# Each daemon picks at random inside a window of its own (WINDOW addresses from a random
+# start, moved to wherever a pick found room once the window is full), in ranges of at
+# least MIN_WINDOWS windows: several daemons allocating at once then rarely try the same
+# address even with views a few hundred allocations old (block affinity, as Calico's
+# IPAM does). Smaller ranges are picked from whole.
+WINDOW = 64
+MIN_WINDOWS = 16
 
 
 @dataclass(frozen=True)
@@ -64,35 +76,60 @@ class _View:
     """What the pool looked like a moment ago, so an automatic pick needs no read.
 
     Reading every record of a big network for each allocation makes allocation O(n).
-    The view is only advice: the commit's conditions decide. It is re-read when it is
-    VIEW_MAX_AGE old, when it claims the pool is full, or when a commit planned from it
-    failed on an IPAM record. Each pick is marked in use at once, so a lost commit moves
-    on, and the caller's own commits are written into it (`committed`).
+    The view is only advice: the commit's conditions decide. When it is re-read is a
+    matter of cost (see VIEW_IDLE and RECORDS_PER_COLLISION above). Each pick is marked
+    in use at once, so a lost commit moves on, and the caller's own commits are written
+    into it (`committed`).
     """
 
     def __init__(self, scope: AddressRange, owners: dict[str, _Record],
-                 sticky: dict[str, _Record]) -> None:
+                 sticky: dict[str, _Record], revision: int) -> None:
         self.owners = owners  # ip -> owning endpoint
         self.sticky = sticky  # endpoint -> its sticky ip
         # an endpoint's own sticky address is taken before a pick (or is in use), so
         # every sticky address counts as another name's here
         self.occupancy = Occupancy(scope, owners, [rec.value for rec in sticky.values()])
-        self.read_at = time.monotonic()
+        self.read_at = self.used_at = time.monotonic()
+        self.revision = self.latest = revision  # read at; latest store revision seen since
         self.picks = 0
         self.collisions = 0
 
     def age(self) -> float:
         return time.monotonic() - self.read_at
 
+    def records(self) -> int:
+        """About how many records a re-read would return: an address and a name record
+        for each address known to be in use, and for each store revision since the read
+        (as if every write since had been an allocation)."""
+        return 2 * (self.occupancy.in_use() + self.latest - self.revision)
+
+    def stale(self) -> bool:
+        now = time.monotonic()
+        return now - self.read_at > VIEW_MAX_AGE or now - self.used_at > VIEW_IDLE
+
+    def collided_enough(self) -> bool:
+        return self.collisions >= max(COLLISIONS_BEFORE_REREAD,
+                                      self.records() // RECORDS_PER_COLLISION)
+
 
 def _field(kv: KeyValue | None, name: str) -> str:
-    if kv is None:
-        return ""
+    return _text_field(kv.value, name) if kv is not None else ""
+
+
+def _text_field(text: str, name: str) -> str:
+    """`name` of a JSON object record, "" if absent or not a string. Records as netd
+    writes them ({"NAME": "VALUE"}, nothing escaped) are sliced, not parsed: a full
+    re-read of a big pool handles thousands of them."""
+    head = f'{{"{name}": "'
+    if text.startswith(head) and text.endswith('"}') and "\\" not in text:
+        value = text[len(head):-2]
+        if '"' not in value:
+            return value
     try:
-        value = json.loads(kv.value).get(name, "")
+        parsed = json.loads(text).get(name, "")
     except (ValueError, AttributeError):
         return ""
-    return value if isinstance(value, str) else ""
+    return parsed if isinstance(parsed, str) else ""
 
 
 def _mod(kv: KeyValue | None) -> int:
@@ -113,6 +150,9 @@ class AddressPool:
         self.rng = rng if rng is not None else random.Random()
         self._lock = threading.Lock()
         self._view: _View | None = None
+        first, last = scope.bounds()
+        self._span = last - first + 1
+        self._home = self.rng.randrange(self._span)  # this daemon's window starts here
 
     @property
     def network(self) -> str:
@@ -168,25 +208,32 @@ class AddressPool:
 
     def _fresh_view(self) -> tuple[_View, bool]:
         """The view, and whether it was read just now."""
-        if self._view is None or self._view.age() > VIEW_MAX_AGE:
+        if self._view is None or self._view.stale():
             self._view = self._read_view()
             return self._view, True
         return self._view, False
+
+    def _window(self) -> tuple[int, int] | None:
+        return (self._home, WINDOW) if self._span >= WINDOW * MIN_WINDOWS else None
 
     def _pick(self, view: _View, just_read: bool, avoid: Collection[str]) -> str:
         for ip in avoid:
             view.occupancy.add(ip)
         try:
-            ip = next(view.occupancy.candidates(self.rng))
+            ip = view.occupancy.pick(self.rng, self._window())
         except Exhausted:
             if just_read:
                 raise
             self._view = view = self._read_view()
             for ip in avoid:
                 view.occupancy.add(ip)
-            ip = next(view.occupancy.candidates(self.rng))
+            ip = view.occupancy.pick(self.rng, self._window())
+        offset = view.occupancy.offset(ip)
+        if (offset - self._home) % self._span >= WINDOW:
+            self._home = offset  # the window is full: move it to where there was room
         view.occupancy.add(ip)
         view.picks += 1
+        view.used_at = time.monotonic()
         return ip
 
     def _plan(
@@ -235,6 +282,7 @@ class AddressPool:
             view = self._view
             if view is None:
                 return
+            view.latest = max(view.latest, revision)
             for op in plan.operations:
                 if isinstance(op, Put) and op.key == self.keys.ipam_address(self.network, plan.ip):
                     view.owners[plan.ip] = _Record(endpoint, revision)
@@ -244,15 +292,17 @@ class AddressPool:
 
     def collided(self, ip: str) -> None:
         """A commit planned for `ip` failed on an IPAM record: someone else changed the
-        pool. Count `ip` as taken; re-read the view when picks collide too often."""
+        pool. Count `ip` as taken, move this daemon's window elsewhere (another daemon
+        allocates around `ip`), and re-read the view once collisions cost as much as a
+        re-read would."""
         with self._lock:
+            self._home = self.rng.randrange(self._span)  # another daemon works here: move
             if self._view is None:
                 return
             self._view.occupancy.add(ip)
             view = self._view
             view.collisions += 1
-            if (view.collisions >= COLLISIONS_BEFORE_REREAD
-                    and view.collisions >= COLLISION_SHARE_BEFORE_REREAD * view.picks):
+            if view.collided_enough():
                 self._view = None
 
     def released(self, ip: str) -> None:
@@ -283,7 +333,7 @@ class AddressPool:
         net = self.network
         conditions: list[Condition] = []
         operations: list[Operation] = []
-        owners, _ = self._read()
+        owners, _, _ = self._read()
         for ip, rec in owners.items():
             if rec.value == endpoint:
                 key = self.keys.ipam_address(net, ip)
@@ -313,20 +363,22 @@ class AddressPool:
     # -- helpers -------------------------------------------------------------------
 
     def _read_view(self) -> _View:
-        return _View(self.scope, *self._read())
+        owners, sticky, revision = self._read()
+        return _View(self.scope, owners, sticky, revision)
 
-    def _read(self) -> tuple[dict[str, _Record], dict[str, _Record]]:
+    def _read(self) -> tuple[dict[str, _Record], dict[str, _Record], int]:
         net = self.network
         addr_prefix, name_prefix = self.keys.ipam_addresses(net), self.keys.ipam_names(net)
         # two reads, not one of the whole ipam prefix: the MAC claims are not needed
         addrs, _ = self.store.list(addr_prefix)
-        names, _ = self.store.list(name_prefix)
+        names, revision = self.store.list(name_prefix)
+        skip_addr, skip_name = len(addr_prefix), len(name_prefix)
         owners = {
-            kv.key[len(addr_prefix) :]: _Record(_field(kv, "owner"), kv.mod_revision)
+            kv.key[skip_addr:]: _Record(_text_field(kv.value, "owner"), kv.mod_revision)
             for kv in addrs
         }
         sticky = {
-            kv.key[len(name_prefix) :]: _Record(_field(kv, "ip"), kv.mod_revision)
+            kv.key[skip_name:]: _Record(_text_field(kv.value, "ip"), kv.mod_revision)
             for kv in names
         }
-        return owners, sticky
+        return owners, sticky, revision

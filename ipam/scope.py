@@ -8,6 +8,7 @@ own gateway); the allocator and the pool only ever see the range, never the netw
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass, field
 
 from netd.errors import InvalidInput
@@ -77,7 +78,14 @@ class AddressRange:
 
 
 def to_int(ip: str) -> int | None:
+    """A dotted-quad IPv4 address as an integer, None if it is not one (strict, like
+    ipaddress: no leading zeros, no short forms; inet_pton is ~20x cheaper)."""
     try:
-        return int(ipaddress.IPv4Address(ip))
-    except ValueError:
+        return int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big")
+    except (OSError, TypeError, ValueError):
         return None
+
+
+def to_ip(n: int) -> str:
+    """An integer as a dotted-quad IPv4 address."""
+    return socket.inet_ntoa(n.to_bytes(4, "big"))

@@ -7,6 +7,7 @@ attach path is tested in test_service.py and test_ipam_etcd_concurrency.py.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections.abc import Iterator
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from ipam.pool import AddressPool, Plan
-from ipam.scope import AddressRange
+from ipam.pool import WINDOW, AddressPool, Plan
+from ipam.scope import AddressRange, to_int
 from netd.errors import Conflict, Exhausted, InvalidInput
 from netd.model import Network
 from netd.service import transaction
@@ -255,3 +256,38 @@ def test_view_that_says_full_is_reread(store: Store) -> None:
     freed = sorted(held)[2]
     b.forget(held[freed])  # another daemon frees one; a's cached view still says full
     assert a.reserve("late") == freed
+
+
+def _offsets(ips: list[str], first: str) -> list[int]:
+    base = to_int(first)
+    assert base is not None
+    return [(to_int(ip) or 0) - base for ip in ips]
+
+
+def test_daemons_pick_in_windows_of_their_own_on_big_ranges(store: Store) -> None:
+    network = _network("10.2.0.0/20", "10.2.0.1")  # 4094 usable: windows of WINDOW
+    a, b = _pool(store, network, seed=1), _pool(store, network, seed=2)
+    got_a = [a.reserve(f"a{i}") for i in range(WINDOW // 2)]
+    got_b = [b.reserve(f"b{i}") for i in range(WINDOW // 2)]
+    for got in (got_a, got_b):
+        offsets = sorted(_offsets(got, "10.2.0.1"))
+        # all inside one window (wrapping around the range's end counts as inside)
+        gaps = [y - x for x, y in itertools.pairwise(offsets)]
+        assert offsets[-1] - offsets[0] < WINDOW or max(gaps) > 4094 - WINDOW
+    assert not set(got_a) & set(got_b)
+
+
+def test_a_collision_moves_the_window(store: Store) -> None:
+    network = _network("10.2.0.0/20", "10.2.0.1")
+    pool = AddressPool(store, KEYS, AddressRange.of(network), rng=random.Random(3))
+    first = pool.plan_reserve("c0").ip
+    pool.collided(first)  # another daemon took it: it allocates around here
+    later = [pool.plan_reserve(f"c{i}").ip for i in range(1, 9)]
+    assert all(abs(o) >= WINDOW for o in _offsets(later, first))
+
+
+def test_small_ranges_are_picked_from_whole(store: Store) -> None:
+    network = _network("10.1.0.0/24", "10.1.0.1")  # fewer than MIN_WINDOWS windows
+    pool = _pool(store, network, seed=5)
+    offsets = _offsets([pool.reserve(f"c{i}") for i in range(40)], "10.1.0.1")
+    assert max(offsets) - min(offsets) > WINDOW
