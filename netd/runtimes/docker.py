@@ -205,7 +205,8 @@ class DockerPlugin:
             return call(request)
         except (PluginError, ApiError) as exc:
             log.info("%s refused: %s", path, exc)
-            return {"Err": f"netd: {exc}"}
+            # NetworkDriver answers carry the error as Err, IpamDriver ones as Error
+            return {"Err": f"netd: {exc}", "Error": f"netd: {exc}"}
 
     @staticmethod
     def _swarm(request: dict[str, Any]) -> dict[str, Any]:
@@ -250,6 +251,10 @@ class DockerPlugin:
                 raise PluginError(f"invalid IP address {wanted!r}") from None
             if ip not in subnet or ip in (subnet.network, subnet.broadcast):
                 raise PluginError(f"IP {wanted} is not a host address of subnet {subnet.cidr}")
+            with self._lock:
+                owner = self._user_of(subnet, str(ip))
+            if owner:
+                raise PluginError(f"IP {ip} is already in use by {owner}")
             return {"Address": f"{ip}/{subnet.prefixlen}", "Data": {}}
         with self._lock:
             ip = self._free_address(subnet, sub)
@@ -261,6 +266,17 @@ class DockerPlugin:
     def _known_gateway(self, subnet: netaddr.IPNetwork) -> str | None:
         for network in self._networks_with(subnet):
             return str(network.get("gateway") or "") or None
+        return None
+
+    def _user_of(self, subnet: netaddr.IPNetwork, ip: str) -> str | None:
+        """Who holds `ip` (a netd endpoint anywhere, or an endpoint of this plugin)."""
+        for network in self._networks_with(subnet):
+            for endpoint in self.netd.endpoints(network["name"]):
+                if endpoint.get("ip") == ip:
+                    return (f"{endpoint.get('name')} on host {endpoint.get('host')} "
+                            f"(network {network['name']})")
+        if ip in self.state.pending_ips():
+            return "another container of this host"
         return None
 
     def _free_address(self, subnet: netaddr.IPNetwork, sub: netaddr.IPNetwork | None) -> str:
