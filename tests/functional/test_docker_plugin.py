@@ -147,7 +147,7 @@ def test_network_rm_on_one_host_leaves_the_other(site: tuple[Lab, DockerHost, Do
 
 
 def test_plugin_restart_keeps_its_state(site: tuple[Lab, DockerHost, DockerHost]) -> None:
-    lab, h1, h2 = site
+    lab, h1, _h2 = site
     assert create(h1, "red", "10.73.0.0/24").returncode == 0
     assert run_container(h1, "r1", "red", "--ip", "10.73.0.5").returncode == 0
     assert address_of(h1, "r1") == "10.73.0.5/24"

@@ -23,7 +23,7 @@ from netd.lab import Lab, console_script
 
 PRIVATE_DIRS = ("/run/docker", "/etc/docker", "/run/containerd", "/var/lib/cni",
                 "/var/lib/containers", "/run/containers", "/run/runc", "/run/libpod",
-                "/etc/cni/net.d", "/etc/containers", "/run/crun")
+                "/etc/cni/net.d", "/run/crun", "/dev/shm")
 
 
 class HostNamespace:
@@ -129,19 +129,27 @@ class HostNamespace:
         self.holder = None
 
 
-def remove_cgroups(name: str) -> None:
-    """rmdir a cgroup parent (and its children) from every v1 hierarchy, if empty."""
+def remove_cgroups(name: str, wait: float = 5.0) -> None:
+    """rmdir a cgroup parent (and its children) from every hierarchy, waiting a little
+    for the last processes in it (conmon, shims) to finish dying."""
     root = Path("/sys/fs/cgroup")
-    for hierarchy in root.iterdir():
-        top = hierarchy / name
-        if not top.is_dir():
-            continue
-        for path in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-            if path.is_dir():
-                with contextlib.suppress(OSError):
-                    path.rmdir()
-        with contextlib.suppress(OSError):
-            top.rmdir()
+    deadline = time.monotonic() + wait
+    while True:
+        left = []
+        for top in [*root.glob(f"*/{name}"), root / name]:
+            if not top.is_dir():
+                continue
+            for path in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                if path.is_dir():
+                    with contextlib.suppress(OSError):
+                        path.rmdir()
+            with contextlib.suppress(OSError):
+                top.rmdir()
+            if top.is_dir():
+                left.append(top)
+        if not left or time.monotonic() > deadline:
+            return
+        time.sleep(0.1)
 
 
 def busybox_rootfs(directory: Path) -> Path:
