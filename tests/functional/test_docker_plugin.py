@@ -212,3 +212,49 @@ def test_refusals_show_netds_message(site: tuple[Lab, DockerHost, DockerHost]) -
     assert {e["ip"] for e in endpoints(lab, "h1", "taken")} == {"10.75.0.9"}
     info = json.loads(h1.docker("network", "inspect", "alias").stdout)[0]
     assert info["Driver"] == "netd" and info["IPAM"]["Driver"] == "netd"
+
+
+def test_netctl_attach_by_docker_container_name(site: tuple[Lab, DockerHost, DockerHost]
+                                                ) -> None:
+    lab, h1, _h2 = site
+    lab.netctl("h1", "network", "create", "named", "--subnet", "10.79.0.0/24")
+    h1.docker("run", "-d", "--name", "web", "--network", "none", IMAGE, "sleep", "100000")
+    attached = lab.netctl_json("h1", "attach", "web", "--network", "named")
+    assert attached["name"] == "web" and attached["container"] == "web"
+    first = attached["ip"]
+    peer = lab.add_container("h3", "n3")
+    lab.netctl("h3", "attach", peer, "--network", "named", "--ip", "10.79.0.200")
+    assert lab.wait_ping(peer, first)
+    assert "web" in {e["name"] for e in endpoints(lab, "h3", "named")}
+    # recreated under the same name: the same address again
+    h1.docker("rm", "-f", "web")
+    lab.netctl("h1", "detach", "web", "--network", "named")
+    h1.docker("run", "-d", "--name", "web", "--network", "none", IMAGE, "sleep", "100000")
+    assert lab.netctl_json("h1", "attach", "web", "--network", "named")["ip"] == first
+    assert lab.wait_ping(peer, first)
+    missing = lab.netctl("h1", "attach", "nosuchcontainer", "--network", "named", check=False)
+    assert missing.returncode != 0 and "not found" in missing.stderr
+    h1.docker("rm", "-f", "web")
+    lab.netctl("h1", "detach", "web", "--network", "named")
+
+
+def test_dockerd_restart_brings_containers_back(site: tuple[Lab, DockerHost, DockerHost]
+                                                ) -> None:
+    lab, h1, h2 = site
+    for host in (h1, h2):
+        assert create(host, "teal", "10.80.0.0/24").returncode == 0
+    assert run_container(h1, "d1", "teal", "--ip", "10.80.0.11", "--restart",
+                         "always").returncode == 0
+    assert run_container(h2, "d2", "teal", "--ip", "10.80.0.12").returncode == 0
+    assert wait_ping(h2, "d2", "10.80.0.11")
+    h1.stop_dockerd()
+    h1.start_dockerd()
+    deadline = time.monotonic() + 30
+    while h1.docker("inspect", "-f", "{{.State.Running}}", "d1", check=False
+                    ).stdout.strip() != "true":
+        assert time.monotonic() < deadline, "d1 did not come back"
+        time.sleep(0.2)
+    assert address_of(h1, "d1") == "10.80.0.11/24"
+    assert wait_ping(h2, "d2", "10.80.0.11")
+    assert wait_ping(h1, "d1", "10.80.0.12")
+    assert [e["ip"] for e in endpoints(lab, "h1", "teal") if e["host"] == "h1"] == ["10.80.0.11"]

@@ -5,6 +5,8 @@ netd Docker plugin beside it. Debian's docker CLI (20.10, /usr/bin/docker) talks
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +16,13 @@ from tests.support.runtimes import HostNamespace, busybox_rootfs, remove_cgroups
 
 DOCKER_CLI = "/usr/bin/docker"  # 20.10: the docker 28 CLI refuses --mac-address on API 1.41
 IMAGE = "local/busybox"
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 class DockerHost:
@@ -33,6 +42,7 @@ class DockerHost:
         return self.ns.host.name
 
     def start(self) -> DockerHost:
+        self.ns.netd_env = {"DOCKER_HOST": f"unix://{self.socket}"}  # names as references
         self.ns.start()
         self.ns.start_netd()
         self.start_plugin()
@@ -47,18 +57,43 @@ class DockerHost:
             "--exec-root", str(self.dir / "docker-exec"),
             "--pidfile", str(self.dir / "docker.pid"), "-H", f"unix://{self.socket}",
             "--iptables=false", "--ip6tables=false", "--bridge=none",
-            "--cgroup-parent", self.cgroup, "--log-level", "warn",
+            "--cgroup-parent", self.cgroup, "--shutdown-timeout", "2", "--log-level", "info",
         ], "dockerd.log")
         deadline = time.monotonic() + wait
-        while self.docker("version", check=False, timeout=10).returncode != 0:
+        while not self._answers():
             if self.dockerd.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("dockerd did not start: "
                                    + (self.dir / "dockerd.log").read_text()[-1000:])
             time.sleep(0.2)
 
+    def _answers(self) -> bool:
+        try:
+            return self.docker("version", check=False, timeout=5).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
     def stop_dockerd(self) -> None:
-        Lab._terminate(self.dockerd)
+        """Stop dockerd and wait for the containerd it manages (a new dockerd's own
+        would time out on its locked database)."""
+        if self.dockerd is not None and self.dockerd.poll() is None:
+            self.dockerd.send_signal(signal.SIGTERM)
+            try:
+                self.dockerd.wait(40)
+            except subprocess.TimeoutExpired:
+                self.dockerd.kill()
+                self.dockerd.wait()
         self.dockerd = None
+        deadline = time.monotonic() + 10
+        while True:
+            left = [pid for pid in self.ns.members() if _comm(pid) == "containerd"]
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                for pid in left:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 5
+            time.sleep(0.1)
 
     def start_plugin(self, wait: float = 10.0) -> None:
         plugin_socket = Path("/run/docker/plugins/netd.sock")
@@ -75,8 +110,6 @@ class DockerHost:
             time.sleep(0.05)
 
     def stop_plugin(self, kill: bool = False) -> None:
-        import signal
-
         Lab._terminate(self.plugin, signal.SIGKILL if kill else signal.SIGTERM)
         self.plugin = None
 

@@ -36,6 +36,7 @@ class HostNamespace:
         self.dir.mkdir(exist_ok=True)
         self._procs: list[subprocess.Popen[bytes]] = []
         self.holder: subprocess.Popen[bytes] | None = None
+        self.netd_env: dict[str, str] = {}  # added to netd's environment (DOCKER_HOST)
 
     def start(self) -> HostNamespace:
         mounts = " && ".join(
@@ -93,7 +94,8 @@ class HostNamespace:
             host.socket.unlink()
         log = open(host.log, "ab")  # noqa: SIM115
         lab._logs.append(log)
-        host.proc = subprocess.Popen(self.enter(*cmd), stdout=log, stderr=subprocess.STDOUT)
+        host.proc = subprocess.Popen(self.enter(*cmd), stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **self.netd_env})
         deadline = time.monotonic() + wait
         while not host.socket.exists():
             if host.proc.poll() is not None:
