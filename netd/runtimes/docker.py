@@ -287,14 +287,23 @@ class DockerPlugin:
             used.add(str(network.get("gateway", "")))
             used.update(str(e.get("ip")) for e in self.netd.endpoints(network["name"]))
         used.add(str(subnet[1]))
-        span = sub or subnet
-        hosts = [ip for ip in span if ip in subnet and ip not in (subnet.network,
-                                                                  subnet.broadcast)]
-        free = [str(ip) for ip in hosts if str(ip) not in used]
-        if not free:
-            raise PluginError(f"no free address left in {span.cidr}")
+        span = (sub or subnet).cidr
+        first, last = span.first, span.last
+        if span == subnet.cidr or first <= subnet.first:
+            first = max(first, subnet.first + 1)  # never the network address
+        last = min(last, subnet.last - 1)  # nor the broadcast address
+        if last < first:
+            raise PluginError(f"no host address in {span}")
         # random, not lowest: two hosts picking at once rarely pick the same
-        return random.choice(free[:256])
+        for _attempt in range(64):
+            candidate = str(netaddr.IPAddress(random.randint(first, last)))
+            if candidate not in used:
+                return candidate
+        for value in range(first, last + 1):
+            candidate = str(netaddr.IPAddress(value))
+            if candidate not in used:
+                return candidate
+        raise PluginError(f"no free address left in {span}")
 
     # --- networks ----------------------------------------------------------------------
     def create_network(self, request: dict[str, Any]) -> dict[str, Any]:
