@@ -483,10 +483,14 @@ class DockerPlugin:
         if network is None:
             record = self.state.network(network_id)
             network = record.get("name") if record else None
+        name = endpoint_name(endpoint_id)
+        if not network:  # a lost state file: netd's store knows the endpoint by name
+            found = [e for e in self.netd.endpoints() if e.get("name") == name]
+            network = found[0].get("network") if found else None
         if not network:
-            log.warning("endpoint %s: network unknown, nothing to detach", endpoint_id[:12])
+            log.info("endpoint %s is not attached anywhere; nothing to detach", name)
             return
-        self.netd.detach(endpoint_name(endpoint_id), network)
+        self.netd.detach(name, network)
 
 
 # --- the server ------------------------------------------------------------------------

@@ -161,3 +161,20 @@ def test_join_of_an_unknown_endpoint_is_refused_clearly() -> None:
     p, _ = plugin()
     answer = call(p, "/NetworkDriver.Join", NetworkID=NID, EndpointID=EID, SandboxKey="/x")
     assert "unknown to this plugin" in answer["Err"]
+
+
+def test_leave_without_state_finds_the_endpoint_in_netd() -> None:
+    p, netd = plugin()
+    netd.eps.append({"network": "blue", "name": endpoint_name(EID), "ip": "10.1.0.9",
+                     "host": "h1"})
+    assert call(p, "/NetworkDriver.Leave", NetworkID=NID, EndpointID=EID) == {}
+    assert netd.detached == [(endpoint_name(EID), "blue")]
+    assert call(p, "/NetworkDriver.DeleteEndpoint", NetworkID=NID, EndpointID=EID) == {}
+
+
+def test_a_full_range_is_refused() -> None:
+    p, netd = plugin()
+    netd.nets["tiny"] = {"name": "tiny", "subnet": "10.3.0.0/30", "gateway": "10.3.0.1"}
+    netd.eps.append({"network": "tiny", "name": "x", "ip": "10.3.0.2", "host": "h1"})
+    answer = call(p, "/IpamDriver.RequestAddress", PoolID="netd:10.3.0.0/30", Address="")
+    assert "no free address" in answer["Err"]
