@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,7 +19,11 @@ import pytest
 from netd.lab import Lab, console_script, ns_exec
 from tests.support.podman import PodmanHost
 
-pytestmark = [pytest.mark.root, pytest.mark.etcd]
+pytestmark = [
+    pytest.mark.root, pytest.mark.etcd,
+    pytest.mark.skipif(not all(shutil.which(b) for b in ("podman", "runc", "/usr/lib/cni/portmap")),
+                       reason="needs the container runtimes bootstrap.sh installs"),
+]
 
 REFERENCE = "/usr/lib/cni"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import shutil
 import subprocess
 import threading
 import time
@@ -21,7 +22,11 @@ import pytest
 from netd.lab import Lab
 from tests.support.docker import IMAGE, DockerHost
 
-pytestmark = [pytest.mark.root, pytest.mark.etcd]
+pytestmark = [
+    pytest.mark.root, pytest.mark.etcd,
+    pytest.mark.skipif(not all(shutil.which(b) for b in ("dockerd", "/usr/bin/docker")),
+                       reason="needs the container runtimes bootstrap.sh installs"),
+]
 
 
 @pytest.fixture(scope="module")

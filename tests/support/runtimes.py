@@ -136,6 +136,13 @@ def remove_cgroups(name: str, wait: float = 5.0) -> None:
     for the last processes in it (conmon, shims) to finish dying."""
     root = Path("/sys/fs/cgroup")
     deadline = time.monotonic() + wait
+    # container processes left by a runtime that died (they live in their own mount
+    # namespace, so HostNamespace.close does not see them): the name is this lab's
+    for procs in [*root.glob(f"*/{name}/**/cgroup.procs"), *root.glob(f"{name}/**/cgroup.procs")]:
+        with contextlib.suppress(OSError, ValueError):
+            for pid in procs.read_text().split():
+                with contextlib.suppress(OSError):
+                    os.kill(int(pid), signal.SIGKILL)
     while True:
         left = []
         for top in [*root.glob(f"*/{name}"), root / name]:
