@@ -143,10 +143,12 @@ class _PendingAttach(threading.Thread):
                 log.warning("%s: sandbox %s never appeared; not attached",
                             self.request["name"], path)
                 return
+        appeared = time.monotonic()
         try:
             self.netd.attach(self.request)
-            log.info("attached %s to %s as %s", self.request["name"],
-                     self.request["network"], self.request["ip"])
+            log.info("attached %s to %s as %s (%.0f ms after its netns appeared)",
+                     self.request["name"], self.request["network"], self.request["ip"],
+                     (time.monotonic() - appeared) * 1000)
         except ApiError as exc:
             log.error("attach of %s to %s failed: %s", self.request["name"],
                       self.request["network"], exc)

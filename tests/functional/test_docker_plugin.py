@@ -70,17 +70,17 @@ def wait_ping(host: DockerHost, container: str, ip: str, timeout: float = 15) ->
     return False
 
 
-def address_of(host: DockerHost, container: str) -> str:
-    """eth0's `inet` line inside the container, once netd plugged it."""
+def address_of(host: DockerHost, container: str, ifname: str = "eth0") -> str:
+    """The interface's address inside the container, once netd plugged it."""
     deadline = time.monotonic() + 10
     out = ""
     while time.monotonic() < deadline:
-        out = host.docker("exec", container, "ip", "-4", "-o", "addr", "show", "eth0",
+        out = host.docker("exec", container, "ip", "-4", "-o", "addr", "show", ifname,
                           check=False).stdout
         if "inet " in out:
             return out.split("inet ", 1)[1].split()[0]
         time.sleep(0.05)
-    raise AssertionError(f"{container} has no eth0 address: {out!r}")
+    raise AssertionError(f"{container} has no {ifname} address: {out!r}")
 
 
 def endpoints(lab: Lab, host: str, network: str) -> list[dict[str, str]]:
@@ -263,3 +263,25 @@ def test_dockerd_restart_brings_containers_back(site: tuple[Lab, DockerHost, Doc
     assert wait_ping(h2, "d2", "10.80.0.11")
     assert wait_ping(h1, "d1", "10.80.0.12")
     assert [e["ip"] for e in endpoints(lab, "h1", "teal") if e["host"] == "h1"] == ["10.80.0.11"]
+
+
+def test_network_connect_and_disconnect_a_running_container(
+        site: tuple[Lab, DockerHost, DockerHost]) -> None:
+    lab, h1, h2 = site
+    for host in (h1, h2):
+        assert create(host, "cyan", "10.81.0.0/24", "--ip-range", "10.81.0.64/26"
+                      ).returncode == 0
+    assert run_container(h2, "y2", "cyan", "--ip", "10.81.0.2").returncode == 0
+    assert create(h1, "cyanhome", "10.85.0.0/24").returncode == 0
+    assert run_container(h1, "y1", "cyanhome", "--ip", "10.85.0.5").returncode == 0
+    address_of(h1, "y1")
+    # the sandbox exists already: the plugin attaches before answering Join
+    h1.docker("network", "connect", "cyan", "y1")
+    auto = address_of(h1, "y1", "eth1").split("/")[0]
+    assert 64 <= int(auto.rsplit(".", 1)[1]) < 128  # from --ip-range
+    assert wait_ping(h2, "y2", auto)
+    h1.docker("network", "disconnect", "cyan", "y1")
+    assert auto not in {e["ip"] for e in endpoints(lab, "h1", "cyan")}
+    gone = h1.docker("exec", "y1", "ip", "-4", "-o", "addr", "show", "eth1", check=False)
+    assert "inet " not in gone.stdout
+    assert address_of(h1, "y1") == "10.85.0.5/24"
