@@ -456,7 +456,9 @@ class DockerPlugin:
             attach["mac"] = endpoint["mac"]
         if is_netns(sandbox):
             self.netd.attach(attach)
-        else:
+        elif self.netd.network(endpoint["network"]) is None:  # netd reachable, network there
+            raise PluginError(f"network {endpoint['network']!r} no longer exists in netd")
+        else:  # checked what can be checked before answering; the attach follows
             pending = _PendingAttach(self.netd, attach, self.netns_wait)
             with self._lock:
                 self._pending[endpoint_id] = pending

@@ -178,3 +178,14 @@ def test_a_full_range_is_refused() -> None:
     netd.eps.append({"network": "tiny", "name": "x", "ip": "10.3.0.2", "host": "h1"})
     answer = call(p, "/IpamDriver.RequestAddress", PoolID="netd:10.3.0.0/30", Address="")
     assert "no free address" in answer["Err"]
+
+
+def test_join_checks_the_network_before_attaching_later() -> None:
+    p, netd = plugin()
+    create(p)
+    call(p, "/NetworkDriver.CreateEndpoint", NetworkID=NID, EndpointID=EID,
+         Interface={"Address": "10.1.0.10/24"})
+    del netd.nets["blue"]
+    answer = call(p, "/NetworkDriver.Join", NetworkID=NID, EndpointID=EID,
+                  SandboxKey="/nonexistent/netns")
+    assert "no longer exists in netd" in answer["Err"]
