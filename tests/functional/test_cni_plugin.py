@@ -1,5 +1,5 @@
 """netd-cni through the CNI protocol (environment + JSON on stdin) against a real netd,
-alone and chained with the reference tuning and portmap plugins; then rootful podman
+alone and chained with the reference tuning, portmap and firewall plugins; then rootful podman
 (CNI backend) on two simulated hosts with fixed addresses, real packets.
 """
 
@@ -101,7 +101,7 @@ def test_add_check_del_version(lab: Lab) -> None:
     assert code == 1 and error["code"] == 11 and "netd is not reachable" in error["msg"]
 
 
-def test_chained_with_tuning_and_portmap(lab: Lab) -> None:
+def test_chained_with_tuning_portmap_and_firewall(lab: Lab) -> None:
     netd_cni = console_script("netd-cni")
     host = lab.hosts["h1"].netns
     lab.netctl("h1", "network", "create", "cni2", "--subnet", "10.83.0.0/24")
@@ -122,16 +122,24 @@ def test_chained_with_tuning_and_portmap(lab: Lab) -> None:
     code, result = cni("portmap", "ADD", {**portmap, "prevResult": result}, netns, args,
                        in_netns=host)
     assert code == 0, result
+    firewall = {"cniVersion": "1.0.0", "name": "cni2", "type": "firewall",
+                "backend": "iptables"}
+    code, result = cni("firewall", "ADD", {**firewall, "prevResult": result}, netns, args,
+                       in_netns=host)
+    assert code == 0, result
+    assert "10.83.0.7" in lab.in_container(host, "iptables", "-S", "CNI-FORWARD").stdout
     assert result["ips"][0]["address"] == "10.83.0.7/24"
     sysctl = lab.in_container(name, "cat", "/proc/sys/net/ipv4/conf/eth0/arp_notify")
     assert sysctl.stdout.strip() == "1"
     nat = lab.in_container(host, "iptables", "-t", "nat", "-S").stdout
     assert "18080" in nat and "10.83.0.7" in nat
-    for plugin, config, where in ((netd_cni, first, None), ("tuning", tuning, None)):
+    for plugin, config, where in ((netd_cni, first, None), ("tuning", tuning, None),
+                                  ("firewall", firewall, host)):
         code, error = cni(plugin, "CHECK", {**config, "prevResult": result}, netns, args,
                           in_netns=where)
         assert code == 0, (plugin, error)
-    for plugin, config, where in (("portmap", portmap, host), ("tuning", tuning, None),
+    for plugin, config, where in (("firewall", firewall, host), ("portmap", portmap, host),
+                                  ("tuning", tuning, None),
                                   (netd_cni, first, None)):
         code, error = cni(plugin, "DEL", {**config, "prevResult": result}, netns, args,
                           in_netns=where)
