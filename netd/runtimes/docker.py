@@ -342,7 +342,7 @@ class DockerPlugin:
         while time.monotonic() < deadline:
             time.sleep(0.2)
             try:
-                self._network(network_id, wait=False)
+                self._network(network_id)
                 return
             except PluginError as exc:
                 if "no name" not in str(exc):
@@ -352,7 +352,7 @@ class DockerPlugin:
                 log.warning("network %s: %s", network_id[:12], exc)
                 return
 
-    def _network(self, network_id: str, wait: bool = True) -> dict[str, Any]:
+    def _network(self, network_id: str) -> dict[str, Any]:
         """The plugin's record of a Docker network, with its netd name known and the netd
         network ensured."""
         record = self.state.network(network_id)
@@ -368,7 +368,9 @@ class DockerPlugin:
             if docker is not None:
                 name = (docker.get("Options") or {}).get("network") or docker.get("Name", "")
             if not name:
-                raise PluginError(f"network {network_id[:12]} has no name yet in dockerd")
+                raise PluginError(
+                    f"network {network_id[:12]} has no name yet in dockerd (the plugin reads "
+                    "it from --docker-host; or create the network with -o network=NAME)")
             record["name"] = name
             record["request"]["name"] = name
         self._ensure_network(record)
