@@ -34,7 +34,8 @@ from typing import Any
 
 import netaddr
 
-from netd.model import mac_from_ip
+from netd.errors import InvalidInput
+from netd.model import check_name, mac_from_ip
 from netd.runtimes.client import ApiError, EngineClient, NetdClient
 from netd.runtimes.state import PluginState
 
@@ -171,6 +172,7 @@ class DockerPlugin:
         self.resolve_wait = resolve_wait
         self._lock = threading.Lock()  # serialises picking automatic addresses
         self._pending: dict[str, _PendingAttach] = {}
+        self._host = ""  # this netd's host name, once asked
         self.netns_wait = NETNS_WAIT
         self.calls: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "/Plugin.Activate": lambda r: {"Implements": ["NetworkDriver", "IpamDriver"]},
@@ -452,8 +454,11 @@ class DockerPlugin:
         sandbox = request.get("SandboxKey") or ""
         if not sandbox:
             raise PluginError("Join without a sandbox (network namespace) path")
-        attach = {"container": sandbox, "name": endpoint_name(endpoint_id),
+        name = self._container_name(request.get("NetworkID", ""), endpoint_id)
+        attach = {"container": sandbox, "name": name or endpoint_name(endpoint_id),
                   "network": endpoint["network"], "ip": endpoint["ip"]}
+        if name:
+            self.state.put_endpoint(endpoint_id, {**endpoint, "name": name})
         if endpoint.get("mac"):
             attach["mac"] = endpoint["mac"]
         if is_netns(sandbox):
@@ -468,6 +473,34 @@ class DockerPlugin:
         # netd plugs the interface and its default route: dockerd has nothing to move,
         # and no gateway of its own to add
         return {"DisableGatewayService": True}
+
+    def _container_name(self, network_id: str, endpoint_id: str) -> str | None:
+        """`CONTAINER.HOST` for the endpoint, from dockerd (which names a container's
+        endpoint after the container; host: netd endpoint names are cluster-wide, Docker
+        container names per host). None when dockerd does not say in time."""
+        if self.engine is None:
+            return None
+        started = time.monotonic()
+        docker = self._engine_network(network_id)
+        log.debug("asked dockerd for %s's name in %.0f ms", endpoint_id[:12],
+                  (time.monotonic() - started) * 1000)
+        for info in ((docker or {}).get("Containers") or {}).values():
+            if info.get("EndpointID") == endpoint_id and info.get("Name"):
+                host = self._host_name()
+                candidate = f"{info['Name']}.{host}" if host else str(info["Name"])
+                try:
+                    return check_name(candidate, "endpoint name")
+                except InvalidInput:
+                    return None
+        return None
+
+    def _host_name(self) -> str:
+        if not self._host:
+            try:
+                self._host = str((self.netd.status().get("host") or {}).get("name") or "")
+            except ApiError:
+                return ""
+        return self._host
 
     def leave(self, request: dict[str, Any]) -> dict[str, Any]:
         self._detach(request.get("NetworkID", ""), request.get("EndpointID", ""))
@@ -489,7 +522,9 @@ class DockerPlugin:
         if network is None:
             record = self.state.network(network_id)
             network = record.get("name") if record else None
-        name = endpoint_name(endpoint_id)
+        name = (endpoint or {}).get("name") or (
+            None if endpoint else self._container_name(network_id, endpoint_id)
+        ) or endpoint_name(endpoint_id)
         if not network:  # a lost state file: netd's store knows the endpoint by name
             found = [e for e in self.netd.endpoints() if e.get("name") == name]
             network = found[0].get("network") if found else None

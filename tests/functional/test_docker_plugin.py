@@ -114,6 +114,7 @@ def test_fixed_addresses_reach_across_hosts(site: tuple[Lab, DockerHost, DockerH
     by_ip = {e["ip"]: e for e in endpoints(lab, "h1", "blue")}
     assert by_ip["10.71.0.10"]["host"] == "h1" and by_ip["10.71.0.20"]["host"] == "h2"
     assert by_ip["10.71.0.10"]["mac"] == "02:00:00:71:00:10"
+    assert (by_ip["10.71.0.10"]["name"], by_ip["10.71.0.20"]["name"]) == ("a1.h1", "a2.h2")
 
     # removed and run again with the same --ip (and MAC: a2's ARP cache holds it)
     h1.docker("rm", "-f", "a1")

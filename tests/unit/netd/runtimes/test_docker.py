@@ -189,3 +189,22 @@ def test_join_checks_the_network_before_attaching_later() -> None:
     answer = call(p, "/NetworkDriver.Join", NetworkID=NID, EndpointID=EID,
                   SandboxKey="/nonexistent/netns")
     assert "no longer exists in netd" in answer["Err"]
+
+
+class FakeEngine:
+    def network(self, network_id: str) -> dict[str, Any] | None:
+        return {"Name": "blue", "Containers": {
+            "c" * 64: {"Name": "web", "EndpointID": EID}}}
+
+
+def test_endpoints_are_named_after_their_container_and_host() -> None:
+    netd = FakeNetd()
+    netd.status = lambda: {"host": {"name": "h1"}}  # type: ignore[attr-defined]
+    p = DockerPlugin(netd, FakeEngine(), PluginState(None))  # type: ignore[arg-type]
+    create(p)
+    call(p, "/NetworkDriver.CreateEndpoint", NetworkID=NID, EndpointID=EID,
+         Interface={"Address": "10.1.0.10/24"})
+    call(p, "/NetworkDriver.Join", NetworkID=NID, EndpointID=EID, SandboxKey="/proc/self/ns/net")
+    assert netd.attached[0]["name"] == "web.h1"
+    call(p, "/NetworkDriver.Leave", NetworkID=NID, EndpointID=EID)
+    assert netd.detached == [("web.h1", "blue")]
