@@ -202,3 +202,18 @@ def test_podman_on_two_hosts(podman_site: tuple[Lab, PodmanHost, PodmanHost]) ->
     again = {e["name"]: e["ip"] for e in lab.netctl_json("h1", "endpoint", "ls")}["p3"]
     assert again == first
     assert podman_ping(h2, "p2", again)
+
+
+def test_netctl_attach_by_podman_container_name(
+        podman_site: tuple[Lab, PodmanHost, PodmanHost]) -> None:
+    lab, h1, h2 = podman_site
+    h1.start_api()
+    lab.netctl("h1", "network", "create", "pnamed", "--subnet", "10.86.0.0/24")
+    h2.add_network("pnamed")
+    assert h2.run_container("q2", "pnamed", "--ip", "10.86.0.2").returncode == 0
+    assert h1.run_container("q1", "none").returncode == 0
+    attached = lab.netctl_json("h1", "attach", "q1", "--network", "pnamed", "--ip",
+                               "10.86.0.10")
+    assert attached["name"] == "q1"
+    assert podman_ping(h2, "q2", "10.86.0.10")
+    lab.netctl("h1", "detach", "q1", "--network", "pnamed")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from netd.lab import Lab
@@ -26,8 +27,10 @@ class PodmanHost:
         self.dir = self.ns.dir
         self.cgroup = f"{lab.prefix}-{host}-podman"
         self.conf = self.dir / "containers.conf"
+        self.api_socket = self.dir / "podman.sock"
 
     def start(self) -> PodmanHost:
+        self.ns.netd_env = {"DOCKER_HOST": f"unix://{self.api_socket}"}  # names as references
         self.ns.start()
         self.ns.start_netd()
         self.conf.write_text(
@@ -45,12 +48,26 @@ class PodmanHost:
         )
         return self
 
+    def _command(self, *args: str) -> list[str]:
+        return ["env", f"CONTAINERS_CONF={self.conf}", "podman",
+                "--root", str(self.dir / "podman-root"), "--runroot",
+                str(self.dir / "podman-run"), "--cgroup-manager", "cgroupfs",
+                "--storage-driver", "vfs", *args]
+
+    def start_api(self, wait: float = 20.0) -> None:
+        """`podman system service`: the Docker-compatible API netd asks for names."""
+        proc = self.ns.spawn(self._command("system", "service", "--time=0",
+                                           f"unix://{self.api_socket}"), "podman-api.log")
+        deadline = time.monotonic() + wait
+        while not self.api_socket.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("podman system service did not start: "
+                                   + (self.dir / "podman-api.log").read_text()[-800:])
+            time.sleep(0.05)
+
     def podman(self, *args: str, check: bool = True, timeout: float = 90,
                input: bytes | None = None) -> subprocess.CompletedProcess[str]:
-        cmd = ["env", f"CONTAINERS_CONF={self.conf}", "podman",
-               "--root", str(self.dir / "podman-root"), "--runroot",
-               str(self.dir / "podman-run"), "--cgroup-manager", "cgroupfs",
-               "--storage-driver", "vfs", *args]
+        cmd = self._command(*args)
         if input is not None:
             raw = subprocess.run(self.ns.enter(*cmd), input=input, capture_output=True,
                                  timeout=timeout)
