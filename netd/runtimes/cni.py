@@ -4,8 +4,9 @@ The runtime runs it with the command in CNI_COMMAND and the network config on st
 ADD becomes a netd attach of CNI_NETNS (netd plugs the interface itself), DEL a detach
 (successful when the endpoint or its netns is already gone), CHECK compares netd's
 record with what the runtime expects. The endpoint is named after the container
-(K8S_POD_NAME, as podman and Kubernetes runtimes pass it), so a container recreated
-under the same name gets its address back; without one, after CNI_CONTAINERID.
+(K8S_POD_NAME, as podman and Kubernetes runtimes pass it; see endpoint_name), so a
+container recreated under the same name gets its address back; without one, after
+CNI_CONTAINERID.
 
 Network config: {"cniVersion": "1.0.0", "name": "blue", "type": "netd",
 "network": "blue" (default: name), "socket": "/run/netd/netd.sock"}. A requested
@@ -62,11 +63,17 @@ def parse_cni_args(text: str) -> dict[str, str]:
     return out
 
 
-def endpoint_name(args: Mapping[str, str], container_id: str) -> str:
+def endpoint_name(args: Mapping[str, str], container_id: str, host: str = "") -> str:
+    """Kubernetes-style (a pod namespace besides the pod name, unique in the cluster):
+    NAMESPACE.POD. Podman-style (namespace and pod are the container's name, unique on
+    its host): NAME.HOST, so the same name on two hosts does not collide in netd, whose
+    endpoint names are cluster-wide. Else cni-<container id>."""
     pod, namespace = args.get("K8S_POD_NAME", ""), args.get("K8S_POD_NAMESPACE", "")
     candidates = []
-    if pod:
-        candidates.append(f"{namespace}.{pod}" if namespace and namespace != pod else pod)
+    if pod and namespace and namespace != pod:
+        candidates.append(f"{namespace}.{pod}")
+    elif pod:
+        candidates.append(f"{pod}.{host}" if host else pod)
     if container_id:
         candidates.append(f"cni-{container_id[:12]}")
     for name in candidates:
@@ -146,7 +153,11 @@ def run(env: Mapping[str, str], stdin: TextIO, stdout: TextIO) -> int:
     if command not in ("ADD", "DEL", "CHECK"):
         raise CniError(INVALID_ENV, f"invalid CNI_COMMAND {command!r}")
     args = parse_cni_args(env.get("CNI_ARGS", ""))
-    name = endpoint_name(args, env.get("CNI_CONTAINERID", ""))
+    host = ""
+    if args.get("K8S_POD_NAME") and args.get("K8S_POD_NAMESPACE", args["K8S_POD_NAME"]) == \
+            args["K8S_POD_NAME"]:
+        host = str((netd.status().get("host") or {}).get("name") or "")
+    name = endpoint_name(args, env.get("CNI_CONTAINERID", ""), host)
     if command == "DEL":
         netd.detach(name, network)
         return 0

@@ -73,7 +73,7 @@ def test_add_check_del_version(lab: Lab) -> None:
     inside = lab.in_container(netns.rsplit("/", 1)[1], "ip", "-4", "-o", "addr").stdout
     assert "10.82.0.10/24" in inside
     names = {e["name"]: e["ip"] for e in lab.netctl_json("h1", "endpoint", "ls")}
-    assert names["web"] == "10.82.0.10"
+    assert names["web.h1"] == "10.82.0.10"  # podman-style name: NAME.HOST
     # a repeated ADD answers the same
     assert cni(netd_cni, "ADD", config, netns, args)[1] == result
     assert cni(netd_cni, "CHECK", {**config, "prevResult": result}, netns, args)[0] == 0
@@ -83,7 +83,7 @@ def test_add_check_del_version(lab: Lab) -> None:
     code, old = cni(netd_cni, "ADD", conf(lab, "cni1", "0.4.0"), netns, args)
     assert code == 0 and old["ips"][0]["version"] == "4"
     assert cni(netd_cni, "DEL", config, netns, args) == (0, None)
-    assert "web" not in {e["name"] for e in lab.netctl_json("h1", "endpoint", "ls")}
+    assert "web.h1" not in {e["name"] for e in lab.netctl_json("h1", "endpoint", "ls")}
     assert cni(netd_cni, "DEL", config, netns, args) == (0, None)  # idempotent
     # runtimeConfig, and DEL once the netns is gone
     code, result = cni(netd_cni, "ADD", {**config, "runtimeConfig": {"ips": ["10.82.0.11/24"]}},
@@ -145,7 +145,7 @@ def test_chained_with_tuning_portmap_and_firewall(lab: Lab) -> None:
                           in_netns=where)
         assert code == 0, (plugin, error)
     assert "18080" not in lab.in_container(host, "iptables", "-t", "nat", "-S").stdout
-    assert "chained" not in {e["name"] for e in lab.netctl_json("h1", "endpoint", "ls")}
+    assert "chained.h1" not in {e["name"] for e in lab.netctl_json("h1", "endpoint", "ls")}
 
 
 @pytest.fixture(scope="module")
@@ -192,14 +192,14 @@ def test_podman_on_two_hosts(podman_site: tuple[Lab, PodmanHost, PodmanHost]) ->
     assert podman_ping(h1, "p1", "10.84.0.20")
     assert podman_ping(h2, "p2", "10.84.0.10")
     eps = {e["name"]: e for e in lab.netctl_json("h1", "endpoint", "ls", "--network", "pblue")}
-    assert eps["p1"]["ip"] == "10.84.0.10" and eps["p2"]["host"] == "h2"
+    assert eps["p1.h1"]["ip"] == "10.84.0.10" and eps["p2.h2"]["host"] == "h2"
     # a container recreated under its name gets its automatic address back
     assert h1.run_container("p3", "pblue").returncode == 0
-    first = {e["name"]: e["ip"] for e in lab.netctl_json("h1", "endpoint", "ls")}["p3"]
+    first = {e["name"]: e["ip"] for e in lab.netctl_json("h1", "endpoint", "ls")}["p3.h1"]
     h1.podman("rm", "-f", "-t", "0", "p3")
-    assert "p3" not in {e["name"] for e in lab.netctl_json("h1", "endpoint", "ls")}
+    assert "p3.h1" not in {e["name"] for e in lab.netctl_json("h1", "endpoint", "ls")}
     assert h1.run_container("p3", "pblue").returncode == 0
-    again = {e["name"]: e["ip"] for e in lab.netctl_json("h1", "endpoint", "ls")}["p3"]
+    again = {e["name"]: e["ip"] for e in lab.netctl_json("h1", "endpoint", "ls")}["p3.h1"]
     assert again == first
     assert podman_ping(h2, "p2", again)
 

@@ -14,7 +14,7 @@ def test_cni_args_as_podman_sends_them() -> None:
     args = cni.parse_cni_args("IgnoreUnknown=1;K8S_POD_NAMESPACE=web;K8S_POD_NAME=web;"
                               "MAC=02:00:00:00:00:0A;IP=10.81.0.10")
     assert args["IP"] == "10.81.0.10"
-    assert cni.endpoint_name(args, "abcdef0123456789") == "web"
+    assert cni.endpoint_name(args, "abcdef0123456789", "h1") == "web.h1"
     assert cni.requested({}, args) == ("10.81.0.10", "02:00:00:00:00:0a")
     with pytest.raises(cni.CniError):
         cni.parse_cni_args("novalue")
