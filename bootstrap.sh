@@ -13,6 +13,8 @@ APT_PACKAGES=(
   iproute2 iputils-ping ethtool procps psmisc kmod
   etcd-server etcd-client
   nftables iperf3 tcpdump tshark
+  # container runtimes (docs/runtimes.md); docker.io must not start dockerd here: see setup()
+  docker.io podman containernetworking-plugins busybox-static runc
 )
 
 setup() {
@@ -20,7 +22,19 @@ setup() {
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+  # packages that would start a daemon in the root namespace (docker.io) must not:
+  # tests run dockerd inside their own namespaces
+  local made_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
   apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
+  if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+  if command -v systemctl >/dev/null && systemctl is-active --quiet docker 2>/dev/null; then
+    systemctl stop docker.socket docker containerd || true
+  fi
+  if [ -s /run/docker.pid ]; then kill "$(cat /run/docker.pid)" 2>/dev/null || true; fi
   # Debian starts the packaged etcd as a service; netd's tests and demo run their own members.
   if command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then systemctl stop etcd || true; fi
   python3 -m venv .venv

@@ -2,8 +2,8 @@
 
 A reference is a netns name (/run/netns/NAME), a netns path, or a PID. The endpoint
 name (what IPAM reservations follow) is the netns name, the path's last component, or
-`pid-N`. Container ids of a Docker-compatible runtime resolve through that runtime's
-API to a PID; that lookup belongs here too when it is added.
+`pid-N`. Container names and ids of a Docker-compatible runtime resolve through that
+runtime's API to a PID (netd.runtimes.engine); the endpoint is named after the container.
 """
 
 from __future__ import annotations
@@ -48,6 +48,14 @@ def endpoint_name(ref: str) -> str:
     return check_name(ref, "container name")
 
 
+def _valid_name(ref: str) -> bool:
+    try:
+        check_name(ref, "container name")
+    except InvalidInput:
+        return False
+    return True
+
+
 def resolve(ref: str) -> ContainerRef:
     """Find the container's netns, or raise NotFound / InvalidInput with a clear message."""
     if not isinstance(ref, str) or not ref:
@@ -64,11 +72,17 @@ def resolve(ref: str) -> ContainerRef:
         if not _is_netns(path):
             raise InvalidInput(f"{ref!r} is not a network namespace")
         return ContainerRef(ref=ref, name=endpoint_name(ref), netns=str(path))
-    check_name(ref, "container name")
     path = NETNS_DIR / ref
+    if not (_valid_name(ref) and _is_netns(path)):
+        from netd.runtimes.engine import find_container  # a Docker/Podman name or id
+
+        container = find_container(ref)
+        if container is not None:
+            return container
+    check_name(ref, "container name")
     if not _is_netns(path):
         raise NotFound(
             f"container {ref!r} not found: no network namespace {path} "
-            "(give a netns name, a netns path or a PID)"
+            "(give a netns name, a netns path, a PID or a running Docker/Podman container)"
         )
     return ContainerRef(ref=ref, name=ref, netns=str(path))

@@ -14,7 +14,7 @@ commit exactly if the datapath refused it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ipam import macs
@@ -76,7 +76,7 @@ class Endpoints:
         self.ctx = ctx
 
     def attach(self, request: dict[str, Any]) -> Endpoint:
-        fields = only(request, {"container", "network", "ip", "mac", "ifname", "sg"})
+        fields = only(request, {"container", "network", "ip", "mac", "ifname", "sg", "name"})
         if not fields.get("container") or not fields.get("network"):
             raise InvalidInput("attach needs a container and --network")
         try:
@@ -105,6 +105,8 @@ class Endpoints:
         net_kv, network = revalidated(ctx, name, check, fresh)
         pool = ctx.pool(network, net_kv.create_revision)
         ref = ctx.resolve(container)
+        if fields.get("name"):  # a runtime names the endpoint (its container's name)
+            ref = replace(ref, name=check_name(check_str(fields["name"], "name"), "endpoint name"))
         key = ctx.keys.endpoint(network.name, ref.name)
 
         with ctx.netns_locks.hold(ref.netns):
