@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import socketserver
+import sys
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -78,8 +79,14 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", r"/v1/drivers",
      lambda s, p, b, q: (200, [spec.to_dict() for _, spec in sorted(s.specs.items())])),
 ]
-_COMPILED = [(m, re.compile(f"^{pattern}$"), h) for m, pattern, h in ROUTES]
+_COMPILED = [(m, re.compile(pattern), h) for m, pattern, h in ROUTES]
 MAX_BODY = 1 << 20
+# a client has this long to send each part of a request (and an idle keep-alive
+# connection is closed after it): a half-open or dribbling client holds one thread
+# for at most this long
+CLIENT_TIMEOUT = 10.0
+# connections served at once; one more is answered 503 at once and closed
+MAX_CONNECTIONS = 512
 
 
 def status_for(exc: NetdError) -> HTTPStatus:
@@ -89,9 +96,14 @@ def status_for(exc: NetdError) -> HTTPStatus:
     return HTTPStatus.INTERNAL_SERVER_ERROR
 
 
+class _ClientGone(ConnectionError):
+    """The client closed or stalled its connection; there is nobody to answer."""
+
+
 class _RequestHandler(BaseHTTPRequestHandler):
     server: ApiServer
     protocol_version = "HTTP/1.1"
+    timeout = CLIENT_TIMEOUT
 
     def do_GET(self) -> None:
         self._dispatch("GET")
@@ -102,21 +114,63 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
+    def do_OPTIONS(self) -> None:
+        self._dispatch("OPTIONS")
+
+    def do_TRACE(self) -> None:
+        self._dispatch("TRACE")
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own errors (bad request line, URL too long, unknown method) in the
+        API's JSON shape instead of HTML."""
+        try:
+            status = HTTPStatus(code)
+        except ValueError:
+            status = HTTPStatus.BAD_REQUEST
+        self.close_connection = True
+        self._error(status, status.phrase.lower().replace(" ", "_"), message or status.phrase)
+
     def _dispatch(self, method: str) -> None:
+        try:
+            self._serve(method)
+        except _ClientGone as exc:
+            # the client went away (or stopped sending) mid-request: nobody to answer
+            log.debug("api: %s %s: client connection ended: %s", method, self.path, exc)
+            self.close_connection = True
+
+    def _serve(self, method: str) -> None:
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         try:
             body = self._body()
+            allowed = []
             for route_method, pattern, handler in _COMPILED:
-                match = pattern.match(url.path)
+                match = pattern.fullmatch(url.path)
                 if match and route_method == method:
                     params = {k: unquote(v) for k, v in match.groupdict().items()}
                     status, value = handler(self.server.service, params, body, query)
                     self._reply(int(status), value)
                     return
-            self._error(HTTPStatus.NOT_FOUND, "not_found", f"no route {method} {url.path}")
+                if match:
+                    allowed.append(route_method)
+            if allowed:
+                self._error(HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed",
+                            f"{method} is not allowed on {url.path}; use {', '.join(allowed)}")
+            else:
+                self._error(HTTPStatus.NOT_FOUND, "not_found", f"no route {method} {url.path}")
         except NetdError as exc:
             self._error(status_for(exc), exc.code, str(exc))
+        except _ClientGone:
+            raise
         except Exception as exc:
             log.exception("internal error serving %s %s", method, url.path)
             self._error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal", f"internal error: {exc}")
@@ -133,20 +187,39 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if not length:
             return {}
         try:
-            data = json.loads(self.rfile.read(length))
-        except ValueError:
-            raise InvalidInput("request body is not valid JSON") from None
+            raw = self.rfile.read(length)
+        except (ConnectionError, TimeoutError) as exc:
+            raise _ClientGone(str(exc)) from None
+        if len(raw) < length:
+            raise _ClientGone("the body ended early")
+        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise InvalidInput(
+                f"request body must be sent as Content-Type application/json, "
+                f"not {content_type or 'none'!r}"
+            )
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise InvalidInput("request body is not valid JSON (or nested too deeply)") from None
         if not isinstance(data, dict):
             raise InvalidInput("request body must be a JSON object")
         return data
 
     def _reply(self, status: int, value: Any) -> None:
         payload = json.dumps(value).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+            self.wfile.flush()
+        except (ConnectionError, TimeoutError) as exc:
+            raise _ClientGone(str(exc)) from None
 
     def _error(self, status: HTTPStatus, code: str, message: str) -> None:
         self._reply(int(status), {"error": {"code": code, "message": message}})
@@ -173,11 +246,19 @@ def ensure_socket_free(path: Path) -> None:
     raise Conflict(f"another netd is already serving on {path}; stop it or use --socket")
 
 
+_BUSY = json.dumps({"error": {"code": "busy", "message":
+                    f"netd is serving {MAX_CONNECTIONS} connections already; try again"}}).encode()
+_BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                  b"Connection: close\r\nContent-Length: " + str(len(_BUSY)).encode()
+                  + b"\r\n\r\n" + _BUSY)
+
+
 class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     # listen() backlog: bursts of netctl calls (scripts attaching many containers at
-    # once) queue here instead of failing with EAGAIN (socketserver's default is 5)
-    request_queue_size = 128
+    # once) queue here instead of failing with EAGAIN (socketserver's default is 5);
+    # the kernel caps it at net.core.somaxconn
+    request_queue_size = 4096
 
     def __init__(self, path: Path, service: Service) -> None:
         self.service = service
@@ -193,7 +274,35 @@ class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         # the socket appears under its real name only once it is ready to serve
         os.rename(tmp, path)
         self.path = path
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._thread = threading.Thread(target=self.serve_forever, name="api", daemon=True)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.settimeout(1.0)
+                request.sendall(_BUSY_RESPONSE)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away or timed out is routine, not a traceback on stderr."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            log.debug("api: client connection ended: %s", exc)
+        else:
+            log.error("api: error serving a connection", exc_info=exc)
 
     def start(self) -> None:
         self._thread.start()

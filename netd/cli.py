@@ -60,17 +60,27 @@ class _UnixConnection(http.client.HTTPConnection):
             return
 
 
+# How long netctl waits for an answer: a read answers at once; a change may wait for
+# this host's datapath (the daemon's apply timeout, 15 s) and a store retry.
+READ_TIMEOUT = 10.0
+CHANGE_TIMEOUT = 30.0
+
+
 class Client:
-    def __init__(self, socket_path: Path, timeout: float = 60.0) -> None:
+    def __init__(self, socket_path: Path, timeout: float | None = None) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        conn = _UnixConnection(str(self.socket_path), self.timeout)
+        changes = method != "GET"
+        timeout = self.timeout or (CHANGE_TIMEOUT if changes else READ_TIMEOUT)
+        conn = _UnixConnection(str(self.socket_path), timeout)
+        sent = False
         try:
             payload = None if body is None else json.dumps(body)
             headers = {"Content-Type": "application/json"} if payload else {}
             conn.request(method, path, body=payload, headers=headers)
+            sent = True
             resp = conn.getresponse()
             data = resp.read()
         except (FileNotFoundError, ConnectionRefusedError):
@@ -80,18 +90,45 @@ class Client:
             ) from None
         except PermissionError:
             raise CliError(f"permission denied on {self.socket_path}; run as root") from None
-        except (TimeoutError, OSError) as exc:
-            raise CliError(f"talking to netd at {self.socket_path} failed: {exc}") from None
+        except (TimeoutError, OSError, http.client.HTTPException) as exc:
+            raise CliError(self._failure(exc, sent, changes, timeout), EXIT_UNREACHABLE) from None
         finally:
             conn.close()
         try:
             value = json.loads(data) if data else None
-        except ValueError:
-            raise CliError(f"netd sent a response that is not JSON (HTTP {resp.status})") from None
+        except (ValueError, RecursionError):
+            raise CliError(
+                f"the answer on {self.socket_path} is not netd's (HTTP {resp.status}, not JSON)"
+            ) from None
         if resp.status >= 400:
-            message = (value or {}).get("error", {}).get("message") or f"HTTP {resp.status}"
-            raise CliError(message)
+            raise CliError(_error_message(value, resp.status))
         return value
+
+    def _failure(self, exc: BaseException, sent: bool, changes: bool, timeout: float) -> str:
+        if isinstance(exc, TimeoutError):
+            what = f"netd at {self.socket_path} did not answer within {timeout:g} s"
+        elif isinstance(exc, http.client.RemoteDisconnected) or (
+            sent and isinstance(exc, ConnectionError)
+        ):
+            what = f"netd at {self.socket_path} closed the connection without answering"
+        elif isinstance(exc, http.client.HTTPException):
+            return f"the answer on {self.socket_path} is not netd's ({type(exc).__name__})"
+        else:
+            return f"talking to netd at {self.socket_path} failed: {exc}"
+        if sent and changes:
+            return (f"{what}: the outcome of this change is unknown (netd may have stopped "
+                    "mid-request); check with `netctl endpoint ls` / `network ls`, or repeat "
+                    "the command, which is safe")
+        return f"{what}; is it stopped or overloaded? (netctl status)"
+
+
+def _error_message(value: Any, status: int) -> str:
+    """The one line to print for an error answer, whatever shape its body has."""
+    error = value.get("error") if isinstance(value, dict) else None
+    message = error.get("message") if isinstance(error, dict) else error
+    if isinstance(message, str) and message.strip():
+        return " ".join(message.split())
+    return f"netd answered HTTP {status} without an error message"
 
 
 # --- output -----------------------------------------------------------------------

@@ -27,13 +27,14 @@ MTU_MIN, MTU_MAX = 68, 65_535
 # The weave sleeve wire format's constants, still imported from here by plugins.weave
 # (sleeve, crypto); the overheads that reach MTUs come from the driver's BackendSpec.
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
-_MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_IFNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
+_MAC_RE = re.compile(r"([0-9a-f]{2}:){5}[0-9a-f]{2}")
+# patterns are used with fullmatch: `$` would also accept a trailing newline
 
 
 def check_name(value: str, what: str) -> str:
-    if not isinstance(value, str) or not _NAME_RE.match(value):
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
         raise InvalidInput(
             f"invalid {what} {value!r}: use 1-63 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
@@ -42,7 +43,7 @@ def check_name(value: str, what: str) -> str:
 
 
 def check_ifname(value: str) -> str:
-    if not isinstance(value, str) or not _IFNAME_RE.match(value) or value in (".", ".."):
+    if not isinstance(value, str) or not _IFNAME_RE.fullmatch(value) or value in (".", ".."):
         raise InvalidInput(
             f"invalid interface name {value!r}: 1-15 letters, digits, '.', '_' or '-'"
         )
@@ -51,7 +52,7 @@ def check_ifname(value: str) -> str:
 
 def check_mac(value: str) -> str:
     mac = str(value).lower()
-    if not _MAC_RE.match(mac):
+    if not _MAC_RE.fullmatch(mac):
         raise InvalidInput(f"invalid MAC address {value!r}: expected aa:bb:cc:dd:ee:ff")
     first = int(mac[:2], 16)
     if first & 1:
@@ -167,6 +168,8 @@ def parse_subnet(value: str) -> netaddr.IPNetwork:
         raise InvalidInput(
             f"invalid subnet {value!r}: host bits set, did you mean {net.cidr}?"
         )
+    if str(net) != value:
+        raise InvalidInput(f"invalid subnet {value!r}: write it as {net.cidr}")
     if net.prefixlen > 30:
         raise InvalidInput(f"invalid subnet {value!r}: prefix must be /30 or shorter")
     for cidr, what in RESERVED_RANGES:
@@ -185,7 +188,7 @@ def parse_ip(value: str, what: str = "IP address") -> netaddr.IPAddress:
         ip = netaddr.IPAddress(value)
     except (netaddr.AddrFormatError, ValueError, TypeError):
         raise InvalidInput(f"invalid {what} {value!r}") from None
-    if ip.version != 4 or "/" in str(value) or str(ip) != str(value).strip():
+    if ip.version != 4 or str(ip) != value:
         raise InvalidInput(f"invalid {what} {value!r}: expected dotted IPv4 like 10.1.0.5")
     return ip
 

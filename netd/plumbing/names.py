@@ -55,7 +55,7 @@ class NameRole:
         return f"{self.prefix}{digest[:HASH_DIGITS]}"
 
     def matches(self, name: str) -> bool:
-        return _pattern(self.prefix, self.suffix).match(name) is not None
+        return _pattern(self.prefix, self.suffix).fullmatch(name) is not None
 
     def number_of(self, name: str) -> int | None:
         """The number in `name` when it is this role's, else None."""
@@ -68,7 +68,7 @@ class NameRole:
 def _pattern(prefix: str, suffix: Suffix) -> re.Pattern[str]:
     number = f"[1-9][0-9]{{0,{NUMBER_DIGITS - 1}}}"
     body = number if suffix == "number" else f"[0-9a-f]{{{HASH_DIGITS}}}"
-    return re.compile(rf"^{re.escape(prefix)}{body}$")
+    return re.compile(rf"{re.escape(prefix)}{body}")
 
 
 _lock = threading.Lock()

@@ -54,7 +54,8 @@ class DockerHost:
             self.socket.unlink()
         self.dockerd = self.ns.spawn([
             "dockerd", "--data-root", str(self.dir / "docker-data"),
-            "--exec-root", str(self.dir / "docker-exec"),
+            # the private tmpfs: sandboxes land in /run/docker/netns, where netd accepts them
+            "--exec-root", "/run/docker",
             "--pidfile", str(self.dir / "docker.pid"), "-H", f"unix://{self.socket}",
             "--iptables=false", "--ip6tables=false", "--bridge=none",
             "--cgroup-parent", self.cgroup, "--shutdown-timeout", "2", "--log-level", "info",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import fields
 from importlib.resources import files
@@ -124,6 +126,115 @@ def _raw(path: Path, request: bytes) -> tuple[int, dict[str, object]]:
     return status, json.loads(data.partition(b"\r\n\r\n")[2])
 
 
+def _post(path: bytes, payload: bytes, content_type: bytes = b"application/json") -> bytes:
+    return (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s"
+            % (path, content_type, len(payload), payload))
+
+
+def _error(status: int, body: dict[str, object]) -> str:
+    assert isinstance(body.get("error"), dict), body
+    return str(body["error"]["message"])  # type: ignore[index]
+
+
+def test_deeply_nested_json_is_a_bad_request(server: Path, service: Service) -> None:
+    status, body = _raw(server, _post(b"/v1/networks", b"[" * 100_000))
+    assert status == 400 and "JSON" in _error(status, body)
+    assert service.list_networks() == []
+
+
+def test_a_body_that_is_not_declared_json_is_refused(server: Path, service: Service) -> None:
+    payload = json.dumps({"name": "n", "subnet": "10.1.0.0/24"}).encode()
+    status, body = _raw(server, _post(b"/v1/networks", payload, b"text/plain"))
+    assert status == 400 and "application/json" in _error(status, body)
+    assert service.list_networks() == []
+    status, _ = _raw(server, _post(b"/v1/networks", payload, b"application/json; charset=utf-8"))
+    assert status == 201
+
+
+@pytest.mark.parametrize("method", [b"PUT", b"PATCH", b"TRACE", b"OPTIONS"])
+def test_other_methods_get_a_json_405(server: Path, method: bytes) -> None:
+    status, body = _raw(server, method + b" /v1/networks HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 405
+    assert "GET, POST" in _error(status, body)
+
+
+def test_unknown_method_and_huge_url_get_json_errors(server: Path) -> None:
+    status, body = _raw(server, b"FROB /v1/networks HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 501 and "FROB" in _error(status, body)
+    status, body = _raw(server, b"GET /v1/" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 414 and _error(status, body)
+
+
+def test_a_name_with_a_trailing_newline_is_refused(server: Path, service: Service) -> None:
+    for fields_ in ({"name": "blue\n"}, {"name": "blue", "tenant": "default\n"}):
+        payload = json.dumps({"name": "n", "subnet": "10.1.0.0/24", **fields_}).encode()
+        status, body = _raw(server, _post(b"/v1/networks", payload))
+        assert status == 400, body
+    status, body = _raw(server, b"GET /v1/networks/blue%0A HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status in (400, 404), body
+    assert service.list_networks() == []
+
+
+def test_half_open_clients_do_not_hold_the_api(server: Path) -> None:
+    stalled = []
+    try:
+        for _ in range(200):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(server))
+            sock.sendall(b"POST /v1/networks HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
+            stalled.append(sock)
+        status, _ = _raw(server, b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == 200
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def test_clients_that_leave_early_are_not_errors(
+    server: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="netd.api")
+    for _ in range(50):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(server))
+        sock.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.close()
+    status, _ = _raw(server, b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 200
+    time.sleep(0.5)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_stalled_body_is_dropped_after_the_client_timeout(
+    server: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api._RequestHandler, "timeout", 0.3)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(server))
+        sock.sendall(b"POST /v1/networks HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
+        assert sock.recv(100) == b""  # closed by the server, no answer owed
+
+
+def test_connections_beyond_the_cap_get_a_json_503(
+    server: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api._RequestHandler, "timeout", 5.0)
+    held = []
+    try:
+        for _ in range(api.MAX_CONNECTIONS):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(server))
+            sock.sendall(b"GET /v1/status HTTP/1.1\r\n")  # headers never end
+            held.append(sock)
+        status, body = _raw(server, b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == 503 and "try again" in _error(status, body)
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def test_bad_content_length_is_a_bad_request(server: Path) -> None:
     status, body = _raw(server, b"POST /v1/networks HTTP/1.1\r\nHost: x\r\n"
                                 b"Content-Length: abc\r\n\r\n")
@@ -134,9 +245,9 @@ def test_bad_content_length_is_a_bad_request(server: Path) -> None:
 def test_wrongly_typed_fields_are_bad_requests(server: Path) -> None:
     for fields_ in ({"options": "x"}, {"vni": 1.9}, {"encrypt": "false"}):
         payload = json.dumps({"name": "n", "subnet": "10.1.0.0/24", **fields_}).encode()
-        status, body = _raw(server, b"POST /v1/networks HTTP/1.1\r\nHost: x\r\n"
-                            b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
+        status, body = _raw(server, _post(b"/v1/networks", payload))
         assert status == 400, body
+        assert "Content-Type" not in body["error"]["message"]  # type: ignore[index]
 
 
 def test_drivers_are_served_as_they_declare_themselves(server: Path) -> None:

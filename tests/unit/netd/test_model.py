@@ -12,11 +12,15 @@ from netd.model import (
     Endpoint,
     HostRoles,
     Network,
+    check_ifname,
     check_ip_in_subnet,
     check_mac,
+    check_name,
     check_underlay_fits,
     mac_from_ip,
     network_mtu,
+    parse_ip,
+    parse_subnet,
     subnets_overlap,
     validate_network,
 )
@@ -231,3 +235,25 @@ def test_underlay_fits() -> None:
     gre = net(driver="openflow")
     with pytest.raises(HostLimit, match=r"MTU 1458 plus 42 .* needs 1500"):
         check_underlay_fits(gre, 1499, GRE)
+
+
+@pytest.mark.parametrize("check, value", [
+    (lambda v: check_name(v, "network name"), "blue\n"),
+    (lambda v: check_name(v, "tenant"), "default\n"),
+    (check_ifname, "eth0\n"),
+    (check_mac, "02:42:0a:00:00:01\n"),
+    (parse_ip, "10.1.0.5\n"),
+    (parse_ip, " 10.1.0.5"),
+    (parse_subnet, "10.1.0.0/24\n"),
+    (parse_subnet, "10.1.0.0/024"),
+])
+def test_trailing_newlines_and_odd_spellings_are_refused(check: Any, value: str) -> None:
+    with pytest.raises(InvalidInput):
+        check(value)
+
+
+def test_plain_values_still_pass() -> None:
+    assert check_name("blue", "network name") == "blue"
+    assert check_ifname("eth0") == "eth0"
+    assert str(parse_ip("10.1.0.5")) == "10.1.0.5"
+    assert str(parse_subnet("10.1.0.0/24")) == "10.1.0.0/24"

@@ -230,7 +230,7 @@ def test_refused_rm_leaves_no_marker(svc: Service, store: HookedStore) -> None:
 def test_same_name_from_another_netns_is_refused(svc: Service) -> None:
     attach(svc, "c1")
     with pytest.raises(Conflict, match="another namespace"):
-        attach(svc, "/tmp/x/c1")
+        attach(svc, "/var/run/docker/netns/c1")
     attach(svc, "4242")
     with pytest.raises(Conflict, match="another namespace"):
         attach(svc, "pid-4242")
