@@ -151,7 +151,7 @@ def run(cfg: config_mod.Config) -> None:
     service = Service(store, keys, registration, reconciler, specs_of(drivers),
                       links=lambda netns: netlink.link_names(netns, shared_netlink))
     try:
-        server = ApiServer(cfg.socket, service)
+        server = ApiServer(cfg.socket, service, config_mod.socket_gid(cfg))
     except OSError as exc:
         raise InvalidInput(f"cannot create API socket {cfg.socket}: {exc.strerror}") from None
     server.start()

@@ -260,7 +260,7 @@ class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     # the kernel caps it at net.core.somaxconn
     request_queue_size = 4096
 
-    def __init__(self, path: Path, service: Service) -> None:
+    def __init__(self, path: Path, service: Service, group: int | None = None) -> None:
         self.service = service
         path.parent.mkdir(parents=True, exist_ok=True)
         ensure_socket_free(path)
@@ -271,6 +271,8 @@ class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             tmp.unlink()
         super().__init__(str(tmp), _RequestHandler)
         os.chmod(tmp, 0o660)
+        if group is not None:
+            os.chown(tmp, -1, group)
         # the socket appears under its real name only once it is ready to serve
         os.rename(tmp, path)
         self.path = path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import grp
 import socket
 import tomllib
 from dataclasses import dataclass, fields, replace
@@ -25,6 +26,7 @@ class Config:
     underlay_ip: str = ""
     store: str = ""
     socket: Path = DEFAULT_SOCKET
+    socket_group: str = ""  # group (name or gid) allowed to use the socket besides root
     state_dir: Path = DEFAULT_STATE_DIR
     host_ttl: int = 30
     resync_interval: float = 30.0
@@ -64,6 +66,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--store-password", help="etcd user's password (prefer the config file: "
                    "command lines are visible to every local user)")
     p.add_argument("--socket", type=Path, help=f"API socket (default {DEFAULT_SOCKET})")
+    p.add_argument("--socket-group", help="group (name or number) whose members may use the "
+                   "API socket (mode 0660); default: root's group only")
     p.add_argument("--state-dir", type=Path, help=f"state directory (default {DEFAULT_STATE_DIR})")
     p.add_argument("--host-ttl", type=int, help="seconds before a silent host counts as dead "
                    "(default 30)")
@@ -116,6 +120,17 @@ _FILE_TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 
+def socket_gid(config: Config) -> int | None:
+    """The numeric group of --socket-group (None: leave the socket's group alone)."""
+    group = config.socket_group
+    if not group:
+        return None
+    try:
+        return int(group) if group.isascii() and group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise InvalidInput(f"--socket-group: no group named {group!r} on this host") from None
+
+
 def _finish(config: Config) -> Config:
     host = config.host or socket.gethostname().split(".")[0]
     check_name(host, "host name")
@@ -132,4 +147,5 @@ def _finish(config: Config) -> Config:
                 f"not {getattr(config, name)!r}"
             )
     config.store_security().check()
+    socket_gid(config)
     return replace(config, host=host, resync_interval=float(config.resync_interval))
