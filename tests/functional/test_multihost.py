@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from netd.lab import Lab, ns_exec, run
+from netd.store.keys import Keys
 from plugins.weave.names import vxlan_name
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
@@ -345,6 +346,26 @@ def test_sleeve_payload_is_opaque_only_when_encrypted(
         assert not with_header, f"{len(with_header)} frames carry the inner IP header in clear"
     else:
         assert len(with_payload) >= 10 and len(with_header) >= 10
+
+
+def test_an_encrypted_networks_key_never_leaves_the_store(lab: Lab, meshes: Meshes) -> None:
+    """Not in any daemon's log, nor in anything netctl shows (tables or --json)."""
+    mesh = meshes("sleeve-encrypt")
+    name = mesh.network["name"]
+    got = lab.etcdctl(lab.etcd_members[0].name, "get", "--print-value-only",
+                      Keys().network_key(name))
+    key = got.stdout.strip()
+    assert got.returncode == 0 and len(key) == 64, got.stderr
+    shown = [
+        lab.netctl(h, *args).stdout
+        for h in HOSTS
+        for args in (["network", "inspect", name], ["--json", "network", "inspect", name],
+                     ["--json", "network", "ls"], ["--json", "endpoint", "ls"],
+                     ["--json", "status"], ["--json", "host", "ls"])
+    ]
+    logs = [lab.hosts[h].log.read_text() for h in HOSTS]
+    for text in shown + logs:
+        assert key not in text and key.upper() not in text
 
 
 # --- tenants ------------------------------------------------------------------------------
