@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from netd import config as config_mod
-from netd import netlink
+from netd import metrics, netlink
 from netd.api import ApiServer, ensure_socket_free
 from netd.errors import Conflict, InvalidInput, NetdError
 from netd.hosts import HostRegistration
@@ -102,7 +102,7 @@ def run(cfg: config_mod.Config) -> None:
     ensure_socket_free(cfg.socket)
     lock = lock_state_dir(cfg.state_dir)
     netns_lock = lock_netns()
-    store = open_store(cfg.store or None, cfg.state_dir, cfg.store_security())
+    store = metrics.instrument(open_store(cfg.store or None, cfg.state_dir, cfg.store_security()))
     keys = Keys()
     underlay_ip = cfg.underlay_ip or netlink.default_underlay_ip()
     underlay_mtu = netlink.underlay_mtu(underlay_ip)
@@ -150,6 +150,8 @@ def run(cfg: config_mod.Config) -> None:
     reconciler.start()
     service = Service(store, keys, registration, reconciler, specs_of(drivers),
                       links=lambda netns: netlink.link_names(netns, shared_netlink))
+    if cfg.metrics:
+        metrics.serve(cfg.metrics, reconciler, lambda: registration.host.name)
     try:
         server = ApiServer(cfg.socket, service, config_mod.socket_gid(cfg))
     except OSError as exc:

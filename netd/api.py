@@ -16,6 +16,7 @@ import socket
 import socketserver
 import sys
 import threading
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from netd import metrics
 from netd.errors import (
     Compacted,
     Conflict,
@@ -80,6 +82,11 @@ ROUTES: list[tuple[str, str, Handler]] = [
      lambda s, p, b, q: (200, [spec.to_dict() for _, spec in sorted(s.specs.items())])),
 ]
 _COMPILED = [(m, re.compile(pattern), h) for m, pattern, h in ROUTES]
+# a route as metrics label it: /v1/networks/{name}
+_TEMPLATES = {
+    pattern: re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", pattern) for _, pattern, _ in ROUTES
+}
+_METHODS = {"GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS", "TRACE"}
 MAX_BODY = 1 << 20
 # a client has this long to send each part of a request (and an idle keep-alive
 # connection is closed after it): a half-open or dribbling client holds one thread
@@ -148,6 +155,14 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _serve(self, method: str) -> None:
+        started = time.perf_counter()
+        self._route = "unmatched"
+        try:
+            self._route_request(method)
+        finally:
+            metrics.API_SECONDS.labels(self._route).observe(time.perf_counter() - started)
+
+    def _route_request(self, method: str) -> None:
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         try:
@@ -156,6 +171,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             for route_method, pattern, handler in _COMPILED:
                 match = pattern.fullmatch(url.path)
                 if match and route_method == method:
+                    self._route = _TEMPLATES[pattern.pattern]
                     params = {k: unquote(v) for k, v in match.groupdict().items()}
                     status, value = handler(self.server.service, params, body, query)
                     self._reply(int(status), value)
@@ -208,6 +224,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def _reply(self, status: int, value: Any) -> None:
         payload = json.dumps(value).encode()
+        method = self.command if self.command in _METHODS else "other"
+        metrics.API_REQUESTS.labels(method, getattr(self, "_route", "unmatched"),
+                                    str(status)).inc()
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

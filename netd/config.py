@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from netd import metrics
 from netd.errors import InvalidInput
 from netd.model import check_name, parse_ip
 from netd.store.etcd import EtcdSecurity
@@ -27,6 +28,7 @@ class Config:
     store: str = ""
     socket: Path = DEFAULT_SOCKET
     socket_group: str = ""  # group (name or gid) allowed to use the socket besides root
+    metrics: str = ""  # HOST:PORT of the Prometheus scrape endpoint ("" = off)
     state_dir: Path = DEFAULT_STATE_DIR
     host_ttl: int = 30
     resync_interval: float = 30.0
@@ -68,6 +70,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--socket", type=Path, help=f"API socket (default {DEFAULT_SOCKET})")
     p.add_argument("--socket-group", help="group (name or number) whose members may use the "
                    "API socket (mode 0660); default: root's group only")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at this address (default: off)")
     p.add_argument("--state-dir", type=Path, help=f"state directory (default {DEFAULT_STATE_DIR})")
     p.add_argument("--host-ttl", type=int, help="seconds before a silent host counts as dead "
                    "(default 30)")
@@ -148,4 +152,6 @@ def _finish(config: Config) -> Config:
             )
     config.store_security().check()
     socket_gid(config)
+    if config.metrics:
+        metrics.parse_address(config.metrics)
     return replace(config, host=host, resync_interval=float(config.resync_interval))

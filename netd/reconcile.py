@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from netd import metrics
 from netd.calc import DesiredState, Snapshot
 from netd.errors import Compacted, NetdError, StoreUnavailable
 from netd.model import Host
@@ -224,6 +225,7 @@ class DriverWorker:
             self._status.errors = dict(report.errors)
             self._status.last_sync = time.time()
             self._status.last_duration = took
+            metrics.APPLY_SECONDS.labels(self.name).observe(took)
             self._status.syncs += 1
             self._status.applying_since = 0.0
             self._cond.notify_all()
@@ -405,6 +407,7 @@ class Reconciler:
                 self._stop.wait(1.0)
 
     def _list_and_watch(self) -> None:
+        metrics.WATCH_RELISTS.inc()
         starts: dict[str, int] = {}
         kvs: dict[str, str] = {}
         for prefix in self._kinds.prefixes():
