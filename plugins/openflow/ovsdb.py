@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REMOTE = "unix:/var/run/openvswitch/db.sock"
 OVSDB_ENV = "NETD_OVSDB"  # another OVSDB remote (a private instance per host namespace)
+CONTROLLER_BACKOFF_MS = 1000  # a restarted netd is reconnected within a second
 OWNER_KEY = "netd-owner"  # external_ids key on netd's ports: "<network>/<endpoint>" or a peer
 
 
@@ -74,16 +75,26 @@ class Ovsdb:
     # -- bridge ---------------------------------------------------------------------------
     def ensure_bridge(self, name: str, datapath_type: str, controller: str) -> None:
         """The bridge as netd runs it: OpenFlow 1.3 only, fail_mode=secure (the switch
-        keeps its flows and forwards nothing else while the controller is away)."""
+        keeps its flows and forwards nothing else while the controller is away), netd's
+        controller retried every second at most. A controller already set is left alone
+        (setting it again would drop the switch's connection)."""
         api = self.api
-        self._run(
-            f"bridge {name}",
+        commands = [
             api.add_br(name, may_exist=True, datapath_type=datapath_type),
             api.db_set("Bridge", name, ("protocols", ["OpenFlow13"]),
                        ("fail_mode", "secure"), ("datapath_type", datapath_type),
                        ("external_ids", {OWNER_KEY: "netd"})),
-            api.set_controller(name, [controller]),
-        )
+        ]
+        exists = self._read("bridge", api.br_exists(name))
+        if not exists or self._read("controller", api.get_controller(name)) != [controller]:
+            commands.append(api.set_controller(name, [controller]))
+        self._run(f"bridge {name}", *commands)
+        rows = self._read("controller", api.db_find(
+            "Controller", ("target", "=", controller), columns=["_uuid", "max_backoff"]))
+        for row in rows:
+            if row.get("max_backoff") != [CONTROLLER_BACKOFF_MS]:
+                self._run("controller backoff", api.db_set(
+                    "Controller", row["_uuid"], ("max_backoff", CONTROLLER_BACKOFF_MS)))
 
     def bridge(self, name: str) -> dict[str, Any] | None:
         rows = self._read("bridge", self.api.db_find(
