@@ -21,7 +21,7 @@ import pytest
 
 from netd.lab import ns_exec, run
 from plugins.openflow.cookies import NETD_MAGIC
-from plugins.openflow.names import INTEGRATION_BRIDGE
+from plugins.openflow.names import GRE, INTEGRATION_BRIDGE, VXLAN
 from tests.support.ovs import OvsLab, ovs_available
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd,
@@ -31,6 +31,7 @@ BR = INTEGRATION_BRIDGE
 # backend -> (second octet of the subnets, GRE/VXLAN wire filter)
 BACKENDS = {"gre": 81, "vxlan": 82}
 OVERHEAD = {"gre": 42, "vxlan": 50}
+TUNNEL_PREFIX = {"gre": GRE.prefix, "vxlan": VXLAN.prefix}
 
 
 class Site:
@@ -236,7 +237,7 @@ def test_flood_goes_only_to_hosts_with_the_network(site: Site) -> None:
         return max(line.count("output:") for line in lines)
 
     ports = site.lab.ovs["h1"].vsctl("--bare", "--columns=name", "list", "Interface").stdout
-    assert len([p for p in ports.split() if p.startswith("ndo" + site.backend[0])]) == 2
+    assert len([p for p in ports.split() if p.startswith(TUNNEL_PREFIX[site.backend])]) == 2
     assert tunnel_outputs("h1", site.vni["a"]) == 1 + 2  # its local port, h2 and h3
     assert tunnel_outputs("h1", site.vni["b"]) == 1 + 1  # its local port and h2 only
 
@@ -283,7 +284,8 @@ def test_netd_kill_and_restart_loses_no_ping_and_keeps_the_flow_table(site: Site
     lab = site.lab
     before = flows(site, "h1")
     pinger = subprocess.Popen(
-        ns_exec(site.netns["a2"], "ping", "-n", "-q", "-i", "0.05", "-w", "8", site.ip["a1"]),
+        ns_exec(site.netns["a2"], "ping", "-n", "-q", "-i", "0.05", "-c", "160", "-W", "3",
+                site.ip["a1"]),
         stdout=subprocess.PIPE, text=True)
     time.sleep(0.5)
     lab.stop_netd("h1", kill=True)
@@ -291,7 +293,7 @@ def test_netd_kill_and_restart_loses_no_ping_and_keeps_the_flow_table(site: Site
     lab.start_netd("h1")
     assert wait_until(lambda: lab.netctl_json("h1", "status")["workers"]["openflow"]
                       ["syncs"] >= 1, 15)
-    out, _ = pinger.communicate(timeout=20)
+    out, _ = pinger.communicate(timeout=30)  # every reply counts, however late
     match = re.search(r"(\d+) packets transmitted, (\d+) received", out)
     assert match, out
     sent, received = map(int, match.groups())
