@@ -13,6 +13,9 @@ APT_PACKAGES=(
   iproute2 iputils-ping ethtool procps psmisc kmod
   etcd-server etcd-client
   nftables iperf3 tcpdump tshark
+  # openflow driver: Open vSwitch (tests run a private instance per host namespace;
+  # setup() keeps the package from starting one in the root namespace)
+  openvswitch-switch openvswitch-common
 )
 
 setup() {
@@ -20,7 +23,18 @@ setup() {
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+  # no package may start a daemon in the root namespace (openvswitch-switch would)
+  local policy_rc=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    policy_rc=/usr/sbin/policy-rc.d
+  fi
   apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
+  if [ -n "$policy_rc" ]; then rm -f "$policy_rc"; fi
+  # an OVS started anyway (no policy-rc.d honoured) is stopped by its pid files
+  for pidfile in /var/run/openvswitch/ovs-vswitchd.pid /var/run/openvswitch/ovsdb-server.pid; do
+    if [ -s "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; fi
+  done
   # Debian starts the packaged etcd as a service; netd's tests and demo run their own members.
   if command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then systemctl stop etcd || true; fi
   python3 -m venv .venv

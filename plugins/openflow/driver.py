@@ -177,26 +177,32 @@ class OpenFlowDriver:
             raise DatapathError("; ".join(f"{k}: {v}" for k, v in report.errors.items()))
 
     def observe(self) -> dict[str, Any]:
+        kind = "userspace" if self.datapath_type == "netdev" else "kernel"
         out: dict[str, Any] = {
             "bridge": self.bridge, "datapath_type": self.datapath_type,
             "ovsdb": self._remote, "controller": f"tcp:127.0.0.1:{self._port}",
+            "connected": False, "ports": 0,
         }
         if self._error:
             out["error"] = self._error
-        if self._ovs is None or self._switch is None:
-            out["connected"] = False
-            return out
-        out["connected"] = self._switch.app.datapath is not None
-        out["flows"] = self._flow_count
-        try:
-            ports = self._ovs.ports(self.bridge)
-        except DatapathError as exc:
-            out["error"] = str(exc)
-            return out
-        out["ports"] = {p.name: {"ofport": p.ofport, "type": p.type or "system",
-                                 **({"remote_ip": p.options["remote_ip"]}
-                                    if "remote_ip" in p.options else {})}
-                        for p in ports.values()}
+        if self._ovs is not None and self._switch is not None:
+            out["connected"] = self._switch.app.datapath is not None
+            out["flows"] = self._flow_count
+            try:
+                ports = self._ovs.ports(self.bridge)
+            except DatapathError as exc:
+                out["error"] = str(exc)
+                ports = {}
+            out["ports"] = len([p for p in ports if p != self.bridge])
+            out["port_list"] = {
+                p.name: {"ofport": p.ofport, "type": p.type or "system",
+                         **({"remote_ip": p.options["remote_ip"]}
+                            if "remote_ip" in p.options else {})}
+                for p in ports.values() if p.name != self.bridge}
+        out["summary"] = (
+            f"bridge {self.bridge} datapath {self.datapath_type} ({kind}), controller "
+            f"{'connected' if out['connected'] else 'not connected'}, "
+            f"{out.get('flows', 0)} flows" + (f", error: {out['error']}" if "error" in out else ""))
         return out
 
     # -- apply ------------------------------------------------------------------------------
