@@ -20,6 +20,7 @@ deleted flows), asks for a verify apply, which re-reads the table and rebuilds i
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import subprocess
@@ -46,6 +47,8 @@ from netd.plumbing import ContainerPort, PlugFailed, plug, unplug
 from plugins.openflow.cookies import Kind, owner_cookie
 from plugins.openflow.names import (
     INTEGRATION_BRIDGE,
+    PATCH_INT,
+    PATCH_UNDERLAY,
     host_veth_name,
     is_tunnel_port,
     is_veth_port,
@@ -59,6 +62,8 @@ from plugins.openflow.pipeline import (
     RemoteMac,
     canary_flow,
     endpoint_flows,
+    mac2mac_endpoint_flows,
+    mac2mac_port_flows,
     network_flows,
     pipeline_flows,
     remote_flows,
@@ -72,6 +77,8 @@ ETHERNET = 14  # the inner frame's Ethernet header
 GRE_WITH_KEY = 8  # GRE header 4 + key 4
 UDP_VXLAN = 8 + 8
 PORT_ENV = "NETD_OF_PORT"  # the controller's TCP port on 127.0.0.1 (default 6653)
+# the host's OVS bridge carrying the underlay address: MAC2MAC frames leave through it
+UNDERLAY_BRIDGE_ENV = "NETD_OF_UNDERLAY_BRIDGE"
 CONNECT_WAIT = 5.0  # seconds an apply waits for the bridge to connect
 CANARY_INTERVAL = 1.0
 OFFLOADS_OFF = ("tx", "off", "tso", "off", "gso", "off")
@@ -111,16 +118,39 @@ class OpenFlowDriver:
         self._stop = threading.Event()
         self._canary: threading.Thread | None = None
         self._flow_count = 0
+        self._underlay_bridge = os.environ.get(UNDERLAY_BRIDGE_ENV) or None
+        self._segment: str | None = None  # the underlay subnet, when MAC2MAC can work
+        self._patch_ofport: int | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
     def setup(self) -> dict[str, Any]:
         host = self._ctx.host()
         try:
             self._ready()
+            self._setup_mac2mac(host)
         except DatapathError as exc:
             self._error = str(exc)
             log.warning("openflow: %s (networks of this driver fail until it is fixed)", exc)
-        return {"vtep": host.underlay_ip, "datapath_type": self.datapath_type}
+        return {"vtep": host.underlay_ip, "datapath_type": self.datapath_type,
+                "segment": self._segment}
+
+    def _setup_mac2mac(self, host: Host) -> None:
+        """A patch pair between the integration bridge and the underlay bridge, and the
+        underlay segment this host publishes (hosts with the same one swap frames
+        untunnelled on MAC2MAC networks)."""
+        if self._underlay_bridge is None or self._ovs is None:
+            return
+        addresses = self._ctx.netlink.list_addresses(self._underlay_bridge)
+        prefix = next((plen for ip, plen in addresses if ip == host.underlay_ip), None)
+        if prefix is None:
+            log.warning("openflow: %s does not carry %s: no MAC2MAC", self._underlay_bridge,
+                        host.underlay_ip)
+            return
+        self._ovs.ensure_port(self.bridge, PATCH_INT, type="patch",
+                              options={"peer": PATCH_UNDERLAY}, owner="mac2mac")
+        self._ovs.ensure_port(self._underlay_bridge, PATCH_UNDERLAY, type="patch",
+                              options={"peer": PATCH_INT}, owner="mac2mac")
+        self._segment = str(ipaddress.ip_network(f"{host.underlay_ip}/{prefix}", strict=False))
 
     def _ready(self) -> None:
         """OVSDB connected, controller running, bridge configured."""
@@ -332,6 +362,10 @@ class OpenFlowDriver:
                 flows.setdefault(flow.cookie, (flow, item))
 
         add(pipeline_flows(), "driver:openflow")
+        patch = ports.get(PATCH_INT)
+        self._patch_ofport = patch.ofport if patch is not None and patch.ofport > 0 else None
+        if self._patch_ofport is not None and self._segment is not None:
+            add(mac2mac_port_flows(self._patch_ofport), "driver:openflow")
         tunnels_done: set[str] = set()
         for ns in sorted(desired.networks.values(), key=lambda n: n.network.vni):
             view = self._view(ns, host, desired, ports, report)
@@ -347,8 +381,11 @@ class OpenFlowDriver:
             add(network_flows(view), net_item)
             for port in view.local:
                 add(endpoint_flows(view.vni, port), f"endpoint:{port.key}")
+                if view.mac2mac_port is not None:
+                    add(mac2mac_endpoint_flows(view.vni, port, view.mac2mac_port),
+                        f"endpoint:{port.key}")
             for remote in view.remote:
-                add(remote_flows(view.vni, remote), net_item)
+                add(remote_flows(view.vni, remote, view.mac2mac_port), net_item)
         return flows
 
     def _view(self, ns: NetworkState, host: Host, desired: HostState,
@@ -371,13 +408,19 @@ class OpenFlowDriver:
                             "is not up" + (f": {info.error}" if info and info.error else ""))
                 continue
             tunnels[peer.underlay_ip] = info.ofport
+        mac2mac = (net.options.get("mac2mac") == "true" and self._segment is not None
+                   and self._patch_ofport is not None and net.prefixlen >= 16)
         remote: list[RemoteMac] = []
         for ep, peer in remote_endpoints(ns, desired.hosts, report):
             ofport = tunnels.get(peer.underlay_ip)
             if ofport is None:
                 continue
-            remote.append(RemoteMac(f"{net.name}/{ep.name}", ep.mac, ep.ip, ofport))
-        return NetworkView(net.vni, tuple(local), tuple(remote), tuple(tunnels.values()))
+            same_segment = mac2mac and (
+                (peer.driver_data.get("openflow") or {}).get("segment") == self._segment)
+            remote.append(RemoteMac(f"{net.name}/{ep.name}", ep.mac, ep.ip, ofport,
+                                    mac2mac=same_segment))
+        return NetworkView(net.vni, tuple(local), tuple(remote), tuple(tunnels.values()),
+                           mac2mac_port=self._patch_ofport if mac2mac else None)
 
     def _push(self, flows: dict[int, tuple[Flow, str]], *, sweep: bool, verify: bool,
               report: ApplyReport) -> None:

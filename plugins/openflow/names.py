@@ -6,6 +6,8 @@ takes them.
   ndop<8 hex>     host end of an endpoint's veth, an OVS port of the bridge
   ndog<8 hex>     GRE port towards one remote host (hash of its underlay IP)
   ndox<8 hex>     VXLAN port towards one remote host
+  ndom1, ndom2    MAC2MAC patch pair: ndom1 on the integration bridge, ndom2 on the
+                  host's underlay bridge
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ BRIDGE = claim("openflow", "bridge", "oi", "number")
 VETH = claim("openflow", "veth", "op", "hash")
 GRE = claim("openflow", "gre", "og", "hash")
 VXLAN = claim("openflow", "vxlan", "ox", "hash")
+PATCH = claim("openflow", "patch", "om", "number")
+PATCH_INT = PATCH.number(1)  # on the integration bridge
+PATCH_UNDERLAY = PATCH.number(2)  # on the underlay bridge
 
 INTEGRATION_BRIDGE = BRIDGE.number(1)  # ndoi1
 

@@ -5,7 +5,11 @@ Tables (OpenFlow 1.3; `metadata` carries the network's VNI, bit 32 marks a frame
 came from a tunnel):
 
   0   CLASSIFIER      a local port with its endpoint's source MAC -> metadata=VNI, 10;
-                      a tunnel port -> 5; anything else dropped (spoofed MACs too)
+                      a tunnel port -> 5; the MAC2MAC patch port -> 3; anything else
+                      dropped (spoofed MACs too)
+  3   MAC2MAC_IN      untunnelled frame from a peer on the segment: the destination MAC
+                      names (VNI, local endpoint) -> real MAC, metadata=VNI|FROM_TUNNEL, 4
+  4   MAC2MAC_SRC     its source MAC names (VNI, remote endpoint) -> real MAC, 30
   5   TUNNEL_INGRESS  tunnel port + tunnel key (VNI) of a network this host serves ->
                       metadata=VNI|FROM_TUNNEL, 30
   10  EGRESS_HOOK     where the security-group issue puts egress policy; now -> 20
@@ -16,6 +20,9 @@ came from a tunnel):
                       tunnel port; broadcast and unknown -> 60
   40  INGRESS_HOOK    where ingress policy will go; now -> 50
   50  LOCAL_OUTPUT    destination MAC -> the endpoint's port
+  70  MAC2MAC_OUT      (MAC2MAC networks) a frame for a remote endpoint on the same segment,
+                      destination already rewritten: source MAC rewritten, out the patch
+                      port to the underlay bridge, untunnelled
   60  FLOOD           frames from local ports: every local port of the network and the
                       tunnel of every peer host with the network; frames from a tunnel:
                       local ports only
@@ -36,6 +43,8 @@ from plugins.openflow.cookies import Kind, flow_cookie, stable_id
 
 # tables
 CLASSIFIER = 0
+MAC2MAC_IN = 3
+MAC2MAC_SRC = 4
 TUNNEL_INGRESS = 5
 EGRESS_HOOK = 10
 ARP_RESPONDER = 20
@@ -43,11 +52,13 @@ L2_LOOKUP = 30
 INGRESS_HOOK = 40
 LOCAL_OUTPUT = 50
 FLOOD = 60
+MAC2MAC_OUT = 70
 CANARY = 200
 TABLES = {
     "classifier": CLASSIFIER, "tunnel_ingress": TUNNEL_INGRESS, "egress_hook": EGRESS_HOOK,
     "arp_responder": ARP_RESPONDER, "l2_lookup": L2_LOOKUP, "ingress_hook": INGRESS_HOOK,
     "local_output": LOCAL_OUTPUT, "flood": FLOOD, "canary": CANARY,
+    "mac2mac_in": MAC2MAC_IN, "mac2mac_src": MAC2MAC_SRC, "mac2mac_out": MAC2MAC_OUT,
 }
 
 # priorities
@@ -121,6 +132,7 @@ class RemoteMac:
     mac: str
     ip: str
     tunnel_ofport: int
+    mac2mac: bool = False  # on this host's underlay segment: leaves untunnelled
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,7 @@ class NetworkView:
     local: tuple[LocalPort, ...] = ()
     remote: tuple[RemoteMac, ...] = ()
     peer_tunnels: tuple[int, ...] = ()  # tunnel ofport of each peer host with the network
+    mac2mac_port: int | None = None  # patch port to the underlay bridge (MAC2MAC on)
 
 
 # --- match helpers shared by the install and delete sides ---------------------------------
@@ -165,6 +178,9 @@ def pipeline_flows() -> list[Flow]:
         Flow(INGRESS_HOOK, PRIO_DEFAULT, k, o, goto=LOCAL_OUTPUT),
         Flow(LOCAL_OUTPUT, PRIO_DEFAULT, k, o),
         Flow(FLOOD, PRIO_DEFAULT, k, o),
+        Flow(MAC2MAC_IN, PRIO_DEFAULT, k, o),
+        Flow(MAC2MAC_SRC, PRIO_DEFAULT, k, o),
+        Flow(MAC2MAC_OUT, PRIO_DEFAULT, k, o),
         canary_flow(),
     ]
 
@@ -223,13 +239,50 @@ def endpoint_flows(vni: int, port: LocalPort) -> list[Flow]:
     ]
 
 
-def remote_flows(vni: int, remote: RemoteMac) -> list[Flow]:
+def remote_flows(vni: int, remote: RemoteMac, mac2mac_port: int | None = None) -> list[Flow]:
     k, o = Kind.REMOTE, stable_id(remote.key)
+    flows = [Flow(ARP_RESPONDER, PRIO_MATCH, k, o, arp_match(vni, remote.ip),
+                  actions=arp_responder_actions(remote.mac, remote.ip))]
+    if remote.mac2mac and mac2mac_port is not None:
+        alias = mac2mac_alias(vni, remote.ip)
+        flows += [
+            Flow(L2_LOOKUP, PRIO_MATCH, k, o, l2_match(vni, remote.mac, from_tunnel=False),
+                 actions=(("set_field", "eth_dst", alias),), goto=MAC2MAC_OUT),
+            Flow(MAC2MAC_SRC, PRIO_MATCH, k, o, network_match(vni, eth_src=alias),
+                 actions=(("set_field", "eth_src", remote.mac),), goto=L2_LOOKUP),
+        ]
+    else:
+        flows.append(Flow(L2_LOOKUP, PRIO_MATCH, k, o, l2_match(vni, remote.mac, from_tunnel=False),
+                          actions=(("set_field", "tunnel_id", vni),
+                                   ("output", remote.tunnel_ofport))))
+    return flows
+
+
+def mac2mac_alias(vni: int, ip: str) -> str:
+    """The MAC that names (network, endpoint) on the underlay segment: locally
+    administered unicast 0a, the VNI (3 bytes), the address's last two bytes (unique in a
+    subnet of /16 or smaller)."""
+    octets = [int(x) for x in ip.split(".")]
+    raw = [0x0A, (vni >> 16) & 0xFF, (vni >> 8) & 0xFF, vni & 0xFF, octets[2], octets[3]]
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def mac2mac_port_flows(ofport: int) -> list[Flow]:
+    return [Flow(CLASSIFIER, PRIO_MATCH, Kind.MAC2MAC, 0, _match(in_port=ofport),
+                 goto=MAC2MAC_IN)]
+
+
+def mac2mac_endpoint_flows(vni: int, port: LocalPort, mac2mac_port: int) -> list[Flow]:
+    """A local endpoint of a MAC2MAC network: frames to its alias come in untunnelled;
+    frames it sends to an alias leave with its own alias as source."""
+    k, o = Kind.MAC2MAC, stable_id(port.key)
+    alias = mac2mac_alias(vni, port.ip)
     return [
-        Flow(ARP_RESPONDER, PRIO_MATCH, k, o, arp_match(vni, remote.ip),
-             actions=arp_responder_actions(remote.mac, remote.ip)),
-        Flow(L2_LOOKUP, PRIO_MATCH, k, o, l2_match(vni, remote.mac, from_tunnel=False),
-             actions=(("set_field", "tunnel_id", vni), ("output", remote.tunnel_ofport))),
+        Flow(MAC2MAC_IN, PRIO_MATCH, k, o, _match(eth_dst=alias),
+             actions=(("set_field", "eth_dst", port.mac),),
+             write_metadata=(vni | FROM_TUNNEL, METADATA_ALL), goto=MAC2MAC_SRC),
+        Flow(MAC2MAC_OUT, PRIO_MATCH, k, o, network_match(vni, eth_src=port.mac),
+             actions=(("set_field", "eth_src", alias), ("output", mac2mac_port))),
     ]
 
 
@@ -261,6 +314,8 @@ def desired_flows(networks: Sequence[NetworkView],
         out.add(network_flows(view))
         for port in view.local:
             out.add(endpoint_flows(view.vni, port))
+            if view.mac2mac_port is not None:
+                out.add(mac2mac_endpoint_flows(view.vni, port, view.mac2mac_port))
         for remote in view.remote:
-            out.add(remote_flows(view.vni, remote))
+            out.add(remote_flows(view.vni, remote, view.mac2mac_port))
     return out

@@ -254,6 +254,51 @@ def test_df_ping_of_exactly_the_network_mtu_passes(site: Site) -> None:
     assert "message too long" in (too_big.stdout + too_big.stderr).lower()
 
 
+# --- MAC2MAC ------------------------------------------------------------------------------
+def test_mac2mac_between_hosts_on_one_segment_sends_no_tunnel_header(
+        site: Site, captures: list[Capture]) -> None:
+    lab = site.lab
+    name = f"m{site.backend}"
+    subnet = f"10.{BACKENDS[site.backend]}.9"
+    out = lab.netctl("h1", "network", "create", name, "--subnet", f"{subnet}.0/24", "--driver",
+                     "openflow", "--backend", site.backend, "-o", "mac2mac=true")
+    vni = int(re.search(r"vni (\d+)", out.stdout).group(1))  # type: ignore[union-attr]
+    m1 = lab.add_container("h1", f"{site.backend[0]}m1")
+    m2 = lab.add_container("h2", f"{site.backend[0]}m2")
+    lab.netctl("h1", "attach", m1, "--network", name, "--ip", f"{subnet}.11")
+    lab.netctl("h2", "attach", m2, "--network", name, "--ip", f"{subnet}.12")
+    cap = capture(site, captures, "p-h2", "m2m")
+    assert lab.wait_ping(m1, f"{subnet}.12", timeout=10)
+    assert lab.ping(m1, f"{subnet}.12", count=3).returncode == 0
+    cap.stop()
+    # the containers' own packets cross the underlay: outer IP = inner IP, no encapsulation
+    plain = cap.fields("ip.src", "ip.dst", display=f"icmp and not gre and not vxlan "
+                       f"and ip.addr == {subnet}.11")
+    assert {tuple(r) for r in plain} >= {(f"{subnet}.11", f"{subnet}.12"),
+                                        (f"{subnet}.12", f"{subnet}.11")}, plain
+    # (broadcasts and multicast of the network still flood through the tunnels)
+    tunnelled = cap.fields("ip.src", "ip.dst", "frame.time_relative",
+                           display=f"(gre.key == {vni} or vxlan.vni == {vni}) "
+                           f"and icmp.type in {{0 8}} and ip.addr == {subnet}.11")
+    assert tunnelled == [], (tunnelled, plain, [f for f in flows(site, "h2") if "table=30" in f])
+    # the destination MAC on the wire is the alias, the receiving edge restores it
+    macs = {r[0] for r in cap.fields("eth.dst", display=f"icmp and ip.dst == {subnet}.12")}
+    assert macs and all(m.startswith("0a:") for m in macs), macs
+    assert tcp_transfer_between(lab, m1, m2, f"{subnet}.12") == "4000000"
+
+
+def tcp_transfer_between(lab: OvsLab, src: str, dst: str, dst_ip: str) -> str:
+    server = subprocess.Popen(ns_exec(dst, "python3", "-c", TCP_SERVER),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        out = lab.in_container(src, "python3", "-c", TCP_CLIENT, dst_ip, timeout=30)
+        return out.stdout.strip() or out.stderr.strip()
+    finally:
+        server.kill()
+        server.wait()
+
+
 # --- ownership and resync -----------------------------------------------------------------
 def test_bridge_holds_only_netd_flows_and_a_foreign_flow_survives_resync(site: Site) -> None:
     for host in ("h1", "h2", "h3"):

@@ -9,7 +9,8 @@ routes and neighbours itself. `ul0` answers no ARP any more (arp_ignore=8) and h
 checksum/TSO/GSO offloads off, as every veth attached to OVS needs.
 
 `OvsLab` is a netd.lab.Lab whose hosts get their OVS before their netd starts; netd is
-told the host's OVSDB socket and controller port through NETD_OVSDB / NETD_OF_PORT.
+told the host's OVSDB socket, controller port and underlay bridge (for MAC2MAC) through
+NETD_OVSDB / NETD_OF_PORT / NETD_OF_UNDERLAY_BRIDGE.
 """
 
 from __future__ import annotations
@@ -165,7 +166,8 @@ class OvsLab(Lab):
             ovs = self.ovs[name] = HostOvs(host.netns, self.dir / name / "ovs", host.underlay_ip)
             ovs.start()
             host.env.update({"NETD_OVSDB": ovs.remote,
-                             "NETD_OF_PORT": str(self.CONTROLLER_PORT)})
+                             "NETD_OF_PORT": str(self.CONTROLLER_PORT),
+                             "NETD_OF_UNDERLAY_BRIDGE": UNDERLAY_BRIDGE})
         super().start_netd(name, wait)
 
     def close(self) -> None:

@@ -102,3 +102,21 @@ def test_changing_an_endpoint_changes_only_its_cookies() -> None:
 def test_switch_errors_are_named() -> None:
     assert decode_error(5, 0) == "OFPET_FLOW_MOD_FAILED/OFPFMFC_UNKNOWN"
     assert decode_error(4, 3).startswith("OFPET_BAD_MATCH/")
+
+
+def test_mac2mac_rewrites_on_the_way_out_and_restores_on_the_way_in() -> None:
+    remote = RemoteMac("n/b", "02:00:00:00:00:0b", "10.0.0.11", 5, mac2mac=True)
+    alias_b = pipeline.mac2mac_alias(7, "10.0.0.11")
+    assert alias_b == "0a:00:00:07:00:0b"
+    out = pipeline.remote_flows(7, remote, mac2mac_port=9)
+    l2 = next(f for f in out if f.table == L2_LOOKUP)
+    assert l2.actions == (("set_field", "eth_dst", alias_b),)
+    assert l2.goto == pipeline.MAC2MAC_OUT
+    restore_src = next(f for f in out if f.table == pipeline.MAC2MAC_SRC)
+    assert dict(restore_src.match)["eth_src"] == alias_b
+    mine = pipeline.mac2mac_endpoint_flows(7, VIEW.local[0], 9)
+    egress = next(f for f in mine if f.table == pipeline.MAC2MAC_OUT)
+    assert egress.actions[-1] == ("output", 9)
+    # without the patch port the remote goes through its tunnel as always
+    tunnelled = pipeline.remote_flows(7, remote, mac2mac_port=None)
+    assert ("output", 5) in next(f for f in tunnelled if f.table == L2_LOOKUP).actions
