@@ -329,20 +329,26 @@ def test_netd_kill_and_restart_loses_no_ping_and_keeps_the_flow_table(site: Site
     lab = site.lab
     before = flows(site, "h1")
     pinger = subprocess.Popen(
-        ns_exec(site.netns["a2"], "ping", "-n", "-q", "-i", "0.05", "-c", "160", "-W", "3",
+        ns_exec(site.netns["a2"], "ping", "-n", "-D", "-O", "-i", "0.05", "-c", "160", "-W", "3",
                 site.ip["a1"]),
         stdout=subprocess.PIPE, text=True)
     time.sleep(0.5)
+    killed = time.time()
     lab.stop_netd("h1", kill=True)
     time.sleep(1.0)
     lab.start_netd("h1")
+    started = time.time()
     assert wait_until(lambda: lab.netctl_json("h1", "status")["workers"]["openflow"]
                       ["syncs"] >= 1, 15)
+    synced = time.time()
     out, _ = pinger.communicate(timeout=30)  # every reply counts, however late
     match = re.search(r"(\d+) packets transmitted, (\d+) received", out)
     assert match, out
     sent, received = map(int, match.groups())
-    assert sent > 100 and received == sent, out
+    late = [float(m) - killed for m in re.findall(r"\[(\d+\.\d+)\] no answer yet", out)]
+    assert sent == 160 and received == sent, (
+        f"{out.splitlines()[-2]}; no answer yet at {[round(t, 2) for t in late]} s after the "
+        f"kill; netd started {started - killed:.2f} s, synced {synced - killed:.2f} s after it")
     assert flows(site, "h1") == before
 
 
