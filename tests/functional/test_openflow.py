@@ -21,7 +21,13 @@ import pytest
 
 from netd.lab import ns_exec, run
 from plugins.openflow.cookies import NETD_MAGIC
-from plugins.openflow.names import GRE, INTEGRATION_BRIDGE, VXLAN
+from plugins.openflow.names import (
+    GRE,
+    INTEGRATION_BRIDGE,
+    VXLAN,
+    host_veth_name,
+    tunnel_port_name,
+)
 from tests.support.ovs import OvsLab, ovs_available
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd,
@@ -363,3 +369,23 @@ def test_ovs_vswitchd_restart_reconnects_within_two_seconds(site: Site) -> None:
     elapsed = time.monotonic() - started
     assert back and elapsed < 2.0, f"back after {elapsed:.2f} s"
     assert wait_until(lambda: flows(site, "h2") == before, 5)
+
+
+# --- removal (last: it takes network a off h3) ----------------------------------------------
+def test_detach_removes_the_port_its_flows_and_the_tunnel_nobody_needs(site: Site) -> None:
+    lab = site.lab
+    h3_port = host_veth_name(f"a{site.backend}", site.netns["a3"])
+    tunnel_to_h3 = tunnel_port_name(site.backend, lab.hosts["h3"].underlay_ip)
+
+    def ports(host: str) -> set[str]:
+        return set(lab.ovs[host].vsctl("list-ports", BR).stdout.split())
+
+    assert h3_port in ports("h3") and tunnel_to_h3 in ports("h1")
+    lab.netctl("h3", "detach", site.netns["a3"], "--network", f"a{site.backend}")
+    # h3 serves no network any more: its port goes, and h1's tunnel to it with it
+    assert wait_until(lambda: h3_port not in ports("h3"), 10)
+    assert wait_until(lambda: tunnel_to_h3 not in ports("h1"), 10)
+    assert wait_until(lambda: not any(site.mac["a3"] in line for line in flows(site, "h1")), 10)
+    assert not any(site.mac["a3"] in line for line in flows(site, "h3"))
+    assert all(cookie_of(line) >> 48 == NETD_MAGIC for line in flows(site, "h1"))
+    assert ping(site, "a1", "a2", count=1).returncode == 0
