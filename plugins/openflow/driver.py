@@ -202,7 +202,16 @@ class OpenFlowDriver:
             self._ovs.close()
 
     def teardown(self) -> None:
+        """Every endpoint port and tunnel, then the bridge itself and the patch port on
+        the underlay bridge: nothing of netd's stays in OVS."""
         report = self.apply(HostState(self._ctx.host(), {}, {}), sweep=True, verify=True)
+        if self._ovs is not None:
+            try:
+                if self._underlay_bridge is not None:
+                    self._ovs.delete_port(self._underlay_bridge, PATCH_UNDERLAY)
+                self._ovs.delete_bridge(self.bridge)
+            except DatapathError as exc:
+                report.fail("driver:openflow", str(exc))
         if report.errors:
             raise DatapathError("; ".join(f"{k}: {v}" for k, v in report.errors.items()))
 

@@ -74,7 +74,9 @@ class Site:
 
 @pytest.fixture(scope="module", params=list(BACKENDS))
 def site(request: pytest.FixtureRequest) -> Iterator[Site]:
-    with OvsLab(hosts=3, store="etcd", host_ttl=3,
+    # a host silent beyond its TTL drops out of its peers' desired state (their tunnel to it
+    # and its endpoints' flows go): the TTL must outlast a netd restart on a loaded machine
+    with OvsLab(hosts=3, store="etcd", host_ttl=20,
                 prefix=f"of{secrets.token_hex(2)}") as lab:
         yield Site(lab, request.param)
 
