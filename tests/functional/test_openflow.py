@@ -373,6 +373,30 @@ def test_ovs_vswitchd_restart_reconnects_within_two_seconds(site: Site) -> None:
     assert wait_until(lambda: flows(site, "h2") == before, 5)
 
 
+# --- errors from the switch ---------------------------------------------------------------
+def test_a_flow_the_switch_refuses_fails_the_attach_with_the_decoded_error(site: Site) -> None:
+    lab = site.lab
+    ovs = lab.ovs["h1"]
+    in_table = len([line for line in flows(site, "h1") if "table=50," in line])
+    ovs.vsctl("--", "--id=@t", "create", "Flow_Table", f"flow_limit={in_table}",
+              "overflow_policy=refuse", "--", "set", "Bridge", BR, "flow_tables:50=@t")
+    extra = lab.add_container("h1", f"{site.backend[0]}full")
+    try:
+        result = lab.netctl("h1", "attach", extra, "--network", f"a{site.backend}",
+                            check=False)
+        assert result.returncode != 0
+        assert "OFPET_FLOW_MOD_FAILED/OFPFMFC_TABLE_FULL" in result.stderr, result.stderr
+        assert "OFPFMFC_TABLE_FULL" in lab.hosts["h1"].log.read_text()
+        # nothing of the refused endpoint stays: not in the store, not on the bridge
+        names = [ep["name"] for ep in lab.netctl_json("h1", "endpoint", "ls")]
+        assert extra not in names
+    finally:
+        ovs.vsctl("clear", "Bridge", BR, "flow_tables")
+    assert wait_until(lambda: host_veth_name(f"a{site.backend}", extra)
+                      not in ovs.vsctl("list-ports", BR).stdout.split(), 10)
+    assert ping(site, "a1", "a2", count=1).returncode == 0
+
+
 # --- removal (last: it takes network a off h3) ----------------------------------------------
 def test_detach_removes_the_port_its_flows_and_the_tunnel_nobody_needs(site: Site) -> None:
     lab = site.lab
