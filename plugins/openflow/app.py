@@ -84,15 +84,11 @@ class NetdOFApp(app_manager.OSKenApp):  # type: ignore[misc]
         with self.connected:
             self.datapath = None
         with self._lock:
-            batches = set(map(id, self._by_xid.values()))
-            pending = list(self._by_xid.values())
+            pending = {id(b): b for b in self._by_xid.values()}
             self._by_xid.clear()
-        seen: set[int] = set()
-        for batch in pending:
-            if id(batch) in batches and id(batch) not in seen:
-                seen.add(id(batch))
-                batch.lost = True
-                batch.done.set()
+        for batch in pending.values():  # nobody will answer these: wake their waiters
+            batch.lost = True
+            batch.done.set()
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])  # type: ignore[misc]
     def _error(self, ev: Any) -> None:

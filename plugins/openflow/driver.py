@@ -44,7 +44,6 @@ from netd.plugin import (
     remote_endpoints,
 )
 from netd.plumbing import ContainerPort, PlugFailed, plug, unplug
-from plugins.openflow.cookies import Kind, owner_cookie
 from plugins.openflow.names import (
     INTEGRATION_BRIDGE,
     PATCH_INT,
@@ -469,6 +468,3 @@ class OpenFlowDriver:
         if sweep and not failed:
             self._synced = True
 
-
-def owner_of_network(vni: int) -> int:
-    return owner_cookie(Kind.NETWORK, vni)

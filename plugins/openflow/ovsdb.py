@@ -96,17 +96,6 @@ class Ovsdb:
                 self._run("controller backoff", api.db_set(
                     "Controller", row["_uuid"], ("max_backoff", CONTROLLER_BACKOFF_MS)))
 
-    def bridge(self, name: str) -> dict[str, Any] | None:
-        rows = self._read("bridge", self.api.db_find(
-            "Bridge", ("name", "=", name),
-            columns=["name", "datapath_type", "fail_mode", "protocols", "datapath_id"]))
-        return rows[0] if rows else None
-
-    def controller_connected(self, bridge: str) -> bool:
-        rows = self._read("controller", self.api.db_list("Controller",
-                                                         columns=["target", "is_connected"]))
-        return any(r.get("is_connected") for r in rows)
-
     def delete_bridge(self, name: str) -> None:
         self._run(f"delete bridge {name}", self.api.del_br(name, if_exists=True))
 
