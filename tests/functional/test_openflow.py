@@ -153,7 +153,8 @@ def cookie_of(line: str) -> int:
 
 
 TCP_SERVER = ("import socket,sys;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,"
-              "socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',7777));s.listen(1);c,_=s.accept();n=0\n"
+              "socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',7777));s.listen(1);print('ready',flush=True)\n"
+              "c,_=s.accept();n=0\n"
               "while True:\n d=c.recv(65536)\n if not d: break\n n+=len(d)\n"
               "c.sendall(str(n).encode());c.close()")
 TCP_CLIENT = ("import socket,sys;c=socket.create_connection((sys.argv[1],7777),timeout=10);"
@@ -161,16 +162,7 @@ TCP_CLIENT = ("import socket,sys;c=socket.create_connection((sys.argv[1],7777),t
 
 
 def tcp_transfer(site: Site, src: str, dst: str) -> str:
-    server = subprocess.Popen(ns_exec(site.netns[dst], "python3", "-c", TCP_SERVER),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.3)
-        out = site.lab.in_container(site.netns[src], "python3", "-c", TCP_CLIENT, site.ip[dst],
-                                    timeout=30)
-        return out.stdout.strip() or out.stderr.strip()
-    finally:
-        server.kill()
-        server.wait()
+    return tcp_transfer_between(site.lab, site.netns[src], site.netns[dst], site.ip[dst])
 
 
 # --- connectivity and the wire ------------------------------------------------------------
@@ -296,10 +288,12 @@ def test_mac2mac_between_hosts_on_one_segment_sends_no_tunnel_header(
 
 
 def tcp_transfer_between(lab: OvsLab, src: str, dst: str, dst_ip: str) -> str:
+    """4 MB over TCP from container `src` to a server in `dst`; the byte count it got."""
     server = subprocess.Popen(ns_exec(dst, "python3", "-c", TCP_SERVER),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        time.sleep(0.3)
+        assert server.stdout is not None
+        assert server.stdout.readline().strip() == "ready"
         out = lab.in_container(src, "python3", "-c", TCP_CLIENT, dst_ip, timeout=30)
         return out.stdout.strip() or out.stderr.strip()
     finally:
