@@ -182,6 +182,8 @@ def test_status_names_the_userspace_datapath(site: Site) -> None:
     bridge = site.lab.ovs["h1"].vsctl("--format=json", "--columns=fail_mode,protocols,"
                                       "datapath_type", "list", "Bridge", BR).stdout
     assert '"secure"' in bridge and "OpenFlow13" in bridge and '"netdev"' in bridge
+    table = site.lab.netctl("h1", "status").stdout
+    assert "bridge ndoi1 datapath netdev (userspace), controller connected" in table, table
 
 
 def test_tunnel_header_carries_the_vni_as_key(site: Site, captures: list[Capture]) -> None:
