@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,9 @@ class PortInfo:
 
 class Ovsdb:
     def __init__(self, remote: str | None = None, timeout: float = 10) -> None:
+        # the `ovs` IDL imports eventlet when installed (os-ken pulls it in) only to check
+        # for monkey patching, and eventlet warns about itself on import
+        warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
         from ovsdbapp.backend.ovs_idl import connection
         from ovsdbapp.schema.open_vswitch import impl_idl
 
