@@ -20,12 +20,12 @@ came from a tunnel):
                       tunnel port; broadcast and unknown -> 60
   40  INGRESS_HOOK    where ingress policy will go; now -> 50
   50  LOCAL_OUTPUT    destination MAC -> the endpoint's port
-  70  MAC2MAC_OUT      (MAC2MAC networks) a frame for a remote endpoint on the same segment,
-                      destination already rewritten: source MAC rewritten, out the patch
-                      port to the underlay bridge, untunnelled
   60  FLOOD           frames from local ports: every local port of the network and the
                       tunnel of every peer host with the network; frames from a tunnel:
                       local ports only
+  70  MAC2MAC_OUT     (MAC2MAC networks) a frame for a remote endpoint on the same segment,
+                      destination already rewritten: source MAC rewritten, out the patch
+                      port to the underlay bridge, untunnelled
   200 CANARY          one flow nothing reaches: its absence means the switch lost netd's
                       flows (ovs-vswitchd restarted, someone ran del-flows)
 
