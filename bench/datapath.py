@@ -20,7 +20,7 @@ machine hits all paths alike. Each measurement is `iperf3 -c` for --seconds with
 * sleeve+enc    netd weave sleeve, encrypted.
 
 Open vSwitch rows (issue 7; not in the default set: they need a private OVS per host,
-so the lab becomes tests.support.ovs.OvsLab and every row's underlay then runs through
+so the lab becomes plugins.openflow.lab.OvsLab and every row's underlay then runs through
 each host's OVS underlay bridge `brul`, userspace datapath):
 
 * ovs-gre       a hand-built OVS userspace GRE tunnel of the openflow driver's shape:
@@ -194,7 +194,7 @@ def _ovs_hand_built(encap: str) -> Callable[[Lab], Path]:
     """Bridge + veth + one tunnel port + two flows: the least an OVS tunnel needs."""
 
     def setup(lab: Lab) -> Path:
-        from tests.support.ovs import OvsLab
+        from plugins.openflow.lab import OvsLab
 
         if not isinstance(lab, OvsLab):
             raise RowError("needs the OVS lab")
@@ -340,7 +340,7 @@ def measure_all(rows: list[str], seconds: int, parallel: int,
     shape: list[str] | str | None = None
     lab_class: type[Lab] = Lab
     if set(rows) & set(OVS_ROWS):
-        from tests.support.ovs import OvsLab
+        from plugins.openflow.lab import OvsLab
 
         lab_class = OvsLab
     prefix = lab_prefix() if lab_class is Lab else "of" + secrets.token_hex(2)
