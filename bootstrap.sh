@@ -15,6 +15,9 @@ APT_PACKAGES=(
   nftables iperf3 tcpdump tshark
   # container runtimes (docs/runtimes.md); docker.io must not start dockerd here: see setup()
   docker.io podman containernetworking-plugins busybox-static runc
+  # openflow driver: Open vSwitch (tests run a private instance per host namespace;
+  # setup() keeps the package from starting one in the root namespace)
+  openvswitch-switch openvswitch-common
 )
 
 setup() {
@@ -22,8 +25,8 @@ setup() {
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
-  # packages that would start a daemon in the root namespace (docker.io) must not:
-  # tests run dockerd inside their own namespaces
+  # packages that would start a daemon in the root namespace (docker.io, openvswitch-switch)
+  # must not: tests run dockerd and OVS inside their own namespaces
   local made_policy=""
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
@@ -35,6 +38,10 @@ setup() {
     systemctl stop docker.socket docker containerd || true
   fi
   if [ -s /run/docker.pid ]; then kill "$(cat /run/docker.pid)" 2>/dev/null || true; fi
+  # an OVS started anyway (no policy-rc.d honoured) is stopped by its pid files
+  for pidfile in /var/run/openvswitch/ovs-vswitchd.pid /var/run/openvswitch/ovsdb-server.pid; do
+    if [ -s "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; fi
+  done
   # Debian starts the packaged etcd as a service; netd's tests and demo run their own members.
   if command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then systemctl stop etcd || true; fi
   python3 -m venv .venv

@@ -19,6 +19,20 @@ machine hits all paths alike. Each measurement is `iperf3 -c` for --seconds with
 * sleeve        netd weave sleeve (userspace UDP), plain;
 * sleeve+enc    netd weave sleeve, encrypted.
 
+Open vSwitch rows (issue 7; not in the default set: they need a private OVS per host,
+so the lab becomes plugins.openflow.lab.OvsLab and every row's underlay then runs through
+each host's OVS underlay bridge `brul`, userspace datapath):
+
+* ovs-gre       a hand-built OVS userspace GRE tunnel of the openflow driver's shape:
+                per host a netdev bridge `hbo`, a veth into a container (MTU 1458,
+                tx/TSO/GSO offloads off on both ends, as netd does), a GRE port to the
+                other host (fixed key 4000: OVS allows one key=flow port per remote) and
+                two flows (veth -> set tunnel key, out the tunnel; tunnel -> veth);
+* openflow-gre  netd's openflow driver, backend gre (its full pipeline);
+* ovs-vxlan / openflow-vxlan   the same with VXLAN (MTU 1450).
+
+For these rows `vs hand-built` is against the OVS hand-built row of the same encapsulation.
+
 The run checks that hand-built and fastdp really have the same shape (vxlan and bridge
 port parameters, MTUs, offload features of every link on the path) and prints any
 difference. A path that cannot be set up, or a measurement that fails, prints
@@ -34,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import statistics
 import subprocess
 import time
@@ -48,6 +63,10 @@ from netd.model import mac_from_ip
 from plugins.weave.names import bridge_name, host_veth_name, vxlan_name
 
 ROWS = ("underlay", "hand-built", "fastdp", "sleeve", "sleeve+enc")
+OVS_ROWS = ("ovs-gre", "openflow-gre", "ovs-vxlan", "openflow-vxlan")
+OVS_REFERENCE = {"openflow-gre": "ovs-gre", "openflow-vxlan": "ovs-vxlan",
+                 "ovs-gre": "ovs-gre", "ovs-vxlan": "ovs-vxlan"}
+OFFLOADS_OFF = ("tx", "off", "tso", "off", "gso", "off")
 HB_VNI = 4000
 HB_MTU = 1450
 HB_SUBNET = "10.98.0"
@@ -171,7 +190,77 @@ def _netd_row(backend: str, encrypt: bool) -> Callable[[Lab], Path]:
     return setup
 
 
+def _ovs_hand_built(encap: str) -> Callable[[Lab], Path]:
+    """Bridge + veth + one tunnel port + two flows: the least an OVS tunnel needs."""
+
+    def setup(lab: Lab) -> Path:
+        from plugins.openflow.lab import OvsLab
+
+        if not isinstance(lab, OvsLab):
+            raise RowError("needs the OVS lab")
+        mtu = 1500 - (42 if encap == "gre" else 50)
+        third = 1 if encap == "gre" else 2
+        hosts = [lab.hosts["h1"], lab.hosts["h2"]]
+        ips = [f"10.97.{third}.{i}" for i in (1, 2)]
+        containers = [lab.add_container(h.name, f"ho{encap[0]}{i}")
+                      for i, h in enumerate(hosts, 1)]
+        bridge, veth, tun = f"hbo{encap[0]}", f"hbo{encap[0]}h", f"hbo{encap[0]}t"
+        for i, (host, ctr) in enumerate(zip(hosts, containers, strict=True)):
+            ovs = lab.ovs[host.name]
+            peer = hosts[1 - i]
+            _sh(host.netns, "ip", "link", "add", veth, "mtu", str(mtu), "type", "veth",
+                "peer", "name", "eth0", "netns", ctr, "address", mac_from_ip(ips[i]),
+                "mtu", str(mtu))
+            _sh(host.netns, "ip", "link", "set", veth, "up")
+            _sh(host.netns, "ethtool", "-K", veth, *OFFLOADS_OFF)
+            _sh(ctr, "ethtool", "-K", "eth0", *OFFLOADS_OFF)
+            _sh(ctr, "ip", "link", "set", "eth0", "up")
+            _sh(ctr, "ip", "addr", "add", f"{ips[i]}/24", "dev", "eth0")
+            ovs.vsctl("add-br", bridge, "--", "set", "bridge", bridge, "datapath_type=netdev",
+                      "fail_mode=secure", "protocols=OpenFlow13",
+                      "--", "add-port", bridge, veth, "--", "set", "interface", veth,
+                      "ofport_request=1",
+                      "--", "add-port", bridge, tun, "--", "set", "interface", tun,
+                      f"type={encap}", f"options:remote_ip={peer.underlay_ip}",
+                      "options:key=4000", "ofport_request=2")
+            ovs.ofctl("add-flow", bridge, "in_port=1,actions=output:2")
+            ovs.ofctl("add-flow", bridge, "in_port=2,actions=output:1")
+        _reachable(lab, containers[0], ips[1])
+        return Path(containers[0], containers[1], ips[1])
+
+    return setup
+
+
+def _openflow_row(backend: str) -> Callable[[Lab], Path]:
+    def setup(lab: Lab) -> Path:
+        net = f"dp-of{backend[0]}"
+        third = 3 if backend == "gre" else 4
+        clients = {n: Client(h.socket, timeout=60) for n, h in lab.hosts.items()}
+        try:
+            clients["h1"].request("POST", "/v1/networks", {
+                "name": net, "subnet": f"10.97.{third}.0/24", "driver": "openflow",
+                "backend": backend})
+            ctrs, ips = [], []
+            for i, host in enumerate(("h1", "h2"), 1):
+                ctr = lab.add_container(host, f"of{backend[0]}{i}")
+                ip = f"10.97.{third}.{10 + i}"
+                clients[host].request("POST", "/v1/attach",
+                                      {"container": ctr, "network": net, "ip": ip})
+                ctrs.append(ctr)
+                ips.append(ip)
+        except CliError as exc:
+            raise RowError(str(exc)) from None
+        _reachable(lab, ctrs[0], ips[1])
+        return Path(ctrs[0], ctrs[1], ips[1])
+
+    return setup
+
+
 SETUPS: dict[str, Callable[[Lab], Path]] = {
+    "ovs-gre": _ovs_hand_built("gre"),
+    "openflow-gre": _openflow_row("gre"),
+    "ovs-vxlan": _ovs_hand_built("vxlan"),
+    "openflow-vxlan": _openflow_row("vxlan"),
     "underlay": underlay,
     "hand-built": hand_built,
     "fastdp": _netd_row("fastdp", False),
@@ -249,7 +338,13 @@ def measure_all(rows: list[str], seconds: int, parallel: int,
     runs: dict[str, list[dict[str, Any]]] = {row: [] for row in rows}
     errors: dict[str, list[str]] = {row: [] for row in rows}
     shape: list[str] | str | None = None
-    with Lab(hosts=2, prefix=lab_prefix()) as lab:
+    lab_class: type[Lab] = Lab
+    if set(rows) & set(OVS_ROWS):
+        from plugins.openflow.lab import OvsLab
+
+        lab_class = OvsLab
+    prefix = lab_prefix() if lab_class is Lab else "of" + secrets.token_hex(2)
+    with lab_class(hosts=2, prefix=prefix) as lab:
         for row in rows:
             try:
                 paths[row] = SETUPS[row](lab)
@@ -287,8 +382,10 @@ def summarize(rows: list[str], runs: dict[str, list[dict[str, Any]]],
                               statistics.median(r["retransmits"] for r in runs[row])))
         results[row] = result
     base = {k: results.get(k, {}).get("median_mbit_s") for k in ("hand-built", "underlay")}
-    for result in results.values():
+    for row, result in results.items():
         for name, mbit in base.items():
+            if name == "hand-built" and row in OVS_REFERENCE:
+                mbit = results.get(OVS_REFERENCE[row], {}).get("median_mbit_s")
             if "median_mbit_s" in result and mbit:
                 result[f"vs_{name}"] = round(result["median_mbit_s"] / mbit, 2)
     return results
@@ -329,11 +426,11 @@ def main() -> None:
     parser.add_argument("-P", "--parallel", type=int, default=1, help="iperf3 streams")
     parser.add_argument("--repeat", type=int, default=3, help="rounds over all paths")
     parser.add_argument("--rows", default=",".join(ROWS),
-                        help=f"comma-separated subset of {','.join(ROWS)}")
+                        help=f"comma-separated subset of {','.join(ROWS + OVS_ROWS)}")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
     rows = [r for r in args.rows.split(",") if r]
-    unknown = set(rows) - set(ROWS)
+    unknown = set(rows) - set(ROWS) - set(OVS_ROWS)
     if unknown:
         parser.error(f"unknown row(s): {', '.join(sorted(unknown))}")
     if args.repeat < 1:

@@ -260,6 +260,8 @@ def _datapath_lines(datapath: dict[str, Any]) -> list[str]:
                  f"{len(seen.get('networks') or {})} networks"]
         if "ports" in seen:
             parts.append(f"{seen['ports']} ports")
+        if seen.get("summary"):  # a driver's own one-line account (openflow: its datapath)
+            parts.append(str(seen["summary"]))
         sleeve = seen.get("sleeve") or {}
         drops = sleeve.get("host") or {}
         if drops:

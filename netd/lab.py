@@ -164,6 +164,7 @@ class LabHost:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for its netd
 
 
 class Lab:
@@ -388,7 +389,8 @@ class Lab:
             *host.extra_args,
         )
         log = self._log_file(host.log)
-        host.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        host.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **host.env} if host.env else None)
         deadline = time.monotonic() + wait
         while not host.socket.exists():
             if host.proc.poll() is not None:
