@@ -3,6 +3,7 @@ line each, never a traceback, never a long hang."""
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -36,7 +37,7 @@ def fake_netd(tmp_path: Path) -> Iterator[Callable[[Serve], Path]]:
                 except OSError:
                     return
                 with conn:
-                    conn.recv(65536)
+                    read_request(conn)
                     serve(conn)
 
         threading.Thread(target=loop, daemon=True).start()
@@ -45,6 +46,24 @@ def fake_netd(tmp_path: Path) -> Iterator[Callable[[Serve], Path]]:
     yield start
     for srv in servers:
         srv.close()
+
+
+def read_request(conn: socket.socket) -> None:
+    """Read one whole request (headers and a Content-Length body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"(?i)content-length: *(\d+)", head)
+    want = int(length.group(1)) if length else 0
+    while len(body) < want:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        body += chunk
 
 
 def _http(status: int, body: bytes) -> Serve:
