@@ -27,7 +27,7 @@ from netd.errors import Conflict, InvalidInput, NetdError
 from netd.hosts import HostRegistration
 from netd.leases import LeaseKeeper
 from netd.model import Host
-from netd.plugin import DriverContext, load_drivers, specs_of
+from netd.plugin import DriverContext, load_drivers, network_hooks, specs_of
 from netd.reconcile import Reconciler
 from netd.service import Service
 from netd.store import open_store
@@ -148,7 +148,8 @@ def run(cfg: config_mod.Config) -> None:
         host_grace=max(cfg.host_ttl / 3, 1.0) + 1.0,
     )
     reconciler.start()
-    service = Service(store, keys, registration, reconciler, specs_of(drivers))
+    service = Service(store, keys, registration, reconciler, specs_of(drivers),
+                      hooks=network_hooks(drivers))
     try:
         server = ApiServer(cfg.socket, service)
     except OSError as exc:

@@ -55,6 +55,9 @@ class Networks:
         network = validate_network(
             **fields, drivers=self.ctx.specs, underlay_mtu=self.ctx.host.underlay_mtu
         )
+        hooks = self.ctx.hooks.get(network.driver)
+        if hooks is not None:
+            network = hooks.prepare_network(network)
         keys, store = self.ctx.keys, self.ctx.store
         created: dict[str, Network] = {}
 
@@ -153,7 +156,7 @@ class Networks:
             assert begun is not None
             revision = begun[1]
             self._refuse_if_attached(name)
-            pool = ctx.pool(network, kv.create_revision)
+            pool = ctx.pool(network, kv.create_revision, whole=True)
 
             def removal_failed(planned: Txn, diagnosis: Diagnosis) -> None:
                 raise Conflict(f"network {name!r} changed while removing it; try again")
