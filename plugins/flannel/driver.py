@@ -134,12 +134,37 @@ class FlannelDriver:
         for _ in range(3):
             existing = store.get(config.config_key)
             if existing is None:
+                self._refuse_shared(network, config)
                 if store.create(config.config_key, config.to_json()):
                     return replace(network, options=config.options())
                 continue
             adopted = adopt(config, existing.value, dict(network.options))
+            self._refuse_shared(network, adopted)
             return replace(network, options=adopted.options())
         raise Conflict(f"{config.config_key} keeps changing; try again")
+
+    def _refuse_shared(self, network: Network, config: FlannelConfig) -> None:
+        """Two flannel networks can share neither a prefix nor, on vxlan and udp, the
+        (VNI, port) or port their devices listen on: one host may serve both."""
+        items, _ = self.ctx.store.list(self.ctx.keys.networks())
+        for kv in items:
+            try:
+                other = Network.from_json(kv.value)
+                if other.driver != self.spec.name or other.name == network.name:
+                    continue
+                theirs = FlannelConfig.of(other, self.ctx.keys.prefix)
+            except (NetdError, ValueError):
+                continue
+            if theirs.prefix == config.prefix:
+                raise Conflict(f"flannel network {other.name} already uses prefix "
+                               f"{config.prefix}; give -o prefix=... another path")
+            if config.backend == "host-gw" or theirs.backend == "host-gw":
+                continue
+            if theirs.port == config.port and (config.backend == "udp" or theirs.backend == "udp"
+                                               or theirs.vni == config.vni):
+                raise Conflict(
+                    f"flannel network {other.name} already uses VNI {theirs.vni} on UDP port "
+                    f"{theirs.port}; give this one another -o vni=N (vxlan) or -o port=N")
 
     def address_range(self, network: Network, ip: str | None) -> AddressRange:
         """Automatic addresses come from this host's lease (gateway: its first address);
@@ -181,6 +206,8 @@ class FlannelDriver:
                 keep_routes |= self._apply_network(ns, desired, report, verify)
             except NetdError as exc:
                 report.fail(network_id(ns.network), str(exc))
+                for ep in ns.local:
+                    report.errors.setdefault(endpoint_id(ep), f"network {name}: {exc}")
                 keep_routes |= self._installed.get(name, set())
         for name in [n for n in self._served if n not in desired.networks]:
             self._leave(name, report)

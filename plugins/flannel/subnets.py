@@ -81,9 +81,6 @@ class SubnetLeases:
                 leases[lease.subnet] = lease
         mine = [s for s, le in leases.items()
                 if le.public_ip == want.public_ip and config.leasable(s)]
-        from_file = self.env_subnet(network)
-        if not mine and from_file and config.leasable(from_file) and from_file not in leases:
-            mine = [from_file]
         for subnet in sorted(mine):
             lease = SubnetLease(subnet, want.public_ip, want.backend_type, want.vtep_mac,
                                 want.vni)
@@ -92,6 +89,10 @@ class SubnetLeases:
             return Held(config, lease, kept)
         free = [s for s in config.candidates() if s not in leases]
         self.rng.shuffle(free)
+        from_file = self.env_subnet(network)
+        if from_file in free:  # the subnet this host had before, if nobody took it
+            free.remove(from_file)
+            free.insert(0, from_file)
         for subnet in free:
             lease = SubnetLease(subnet, want.public_ip, want.backend_type, want.vtep_mac,
                                 want.vni)

@@ -68,6 +68,8 @@ def subnets(lab: Lab, prefix: str) -> dict[str, dict[str, Any]]:
 def create(lab: Lab, name: str, subnet: str, backend: str, *opts: str) -> dict[str, Any]:
     args = ["network", "create", name, "--subnet", subnet, "--driver", "flannel",
             "--backend", backend]
+    if backend == "vxlan":  # one VNI per vxlan network on port 8472 (1: the flanneld one)
+        opts = (f"vni={subnet.split('.')[1]}", *opts)
     for opt in (f"lease_ttl={LEASE_TTL}", *opts):
         args += ["-o", opt]
     return dict(lab.netctl_json("h1", *args))
@@ -152,12 +154,14 @@ def test_three_hosts_lease_route_and_talk(lab: Lab, backend: str, octet: int,
         assert set(value) >= {"PublicIP", "PublicIPv6", "BackendType"}
         assert value["BackendType"] == backend
         if backend == "vxlan":
-            assert value["BackendData"]["VNI"] == 1
+            assert value["BackendData"]["VNI"] == octet
             assert len(value["BackendData"]["VtepMAC"]) == 17
         # each container's address comes from its host's lease
-        assert ipaddress.ip_address(eps[h]["ip"]) in ipaddress.ip_network(by_host[underlay_ip(lab, h)])
-    check_mesh(lab, eps, backend[:2])
-    got = tcp_echo(lab, container_of(lab, f"{backend[:2]}h3"), container_of(lab, f"{backend[:2]}h1"),
+        own = ipaddress.ip_network(by_host[underlay_ip(lab, h)])
+        assert ipaddress.ip_address(eps[h]["ip"]) in own
+    tag = backend[:2]
+    check_mesh(lab, eps, tag)
+    got = tcp_echo(lab, container_of(lab, f"{tag}h3"), container_of(lab, f"{tag}h1"),
                    eps["h3"]["ip"])
     assert got == "FLANNEL"
     fits, over = df_ping(lab, container_of(lab, f"{backend[:2]}h1"), eps["h2"]["ip"], net["mtu"])
@@ -179,3 +183,202 @@ def test_three_hosts_lease_route_and_talk(lab: Lab, backend: str, octet: int,
         assert f"{other} via {underlay_ip(lab, 'h2')} dev ul0" in routes
     else:
         assert f"10.{octet}.0.0/16 dev " in routes
+
+
+COREOS = "/coreos.com/network"
+FLANNELD_MAC = "0e:aa:bb:cc:dd:01"
+
+
+def put_leased(lab: Lab, key: str, value: str, ttl: int = 60) -> str:
+    """Write `key` under a new etcd lease, as flanneld does; returns the lease id (hex)."""
+    out = lab.etcdctl("m1", "lease", "grant", str(ttl)).stdout
+    lease = out.split()[1]
+    assert lab.etcdctl("m1", "put", "--lease", lease, key, value).returncode == 0
+    return lease
+
+
+def fake_flanneld_host(lab: Lab, subnet: str, netd_leases: dict[str, dict[str, Any]]) -> str:
+    """A host on the underlay programmed exactly as flanneld's vxlan backend programs
+    one: flannel.1 (VNI 1, port 8472, nolearning) with <subnet>.0/32 and VtepMAC, a
+    bridge holding <subnet>.1, and per netd lease the neighbour, FDB entry and onlink
+    route. Returns its netns."""
+    host = lab.add_host("h4")
+    base = subnet.split("/")[0]
+    gw = str(ipaddress.ip_address(base) + 1)
+    cmds = [
+        ["ip", "link", "add", "flannel.1", "type", "vxlan", "id", "1", "dstport", "8472",
+         "local", host.underlay_ip, "nolearning"],
+        ["ip", "link", "set", "flannel.1", "address", FLANNELD_MAC, "mtu", "1450", "up"],
+        ["ip", "addr", "add", f"{base}/32", "dev", "flannel.1"],
+        ["ip", "link", "add", "cni0", "type", "bridge"],
+        ["ip", "addr", "add", f"{gw}/24", "dev", "cni0"],
+        ["ip", "link", "set", "cni0", "up"],
+    ]
+    for other, value in netd_leases.items():
+        other_base = other.split("/")[0]
+        mac = value["BackendData"]["VtepMAC"]
+        cmds += [
+            ["ip", "neigh", "replace", other_base, "lladdr", mac, "dev", "flannel.1", "nud",
+             "permanent"],
+            ["bridge", "fdb", "append", mac, "dev", "flannel.1", "dst", value["PublicIP"]],
+            ["ip", "route", "replace", other, "via", other_base, "dev", "flannel.1", "onlink"],
+        ]
+    for cmd in cmds:
+        run(ns_exec(host.netns, *cmd))
+    return host.netns
+
+
+def test_adopts_flanneld_config_refuses_conflicts_and_interoperates(lab: Lab) -> None:
+    config = {"Network": "10.80.0.0/16", "Backend": {"Type": "vxlan"}}
+    assert lab.etcdctl("m1", "put", f"{COREOS}/config", json.dumps(config)).returncode == 0
+    base = ["network", "create", "flcoreos", "--driver", "flannel", "-o", f"prefix={COREOS}",
+            "-o", f"lease_ttl={LEASE_TTL}"]
+    refused = lab.netctl("h1", *base, "--subnet", "10.81.0.0/16", check=False)
+    assert refused.returncode != 0 and "has Network 10.80.0.0/16" in refused.stderr
+    refused = lab.netctl("h1", *base, "--subnet", "10.80.0.0/16", "--backend", "host-gw",
+                         check=False)
+    assert refused.returncode != 0 and "Backend.Type vxlan" in refused.stderr
+    refused = lab.netctl("h1", *base, "--subnet", "10.80.0.0/16", "-o", "vni=2", check=False)
+    assert refused.returncode != 0 and "vni" in refused.stderr
+    names = [n["name"] for n in lab.netctl_json("h1", "network", "ls")]
+    assert "flcoreos" not in names
+    assert etcd_get(lab, f"{COREOS}/config")[f"{COREOS}/config"] == config  # untouched
+    net = lab.netctl_json("h1", *base, "--subnet", "10.80.0.0/16")
+    assert net["options"]["vni"] == "1" and net["options"]["port"] == "8472"
+    assert net["options"]["subnet_min"] == "10.80.1.0"
+    eps = mesh(lab, "flcoreos", "co")
+    check_mesh(lab, eps, "co")
+    leases = subnets(lab, COREOS)
+
+    # a host running flanneld: its lease planted as flanneld writes it
+    netns = fake_flanneld_host(lab, "10.80.250.0/24", leases)
+    value = json.dumps({"PublicIP": lab.hosts["h4"].underlay_ip, "PublicIPv6": None,
+                        "BackendType": "vxlan",
+                        "BackendData": {"VNI": 1, "VtepMAC": FLANNELD_MAC}})
+    lease = put_leased(lab, f"{COREOS}/subnets/10.80.250.0-24", value)
+    planted = time.monotonic()
+
+    def programmed(h: str) -> bool:
+        routes = host_cmd(lab, h, "ip", "route", "show", "proto", "91")
+        return "10.80.250.0/24 via 10.80.250.0" in routes
+
+    for h in HOSTS:
+        assert wait_until(lambda h=h: programmed(h), 5), f"{h} did not program the lease"
+    assert time.monotonic() - planted < 1.5  # within 1 s, plus etcdctl's own start-up
+    # both ways: netd containers reach the flanneld host's bridge and it answers
+    for h in HOSTS:
+        assert lab.wait_ping(container_of(lab, f"co{h}"), "10.80.250.1", 5), h
+    assert lab.ping(netns, eps["h2"]["ip"], count=2).returncode == 0
+
+    assert lab.etcdctl("m1", "lease", "revoke", lease).returncode == 0
+    revoked = time.monotonic()
+    for h in HOSTS:
+        assert wait_until(lambda h=h: not programmed(h), 5), f"{h} kept the revoked lease"
+        assert FLANNELD_MAC not in host_cmd(lab, h, "bridge", "fdb", "show")
+        assert "10.80.250.0 " not in host_cmd(lab, h, "ip", "neigh", "show")
+    assert time.monotonic() - revoked < 1.5
+
+
+def test_host_gone_for_good_is_removed_and_comes_back_on_its_subnet(lab: Lab) -> None:
+    net = create(lab, "flgone", "10.74.0.0/16", "vxlan")
+    prefix = net["options"]["prefix"]
+    eps = mesh(lab, "flgone", "go")
+    check_mesh(lab, eps, "go")
+    leases = subnets(lab, prefix)
+    h3_subnet = next(s for s, v in leases.items() if v["PublicIP"] == underlay_ip(lab, "h3"))
+    h3_mac = leases[h3_subnet]["BackendData"]["VtepMAC"]
+    env = (lab.hosts["h3"].state_dir / "drivers" / "flannel" / "flgone.env").read_text()
+    gw = str(ipaddress.ip_network(h3_subnet).network_address + 1)
+    assert env == (f"FLANNEL_NETWORK=10.74.0.0/16\nFLANNEL_SUBNET={gw}/24\n"
+                   f"FLANNEL_MTU={net['mtu']}\nFLANNEL_IPMASQ=false\n")
+    lab.stop_netd("h3", kill=True)
+    gone_at = time.monotonic()
+
+    def forgotten(h: str) -> bool:
+        return (h3_subnet not in host_cmd(lab, h, "ip", "route", "show", "proto", "91")
+                and h3_mac not in host_cmd(lab, h, "bridge", "fdb", "show")
+                and h3_mac not in host_cmd(lab, h, "ip", "neigh", "show"))
+
+    for h in ("h1", "h2"):
+        assert wait_until(lambda h=h: forgotten(h), LEASE_TTL + 10), h
+    assert time.monotonic() - gone_at >= LEASE_TTL - 3.5  # removed by the expiry, not before
+    assert h3_subnet not in subnets(lab, prefix)
+    lab.start_netd("h3")
+    # back on the subnet of its env file, the container keeps its address
+    assert wait_until(lambda: h3_subnet in subnets(lab, prefix), 10)
+    assert subnets(lab, prefix)[h3_subnet]["PublicIP"] == underlay_ip(lab, "h3")
+    check_mesh(lab, eps, "go")
+
+
+def test_sweep_on_start_removes_what_no_lease_wants(lab: Lab) -> None:
+    create(lab, "flsweep", "10.75.0.0/16", "vxlan")
+    eps = mesh(lab, "flsweep", "sw")
+    check_mesh(lab, eps, "sw")
+    dev = next(line.split()[1].rstrip(":") for line in
+               host_cmd(lab, "h2", "ip", "-o", "link", "show", "type", "vxlan").splitlines()
+               if "ndflv" in line and "10.75" in host_cmd(lab, "h2", "ip", "-o", "addr", "show",
+                                                          line.split()[1].rstrip(":")))
+    lab.stop_netd("h2")
+    stale = [
+        ["ip", "route", "add", "10.75.200.0/24", "via", "10.75.200.0", "dev", dev, "onlink",
+         "proto", "91"],
+        ["ip", "neigh", "add", "10.75.200.0", "lladdr", "0e:de:ad:00:00:01", "dev", dev,
+         "nud", "permanent"],
+        ["bridge", "fdb", "append", "0e:de:ad:00:00:01", "dev", dev, "dst", "10.99.99.99"],
+    ]
+    for cmd in stale:
+        run(ns_exec(lab.hosts["h2"].netns, *cmd))
+    foreign = ["ip", "route", "add", "192.0.2.0/24", "dev", "ul0", "proto", "static"]
+    run(ns_exec(lab.hosts["h2"].netns, *foreign))
+    lab.start_netd("h2")
+    assert wait_until(lambda: "10.75.200.0" not in host_cmd(lab, "h2", "ip", "route") and
+                      "0e:de:ad:00:00:01" not in host_cmd(lab, "h2", "bridge", "fdb", "show")
+                      and "10.75.200.0 " not in host_cmd(lab, "h2", "ip", "neigh", "show"), 10)
+    assert "192.0.2.0/24" in host_cmd(lab, "h2", "ip", "route")  # not netd's: left alone
+    check_mesh(lab, eps, "sw")
+
+
+@pytest.mark.parametrize("backend,octet", [("vxlan", 76), ("host-gw", 77)])
+def test_kill_and_restart_keeps_subnet_addresses_and_every_packet(
+    lab: Lab, backend: str, octet: int
+) -> None:
+    name = f"flkill{backend[:2]}"
+    net = create(lab, name, f"10.{octet}.0.0/16", backend)
+    tag = f"k{backend[:1]}"
+    eps = mesh(lab, name, tag)
+    check_mesh(lab, eps, tag)
+    before = subnets(lab, net["options"]["prefix"])
+    pinger = __import__("subprocess").Popen(
+        ns_exec(container_of(lab, f"{tag}h1"), "ping", "-n", "-q", "-i", "0.05", "-c", "200",
+                eps["h2"]["ip"]), stdout=__import__("subprocess").PIPE, text=True)
+    time.sleep(1)
+    for h in ("h2", "h1"):
+        lab.stop_netd(h, kill=True)
+        lab.start_netd(h)
+        time.sleep(1)
+    out, _ = pinger.communicate(timeout=60)
+    assert " 200 received" in out and " 0% packet loss" in out, out
+    assert subnets(lab, net["options"]["prefix"]) == before
+    again = {ep["name"]: ep["ip"] for ep in lab.netctl_json("h1", "endpoint", "ls",
+                                                            "--network", name)}
+    assert again == {ep["name"]: ep["ip"] for ep in eps.values()}
+    check_mesh(lab, eps, tag)
+
+
+def test_fixed_ip_outside_the_local_lease_is_reachable_from_other_netd_hosts(lab: Lab) -> None:
+    create(lab, "flfixed", "10.78.0.0/16", "vxlan")
+    clash = lab.netctl("h1", "network", "create", "flclash", "--subnet", "10.79.0.0/16",
+                       "--driver", "flannel", "-o", "vni=78", check=False)
+    assert clash.returncode != 0 and "already uses VNI 78" in clash.stderr
+    eps = mesh(lab, "flfixed", "fx")
+    fixed = attach(lab, "h2", "fxfixed", "flfixed", "--ip", "10.78.0.50")
+    assert fixed["ip"] == "10.78.0.50"
+    for h in ("h1", "h3"):
+        assert lab.wait_ping(container_of(lab, f"fx{h}"), "10.78.0.50", 10), h
+    assert lab.wait_ping(container_of(lab, "fxfixed"), eps["h3"]["ip"], 10)
+    # an address inside another host's lease is refused, nothing attached
+    other = eps["h3"]["ip"].rsplit(".", 1)[0] + ".77"
+    netns = lab.add_container("h2", "fxbad")
+    refused = lab.netctl("h2", "attach", netns, "--network", "flfixed", "--ip", other,
+                         check=False)
+    assert refused.returncode != 0 and "leased by host" in refused.stderr
