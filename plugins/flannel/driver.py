@@ -112,6 +112,7 @@ class FlannelDriver:
         self._served: dict[str, Network] = {}  # networks applied by this process
         self._installed: dict[str, set[tuple[int, str, int]]] = {}  # net -> route keys
         self._forwarding = False
+        self.forwarding_path = FORWARDING  # tests point it elsewhere
 
     # --- declarations and hooks --------------------------------------------------------
     def setup(self) -> dict[str, Any]:
@@ -228,11 +229,12 @@ class FlannelDriver:
     def _ensure_forwarding(self) -> None:
         if self._forwarding:
             return
+        path = self.forwarding_path
         try:
-            if FORWARDING.read_text().strip() != "1":
-                FORWARDING.write_text("1\n")
+            if path.read_text().strip() != "1":
+                path.write_text("1\n")
         except OSError as exc:
-            raise DatapathError(f"cannot enable IPv4 forwarding ({FORWARDING}): {exc}") from None
+            raise DatapathError(f"cannot enable IPv4 forwarding ({path}): {exc}") from None
         self._forwarding = True
 
     def _apply_network(
