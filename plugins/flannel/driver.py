@@ -437,7 +437,7 @@ class FlannelDriver:
     def _leave(self, name: str, report: ApplyReport) -> None:
         """This host no longer serves the network: its links go (routes on them with
         them), the routes it installed elsewhere too; its lease stays (flannel keeps a
-        host's subnet for the lease's TTL)."""
+        host's subnet for the lease's TTL) unless the network itself was removed."""
         net = self._served.pop(name)
         for table, dst, metric in self._installed.pop(name, set()):
             report.changed += self.nl.delete_route(Route(dst, table=table, metric=metric))
@@ -450,6 +450,13 @@ class FlannelDriver:
                 report.fail(f"link:{link}", str(exc))
         for port in [k for k in self._ports if k[0] == name]:
             del self._ports[port]
+        try:
+            removed = self.ctx.store.get(self.ctx.keys.network(name)) is None
+            if removed:  # the network is gone, not just this host's last container
+                self.subnets.release(name)
+        except NetdError as exc:
+            log.warning("flannel %s: keeping the lease, cannot tell whether the network "
+                        "was removed: %s", name, exc)
 
     def _sweep(self, desired: HostState, keep_links: set[str],
                keep_routes: set[tuple[int, str, int]], report: ApplyReport) -> None:
