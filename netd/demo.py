@@ -79,6 +79,8 @@ def run_demo(keep: bool = False, hosts: int = 3, as_json: bool = False) -> int:
             print(_render(containers, results))
             print("\nresult:", "every container reaches its own network and nothing else"
                   if ok else "UNEXPECTED connectivity, see the matrix")
+        if not as_json:
+            ok = _flannel_step(lab, say) and ok
         if keep:
             _keep(lab)
             kept = True
@@ -94,6 +96,25 @@ def run_demo(keep: bool = False, hosts: int = 3, as_json: bool = False) -> int:
         if not kept:
             say("tearing down ...")
             lab.close()
+
+
+def _flannel_step(lab: Lab, say: Any) -> bool:
+    """A flannel network (docs/flannel.md): each host leases a subnet of it, containers
+    get addresses from their host's subnet, every pair of hosts' containers talk."""
+    first = next(iter(lab.hosts))
+    lab.netctl(first, "network", "create", "pods", "--driver", "flannel",
+               "--subnet", "10.244.0.0/16", "-o", "vni=244")
+    eps = []
+    for i, host in enumerate(lab.hosts, start=1):
+        netns = lab.add_container(host, f"pod{i}")
+        ep = lab.netctl_json(host, "attach", netns, "--network", "pods")
+        eps.append((host, netns, ep["ip"]))
+    say("flannel network pods (vxlan, 10.244.0.0/16): one subnet lease per host")
+    for host, _netns, ip in eps:
+        say(f"  {host}: container {ip} (from its host's subnet lease)")
+    ok = all(_reach(lab, a[1], b[2], True) for a in eps for b in eps if a is not b)
+    say("  every pod reaches every other across hosts: " + ("yes" if ok else "NO"))
+    return ok
 
 
 def _matrix(lab: Lab, containers: list[dict[str, str]], say: Any,

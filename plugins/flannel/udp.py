@@ -30,6 +30,7 @@ from netd.plumbing.tap import delete_tun, destroy_tap_fd, open_tun
 log = logging.getLogger(__name__)
 
 MAX_PACKET = 65535
+SOCKET_BUFFER = 4 << 20  # bursts from the TUN wait here instead of being dropped
 
 
 @dataclass
@@ -66,6 +67,8 @@ class _Forwarder:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                self.sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
             self.sock.bind((local_ip, port))
         except OSError as exc:
             self.sock.close()

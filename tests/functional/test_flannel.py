@@ -181,6 +181,20 @@ def test_three_hosts_lease_route_and_talk(lab: Lab, backend: str, octet: int,
         assert "dstport 8472" in host_cmd(lab, "h1", "ip", "-d", "link", "show", dev)
     elif backend == "host-gw":
         assert f"{other} via {underlay_ip(lab, 'h2')} dev ul0" in routes
+        # a peer that is not on-link: a clear error for its lease, nothing written
+        off = f"10.{octet}.250.0/24"
+        lease = put_leased(lab, f"{prefix}/subnets/10.{octet}.250.0-24", json.dumps(
+            {"PublicIP": "198.51.100.7", "PublicIPv6": None, "BackendType": "host-gw"}))
+
+        def error() -> str:
+            return str(lab.netctl_json("h1", "status")["errors"].get(f"lease:{name}/{off}", ""))
+
+        assert wait_until(lambda: "198.51.100.7 (subnet" in error(), 5)
+        assert "is not on-link" in error()
+        assert off not in host_cmd(lab, "h1", "ip", "route")
+        assert host_cmd(lab, "h1", "ip", "route", "show", "proto", "91") == routes
+        assert lab.etcdctl("m1", "lease", "revoke", lease).returncode == 0
+        assert wait_until(lambda: error() == "", 5)
     else:
         assert f"10.{octet}.0.0/16 dev " in routes
 
