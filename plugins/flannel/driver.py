@@ -139,6 +139,14 @@ class FlannelDriver:
                 if store.create(config.config_key, config.to_json()):
                     return replace(network, options=config.options())
                 continue
+            if config.prefix.startswith(f"{self.ctx.keys.prefix}{DEFAULT_ROOT}"):
+                # netd's own prefix and no network uses it (refused above otherwise): a
+                # removed network's config, replaced
+                self._refuse_shared(network, config)
+                if store.compare_and_swap(config.config_key, config.to_json(),
+                                          existing.mod_revision):
+                    return replace(network, options=config.options())
+                continue
             adopted = adopt(config, existing.value, dict(network.options))
             self._refuse_shared(network, adopted)
             return replace(network, options=adopted.options())
@@ -151,10 +159,15 @@ class FlannelDriver:
         for kv in items:
             try:
                 other = Network.from_json(kv.value)
-                if other.driver != self.spec.name or other.name == network.name:
-                    continue
-                theirs = FlannelConfig.of(other, self.ctx.keys.prefix)
             except (NetdError, ValueError):
+                continue
+            if other.name == network.name:
+                raise Conflict(f"network {network.name!r} already exists")
+            if other.driver != self.spec.name:
+                continue
+            try:
+                theirs = FlannelConfig.of(other, self.ctx.keys.prefix)
+            except NetdError:
                 continue
             if theirs.prefix == config.prefix:
                 raise Conflict(f"flannel network {other.name} already uses prefix "
@@ -365,7 +378,8 @@ class FlannelDriver:
         net = ns.network
         me = desired.host.underlay_ip
         leases = leases_of(config, desired.records)
-        remote = [le for le in leases.values() if le.subnet != lease.subnet and le.public_ip != me]
+        remote = [le for le in leases.values() if le.subnet != lease.subnet
+                  and le.public_ip != me and _inside_net(le.subnet, config.network)]
         neighbours: dict[str, str] = {}
         fdb: set[FdbEntry] = set()
         routes: list[Route] = []

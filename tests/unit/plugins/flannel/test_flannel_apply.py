@@ -5,11 +5,12 @@ sweep of owned leftovers, and the address range an attach gets."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from netd.errors import InvalidInput
+from netd.errors import Conflict, InvalidInput
 from netd.leases import LeaseKeeper
 from netd.model import Endpoint, Host, Network, mac_from_ip
 from netd.netlink import RTPROT_NETD, FdbEntry, Route
@@ -160,3 +161,43 @@ def test_fixed_addresses_outside_the_lease_and_inside_anothers(
         drv.address_range(net, "10.5.200.7")
     with pytest.raises(InvalidInput, match="gateway or broadcast"):
         drv.address_range(net, "10.5.201.1")
+
+
+def test_network_create_writes_adopts_replaces_and_refuses(
+    nl: FakeNetlink, tmp_path: Path
+) -> None:
+    drv = driver(nl, tmp_path)
+    store = drv.ctx.store
+    blue = drv.prepare_network(network("vxlan"))
+    assert blue.options["vni"] == "1" and blue.options["prefix"] == "/netd/flannel/blue"
+    assert store.get("/netd/flannel/blue/config") is not None
+    # a removed network's config under netd's prefix is replaced
+    again = drv.prepare_network(replace_subnet(network("vxlan"), "10.6.0.0/16"))
+    assert "10.6.0.0/16" in store.get("/netd/flannel/blue/config").value  # type: ignore[union-attr]
+    # an existing network is never overwritten, and a VNI clash is refused
+    store.put(drv.ctx.keys.network("blue"), again.to_json())
+    with pytest.raises(Conflict, match="already exists"):
+        drv.prepare_network(network("vxlan"))
+    red = Network(name="red", subnet="10.7.0.0/16", gateway="10.7.0.1", vni=8, mtu=1450,
+                  driver="flannel", backend="vxlan")
+    with pytest.raises(Conflict, match="already uses VNI 1"):
+        drv.prepare_network(red)
+    assert drv.prepare_network(replace_options(red, vni="2")).options["vni"] == "2"
+    # a foreign prefix's config is adopted, never replaced
+    store.put("/coreos.com/network/config", '{"Network": "10.8.0.0/16"}')
+    green = Network(name="green", subnet="10.8.0.0/16", gateway="10.8.0.1", vni=9,
+                    mtu=1472, driver="flannel", backend="udp",
+                    options={"prefix": "/coreos.com/network"})
+    assert drv.prepare_network(green).options["port"] == "8285"
+    with pytest.raises(Conflict, match=r"Backend\.Type udp"):
+        drv.prepare_network(replace(green, backend="vxlan"))
+    assert store.get("/coreos.com/network/config").value == (  # type: ignore[union-attr]
+        '{"Network": "10.8.0.0/16"}')
+
+
+def replace_subnet(net: Network, subnet: str) -> Network:
+    return replace(net, subnet=subnet, gateway=subnet.replace("0/16", "1"))
+
+
+def replace_options(net: Network, **options: str) -> Network:
+    return replace(net, options={**net.options, **options})
