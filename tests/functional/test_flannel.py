@@ -396,3 +396,24 @@ def test_fixed_ip_outside_the_local_lease_is_reachable_from_other_netd_hosts(lab
     refused = lab.netctl("h2", "attach", netns, "--network", "flfixed", "--ip", other,
                          check=False)
     assert refused.returncode != 0 and "leased by host" in refused.stderr
+
+
+def test_a_lapsed_lease_is_written_again_on_the_same_subnet(lab: Lab) -> None:
+    net = create(lab, "fllapse", "10.82.0.0/16", "vxlan")
+    prefix = net["options"]["prefix"]
+    eps = mesh(lab, "fllapse", "la")
+    check_mesh(lab, eps, "la")
+    mine = next(s for s, v in subnets(lab, prefix).items()
+                if v["PublicIP"] == underlay_ip(lab, "h1"))
+    key = f"{prefix}/subnets/{mine.replace('/', '-')}"
+    out = json.loads(lab.etcdctl("m1", "get", key, "-w", "json").stdout)
+    lease = out["kvs"][0]["lease"]
+    # the etcd lease lapses under h1 (as after a store outage longer than its TTL)
+    assert lab.etcdctl("m1", "lease", "revoke", f"{lease:x}").returncode == 0
+    assert mine not in subnets(lab, prefix)
+    # h1 is not renumbered: the same subnet, under a new lease, within a keepalive round
+    assert wait_until(lambda: mine in subnets(lab, prefix), LEASE_TTL)
+    assert subnets(lab, prefix)[mine]["PublicIP"] == underlay_ip(lab, "h1")
+    again = json.loads(lab.etcdctl("m1", "get", key, "-w", "json").stdout)
+    assert again["kvs"][0]["lease"] != lease
+    check_mesh(lab, eps, "la")
