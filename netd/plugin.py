@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ipam.scope import AddressRange
     from netd.leases import LeaseKeeper
     from netd.netlink import Netlink
-    from netd.store.base import Store
+    from netd.store.base import Condition, Operation, Store
     from netd.store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -227,16 +227,28 @@ class Driver(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class PreparedNetwork:
+    """What `network create` commits for a driver, in the network's own transaction:
+    the network to store and the driver's records (e.g. flannel's config) with the
+    conditions they were planned on. A refused or raced create writes none of them."""
+
+    network: Network
+    conditions: tuple[Condition, ...] = ()
+    operations: tuple[Operation, ...] = ()
+
+
 @runtime_checkable
 class NetworkHooks(Protocol):
     """Optional: a driver whose networks need more than netd's records (flannel: its
     config in its own schema, a subnet leased per host) implements these; the service
     calls them on the API thread."""
 
-    def prepare_network(self, network: Network) -> Network:
-        """Before `network create` commits: the network to store (e.g. options adopted
-        from an existing foreign config); InvalidInput/Conflict refuse it, nothing
-        written."""
+    def prepare_network(self, network: Network) -> PreparedNetwork:
+        """Planning `network create` (again on each retry of its commit): the network to
+        store (e.g. options adopted from an existing foreign config) and the driver's
+        records to write with it; InvalidInput/Conflict refuse it. Reads only: the
+        service commits."""
         ...
 
     def address_range(self, network: Network, ip: str | None) -> AddressRange:

@@ -45,11 +45,13 @@ from netd.plugin import (
     HostState,
     NetworkState,
     OptionSpec,
+    PreparedNetwork,
     endpoint_id,
     network_id,
 )
 from netd.plumbing import ContainerPort, PlugFailed, plug
 from netd.plumbing import host_end_ok as port_host_end_ok
+from netd.store.base import Condition, Put
 from netd.store.keys import DEFAULT_PREFIX
 from plugins.flannel import names
 from plugins.flannel.config import (
@@ -111,6 +113,7 @@ class FlannelDriver:
         self._ports: dict[tuple[str, str], ContainerPort] = {}  # applied local ports
         self._served: dict[str, Network] = {}  # networks applied by this process
         self._installed: dict[str, set[tuple[int, str, int]]] = {}  # net -> route keys
+        self._applied: dict[str, tuple[Any, ...]] = {}  # net -> basis of its last clean apply
         self._forwarding = False
         self.forwarding_path = FORWARDING  # tests point it elsewhere
 
@@ -128,29 +131,27 @@ class FlannelDriver:
             )
         return config
 
-    def prepare_network(self, network: Network) -> Network:
-        """Adopt flannel's config at <prefix>/config, or write it; refuse a conflict."""
+    def prepare_network(self, network: Network) -> PreparedNetwork:
+        """Adopt flannel's config at <prefix>/config, or plan writing it (in the
+        network's own commit); refuse a conflict."""
         config = self.config(network)
-        store = self.ctx.store
-        for _ in range(3):
-            existing = store.get(config.config_key)
-            if existing is None:
-                self._refuse_shared(network, config)
-                if store.create(config.config_key, config.to_json()):
-                    return replace(network, options=config.options())
-                continue
-            if config.prefix.startswith(f"{self.ctx.keys.prefix}{DEFAULT_ROOT}"):
-                # netd's own prefix and no network uses it (refused above otherwise): a
-                # removed network's config, replaced
-                self._refuse_shared(network, config)
-                if store.compare_and_swap(config.config_key, config.to_json(),
-                                          existing.mod_revision):
-                    return replace(network, options=config.options())
-                continue
-            adopted = adopt(config, existing.value, dict(network.options))
-            self._refuse_shared(network, adopted)
-            return replace(network, options=adopted.options())
-        raise Conflict(f"{config.config_key} keeps changing; try again")
+        key = config.config_key
+        existing = self.ctx.store.get(key)
+        if existing is None:
+            self._refuse_shared(network, config)
+            return PreparedNetwork(replace(network, options=config.options()),
+                                   (Condition(key, 0),), (Put(key, config.to_json()),))
+        if config.prefix.startswith(f"{self.ctx.keys.prefix}{DEFAULT_ROOT}"):
+            # netd's own prefix and no network uses it (refused otherwise): a removed
+            # network's config, replaced
+            self._refuse_shared(network, config)
+            return PreparedNetwork(replace(network, options=config.options()),
+                                   (Condition(key, existing.mod_revision),),
+                                   (Put(key, config.to_json()),))
+        adopted = adopt(config, existing.value, dict(network.options))
+        self._refuse_shared(network, adopted)
+        return PreparedNetwork(replace(network, options=adopted.options()),
+                               (Condition(key, existing.mod_revision),))
 
     def _refuse_shared(self, network: Network, config: FlannelConfig) -> None:
         """Two flannel networks can share neither a prefix nor, on vxlan and udp, the
@@ -214,10 +215,19 @@ class FlannelDriver:
         report = ApplyReport()
         keep_links: set[str] = set()
         keep_routes: set[tuple[int, str, int]] = set()
+        routes = None if verify else self.nl.list_routes()
         for name, ns in desired.networks.items():
             keep_links |= self._links_of(ns)
+            basis = self._basis(ns, desired)
+            if not verify and basis is not None and self._applied.get(name) == basis:
+                keep_routes |= self._installed.get(name, set())
+                continue  # nothing it depends on changed since its last clean apply
+            self._applied.pop(name, None)
+            failed = len(report.errors)
             try:
-                keep_routes |= self._apply_network(ns, desired, report, verify)
+                keep_routes |= self._apply_network(ns, desired, report, verify, routes)
+                if len(report.errors) == failed and basis is not None:
+                    self._applied[name] = basis
             except NetdError as exc:
                 report.fail(network_id(ns.network), str(exc))
                 for ep in ns.local:
@@ -228,6 +238,16 @@ class FlannelDriver:
         if sweep:
             self._sweep(desired, keep_links, keep_routes, report)
         return report
+
+    def _basis(self, ns: NetworkState, desired: HostState) -> tuple[Any, ...] | None:
+        """What a network's datapath depends on: its state (the same object while
+        unchanged), its lease records, the live hosts, this host's lease."""
+        held = self.subnets.held(ns.network.name)
+        if held is None:
+            return None
+        records = leases_of(held.config, desired.records)
+        return (id(ns), ns, tuple(sorted(records.items())), held.lease,
+                tuple(sorted((h.name, h.underlay_ip) for h in desired.hosts.values())))
 
     def _links_of(self, ns: NetworkState) -> set[str]:
         net = ns.network
@@ -251,8 +271,11 @@ class FlannelDriver:
         self._forwarding = True
 
     def _apply_network(
-        self, ns: NetworkState, desired: HostState, report: ApplyReport, verify: bool
+        self, ns: NetworkState, desired: HostState, report: ApplyReport, verify: bool,
+        routes: list[Route] | None = None,
     ) -> set[tuple[int, str, int]]:
+        """Make one network's datapath as wanted; `routes`: a dump of the main table
+        taken at the start of this apply (None: read it here)."""
         net = ns.network
         config = self.config(net)
         held = self.subnets.acquire(net, config)
@@ -289,15 +312,18 @@ class FlannelDriver:
             wanted = [r for r in wanted if r.oif == bridge.index]
             if dev is not None:
                 wanted.append(Route(config.network, oif=dev.index))
+        present = {r.key: r for r in (nl.list_routes() if routes is None else routes)}
         for route in wanted:
+            if present.get(route.key) == route:
+                continue
             try:
                 report.changed += nl.ensure_route(route)
             except DatapathError as exc:
                 report.fail(f"route:{net.name}/{route.dst}", str(exc))
         keys = {r.key for r in wanted}
         owned_oifs = {bridge.index} | ({dev.index} if dev is not None else set())
-        for have in nl.list_routes(protocol=RTPROT_NETD):
-            if have.key in keys:
+        for have in present.values():
+            if have.protocol != RTPROT_NETD or have.key in keys:
                 continue
             if have.oif in owned_oifs or (
                 have.key in self._installed.get(net.name, set())
@@ -453,6 +479,7 @@ class FlannelDriver:
         them), the routes it installed elsewhere too; its lease stays (flannel keeps a
         host's subnet for the lease's TTL) unless the network itself was removed."""
         net = self._served.pop(name)
+        self._applied.pop(name, None)
         for table, dst, metric in self._installed.pop(name, set()):
             report.changed += self.nl.delete_route(Route(dst, table=table, metric=metric))
         self.udp.remove(name)

@@ -168,11 +168,21 @@ def test_network_create_writes_adopts_replaces_and_refuses(
 ) -> None:
     drv = driver(nl, tmp_path)
     store = drv.ctx.store
-    blue = drv.prepare_network(network("vxlan"))
+
+    def create(net: Network) -> Network:
+        prepared = drv.prepare_network(net)
+        assert store.commit(list(prepared.conditions), list(prepared.operations)).succeeded
+        return prepared.network
+
+    before = store.revision()
+    planned = drv.prepare_network(network("vxlan"))
+    assert store.revision() == before  # plans only: the service commits
+    blue = create(network("vxlan"))
+    assert blue.options == planned.network.options
     assert blue.options["vni"] == "1" and blue.options["prefix"] == "/netd/flannel/blue"
     assert store.get("/netd/flannel/blue/config") is not None
     # a removed network's config under netd's prefix is replaced
-    again = drv.prepare_network(replace_subnet(network("vxlan"), "10.6.0.0/16"))
+    again = create(replace_subnet(network("vxlan"), "10.6.0.0/16"))
     assert "10.6.0.0/16" in store.get("/netd/flannel/blue/config").value  # type: ignore[union-attr]
     # an existing network is never overwritten, and a VNI clash is refused
     store.put(drv.ctx.keys.network("blue"), again.to_json())
@@ -182,13 +192,13 @@ def test_network_create_writes_adopts_replaces_and_refuses(
                   driver="flannel", backend="vxlan")
     with pytest.raises(Conflict, match="already uses VNI 1"):
         drv.prepare_network(red)
-    assert drv.prepare_network(replace_options(red, vni="2")).options["vni"] == "2"
+    assert create(replace_options(red, vni="2")).options["vni"] == "2"
     # a foreign prefix's config is adopted, never replaced
     store.put("/coreos.com/network/config", '{"Network": "10.8.0.0/16"}')
     green = Network(name="green", subnet="10.8.0.0/16", gateway="10.8.0.1", vni=9,
                     mtu=1472, driver="flannel", backend="udp",
                     options={"prefix": "/coreos.com/network"})
-    assert drv.prepare_network(green).options["port"] == "8285"
+    assert create(green).options["port"] == "8285"
     with pytest.raises(Conflict, match=r"Backend\.Type udp"):
         drv.prepare_network(replace(green, backend="vxlan"))
     assert store.get("/coreos.com/network/config").value == (  # type: ignore[union-attr]
