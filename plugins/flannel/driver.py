@@ -81,6 +81,17 @@ class Remotes:
     routes: tuple[Route, ...]
 
 
+@dataclass(frozen=True)
+class LocalPart:
+    """This host's side of a network as last applied cleanly."""
+
+    ns: NetworkState
+    lease: SubnetLease
+    bridge: Link
+    dev: Link | None
+    routes: tuple[Route, ...]  # /32 routes of local fixed addresses outside the lease
+
+
 class FlannelDriver:
     spec: ClassVar[DriverSpec] = DriverSpec(
         name="flannel",
@@ -114,6 +125,8 @@ class FlannelDriver:
         self._served: dict[str, Network] = {}  # networks applied by this process
         self._installed: dict[str, set[tuple[int, str, int]]] = {}  # net -> route keys
         self._applied: dict[str, tuple[Any, ...]] = {}  # net -> basis of its last clean apply
+        self._local: dict[str, LocalPart] = {}
+        self._remotes_applied: dict[str, Remotes] = {}
         self._forwarding = False
         self.forwarding_path = FORWARDING  # tests point it elsewhere
 
@@ -229,6 +242,8 @@ class FlannelDriver:
                 if len(report.errors) == failed and basis is not None:
                     self._applied[name] = basis
             except NetdError as exc:
+                self._local.pop(name, None)
+                self._remotes_applied.pop(name, None)
                 report.fail(network_id(ns.network), str(exc))
                 for ep in ns.local:
                     report.errors.setdefault(endpoint_id(ep), f"network {name}: {exc}")
@@ -280,32 +295,26 @@ class FlannelDriver:
         config = self.config(net)
         held = self.subnets.acquire(net, config)
         lease = held.lease
-        self._ensure_forwarding()
         nl = self.nl
-        bridge_name = names.BRIDGE.number(net.vni)
-        report.changed += nl.ensure_bridge(bridge_name, net.mtu)
-        report.changed += nl.ensure_address(bridge_name, lease.gateway, lease.prefixlen)
-        dev: Link | None = None
-        if net.backend == "vxlan":
-            dev = self._ensure_vxlan(net, config, lease, desired, report)
-        elif net.backend == "udp":
-            dev = self._ensure_tun(net, config, lease, desired, report)
-        self._served[net.name] = net
-        bridge = nl._need(bridge_name)
-        host_links = {link.name: link for link in nl.list_links(names.VETH.prefix)}
-        wanted: list[Route] = []
-        for ep in ns.local:
-            route = self._apply_port(net, lease, ep, bridge, host_links, report, verify)
-            if route is not None:
-                wanted.append(route)
-        for key in [k for k in self._ports if k[0] == net.name]:
-            if key[1] not in {ep.name for ep in ns.local}:
-                del self._ports[key]
-                report.changed += nl.delete_link(names.VETH.hashed(f"{net.name}/{key[1]}"))
+        local = self._local.get(net.name)
+        if verify or local is None or local.ns is not ns or local.lease != lease:
+            failed = len(report.errors)
+            local = self._apply_local(ns, config, lease, desired, report, verify)
+            if len(report.errors) == failed:
+                self._local[net.name] = local
+            else:
+                self._local.pop(net.name, None)
+        bridge, dev = local.bridge, local.dev
+        wanted: list[Route] = list(local.routes)
         remotes = self._remotes(ns, config, lease, desired, dev, report)
         wanted.extend(remotes.routes)
         if net.backend == "vxlan" and dev is not None:
-            self._apply_vxlan_entries(dev.name, remotes, report)
+            previous = None if verify else self._remotes_applied.get(net.name)
+            self._remotes_applied.pop(net.name, None)
+            failed = len(report.errors)
+            self._apply_vxlan_entries(dev.name, remotes, previous, report)
+            if len(report.errors) == failed:
+                self._remotes_applied[net.name] = remotes
         if net.backend == "udp":
             self.udp.set_routes(net.name, {r.dst: r.gateway or "" for r in remotes.routes
                                            if r.gateway}, config.port)
@@ -332,6 +341,34 @@ class FlannelDriver:
                 report.changed += nl.delete_route(have)
         self._installed[net.name] = keys
         return keys
+
+    def _apply_local(self, ns: NetworkState, config: FlannelConfig, lease: SubnetLease,
+                     desired: HostState, report: ApplyReport, verify: bool) -> LocalPart:
+        """This host's side of a network: bridge, backend device, container ports."""
+        net = ns.network
+        nl = self.nl
+        self._ensure_forwarding()
+        bridge_name = names.BRIDGE.number(net.vni)
+        report.changed += nl.ensure_bridge(bridge_name, net.mtu)
+        report.changed += nl.ensure_address(bridge_name, lease.gateway, lease.prefixlen)
+        dev: Link | None = None
+        if net.backend == "vxlan":
+            dev = self._ensure_vxlan(net, config, lease, desired, report)
+        elif net.backend == "udp":
+            dev = self._ensure_tun(net, config, lease, desired, report)
+        self._served[net.name] = net
+        bridge = nl._need(bridge_name)
+        host_links = {link.name: link for link in nl.list_links(names.VETH.prefix)}
+        routes: list[Route] = []
+        for ep in ns.local:
+            route = self._apply_port(net, lease, ep, bridge, host_links, report, verify)
+            if route is not None:
+                routes.append(route)
+        for key in [k for k in self._ports if k[0] == net.name]:
+            if key[1] not in {ep.name for ep in ns.local}:
+                del self._ports[key]
+                report.changed += nl.delete_link(names.VETH.hashed(f"{net.name}/{key[1]}"))
+        return LocalPart(ns, lease, bridge, dev, tuple(routes))
 
     def _ensure_vxlan(self, net: Network, config: FlannelConfig, lease: SubnetLease,
                       desired: HostState, report: ApplyReport) -> Link:
@@ -459,8 +496,22 @@ class FlannelDriver:
             return None
         return route
 
-    def _apply_vxlan_entries(self, dev: str, remotes: Remotes, report: ApplyReport) -> None:
+    def _apply_vxlan_entries(self, dev: str, remotes: Remotes, previous: Remotes | None,
+                             report: ApplyReport) -> None:
+        """Neighbours and FDB entries as `remotes` wants: against the kernel, or (a
+        store event, `previous` applied cleanly) as the difference to `previous`."""
         nl = self.nl
+        if previous is not None:
+            for ip, mac in remotes.neighbours.items():
+                if previous.neighbours.get(ip) != mac:
+                    report.changed += nl.neigh_set(dev, ip, mac)
+            for ip in set(previous.neighbours) - set(remotes.neighbours):
+                report.changed += nl.neigh_del(dev, ip)
+            for entry in sorted(remotes.fdb - previous.fdb, key=str):
+                report.changed += nl.fdb_add(dev, entry.mac, entry.dst)
+            for entry in sorted(previous.fdb - remotes.fdb, key=str):
+                report.changed += nl.fdb_del(dev, entry.mac, entry.dst)
+            return
         have_neigh = nl.neigh_entries(dev)
         for ip, mac in remotes.neighbours.items():
             if have_neigh.get(ip) != mac:
@@ -480,6 +531,8 @@ class FlannelDriver:
         host's subnet for the lease's TTL) unless the network itself was removed."""
         net = self._served.pop(name)
         self._applied.pop(name, None)
+        self._local.pop(name, None)
+        self._remotes_applied.pop(name, None)
         for table, dst, metric in self._installed.pop(name, set()):
             report.changed += self.nl.delete_route(Route(dst, table=table, metric=metric))
         self.udp.remove(name)
