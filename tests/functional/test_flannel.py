@@ -480,3 +480,54 @@ def test_vxlan_direct_routing_uses_plain_routes_to_on_link_peers(lab: Lab) -> No
     assert f"{h2_subnet} via {underlay_ip(lab, 'h2')} dev ul0" in routes
     mac = leases[h2_subnet]["BackendData"]["VtepMAC"]
     assert mac not in host_cmd(lab, "h1", "bridge", "fdb", "show")
+
+
+UDP_PEER = r"""
+import socket, struct, sys
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack(f"!{len(b)//2}H", b))
+    s = (s >> 16) + (s & 0xffff); s += s >> 16
+    return ~s & 0xffff
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+print("ready", flush=True)
+while True:
+    data, addr = s.recvfrom(65535)
+    print(addr[0], addr[1], data.hex(), flush=True)
+    hl = (data[0] & 15) * 4
+    if data[9] != 1 or data[hl] != 8:
+        continue
+    ip = bytearray(data[:hl]); ip[12:16], ip[16:20] = data[16:20], data[12:16]
+    ip[10:12] = b"\0\0"; ip[10:12] = struct.pack("!H", csum(bytes(ip)))
+    icmp = bytearray(data[hl:]); icmp[0] = 0; icmp[2:4] = b"\0\0"
+    icmp[2:4] = struct.pack("!H", csum(bytes(icmp)))
+    s.sendto(bytes(ip + icmp), addr)
+"""
+
+
+def test_udp_speaks_flannels_wire_format_with_a_foreign_peer(lab: Lab) -> None:
+    """A peer that knows only flannel's udp format (the UDP payload is the bare inner
+    IPv4 packet, port as configured) answers pings from a netd container."""
+    net = create(lab, "fludpw", "10.85.0.0/16", "udp", "port=8286")
+    assert net["options"]["port"] == "8286"
+    ep = attach(lab, "h1", "uwh1", "fludpw")
+    peer = lab.add_host("h5")
+    proc = subprocess.Popen(ns_exec(peer.netns, "python3", "-c", UDP_PEER, "8286"),
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        lease = put_leased(lab, f"{net['options']['prefix']}/subnets/10.85.250.0-24",
+                           json.dumps({"PublicIP": peer.underlay_ip, "PublicIPv6": None,
+                                       "BackendType": "udp"}))
+        assert lab.wait_ping(container_of(lab, "uwh1"), "10.85.250.1", 10)
+        src, port, packet = proc.stdout.readline().split()
+        raw = bytes.fromhex(packet)
+        assert (src, port) == (underlay_ip(lab, "h1"), "8286")
+        assert raw[0] == 0x45 and raw[9] == 1  # IPv4, ICMP: nothing before the packet
+        assert str(ipaddress.ip_address(raw[12:16])) == ep["ip"]
+        assert str(ipaddress.ip_address(raw[16:20])) == "10.85.250.1"
+        assert lab.etcdctl("m1", "lease", "revoke", lease).returncode == 0
+    finally:
+        proc.kill()
+        proc.wait()
