@@ -17,7 +17,9 @@ machine hits all paths alike. Each measurement is `iperf3 -c` for --seconds with
                 builds. The reference fastdp should match;
 * fastdp        netd weave fastdp network, containers attached through the API;
 * sleeve        netd weave sleeve (userspace UDP), plain;
-* sleeve+enc    netd weave sleeve, encrypted.
+* sleeve+enc    netd weave sleeve, encrypted;
+* flannel-*     netd flannel networks (vxlan, udp, host-gw), addresses from each host's
+                subnet lease (docs/flannel.md).
 
 Open vSwitch rows (issue 7; not in the default set: they need a private OVS per host,
 so the lab becomes plugins.openflow.lab.OvsLab and every row's underlay then runs through
@@ -62,7 +64,8 @@ from netd.lab import Lab, ns_exec, run
 from netd.model import mac_from_ip
 from plugins.weave.names import bridge_name, host_veth_name, vxlan_name
 
-ROWS = ("underlay", "hand-built", "fastdp", "sleeve", "sleeve+enc")
+ROWS = ("underlay", "hand-built", "fastdp", "sleeve", "sleeve+enc",
+        "flannel-vxlan", "flannel-udp", "flannel-host-gw")  # flannel: plugins/flannel
 OVS_ROWS = ("ovs-gre", "openflow-gre", "ovs-vxlan", "openflow-vxlan")
 OVS_REFERENCE = {"openflow-gre": "ovs-gre", "openflow-vxlan": "ovs-vxlan",
                  "ovs-gre": "ovs-gre", "ovs-vxlan": "ovs-vxlan"}
@@ -256,6 +259,30 @@ def _openflow_row(backend: str) -> Callable[[Lab], Path]:
     return setup
 
 
+def _flannel_row(backend: str) -> Callable[[Lab], Path]:
+    def setup(lab: Lab) -> Path:
+        third = {"vxlan": 1, "udp": 2, "host-gw": 3}[backend]
+        net = f"dp-fl{third}"
+        clients = {n: Client(h.socket, timeout=60) for n, h in lab.hosts.items()}
+        try:
+            clients["h1"].request("POST", "/v1/networks", {
+                "name": net, "subnet": f"10.9{third}.0.0/16", "driver": "flannel",
+                "backend": backend})
+            ctrs, ips = [], []
+            for i, host in enumerate(("h1", "h2"), 1):
+                ctr = lab.add_container(host, f"fl{third}{i}")
+                ep = clients[host].request("POST", "/v1/attach",
+                                           {"container": ctr, "network": net})
+                ctrs.append(ctr)
+                ips.append(ep["ip"])
+        except CliError as exc:
+            raise RowError(str(exc)) from None
+        _reachable(lab, ctrs[0], ips[1])
+        return Path(ctrs[0], ctrs[1], ips[1])
+
+    return setup
+
+
 SETUPS: dict[str, Callable[[Lab], Path]] = {
     "ovs-gre": _ovs_hand_built("gre"),
     "openflow-gre": _openflow_row("gre"),
@@ -266,6 +293,9 @@ SETUPS: dict[str, Callable[[Lab], Path]] = {
     "fastdp": _netd_row("fastdp", False),
     "sleeve": _netd_row("sleeve", False),
     "sleeve+enc": _netd_row("sleeve", True),
+    "flannel-vxlan": _flannel_row("vxlan"),
+    "flannel-udp": _flannel_row("udp"),
+    "flannel-host-gw": _flannel_row("host-gw"),
 }
 
 

@@ -27,7 +27,7 @@ from netd.errors import Conflict, InvalidInput, NetdError
 from netd.hosts import HostRegistration
 from netd.leases import LeaseKeeper
 from netd.model import Host
-from netd.plugin import DriverContext, load_drivers, specs_of
+from netd.plugin import DriverContext, load_drivers, network_hooks, specs_of
 from netd.reconcile import Reconciler
 from netd.service import Service
 from netd.store import open_store
@@ -149,7 +149,8 @@ def run(cfg: config_mod.Config) -> None:
     )
     reconciler.start()
     service = Service(store, keys, registration, reconciler, specs_of(drivers),
-                      links=lambda netns: netlink.link_names(netns, shared_netlink))
+                      links=lambda netns: netlink.link_names(netns, shared_netlink),
+                      hooks=network_hooks(drivers))
     if cfg.metrics:
         metrics.serve(cfg.metrics, reconciler, lambda: registration.host.name)
     try:

@@ -72,16 +72,20 @@ def run_demo(keep: bool = False, hosts: int = 3, as_json: bool = False) -> int:
         say(f"{len(containers)} containers attached with fixed IPs; pinging every pair ...")
         results = _matrix(lab, containers, say, as_json)
         ok = all(r["ok"] == r["expected"] for r in results)
+        flannel_ok = _flannel_step(lab, say)
         openflow = _openflow_step(store, say)
         if as_json:
             print(json.dumps({"lab": lab.prefix, "store": store, "containers": containers,
-                              "results": results, "ok": ok, "openflow": openflow}, indent=2))
+                              "results": results, "ok": ok, "flannel": flannel_ok,
+                              "openflow": openflow}, indent=2))
         else:
             print(_render(containers, results))
             print("\nresult:", "every container reaches its own network and nothing else"
                   if ok else "UNEXPECTED connectivity, see the matrix")
+            print("flannel:", "every pod reaches every other across hosts (vxlan, one subnet "
+                  "lease per host)" if flannel_ok else "FAILED: pods did not all reach each other")
             print("openflow:", openflow["summary"])
-        ok = ok and openflow.get("ok", True)
+        ok = ok and flannel_ok and openflow.get("ok", True)
         if keep:
             _keep(lab)
             kept = True
@@ -131,6 +135,25 @@ def _openflow_step(store: str, say: Any) -> dict[str, Any]:
         return {"ok": False, "error": str(exc), "summary": f"failed: {exc}"}
     finally:
         lab.close()
+
+
+def _flannel_step(lab: Lab, say: Any) -> bool:
+    """A flannel network (docs/flannel.md): each host leases a subnet of it, containers
+    get addresses from their host's subnet, every pair of hosts' containers talk."""
+    first = next(iter(lab.hosts))
+    lab.netctl(first, "network", "create", "pods", "--driver", "flannel",
+               "--subnet", "10.244.0.0/16", "-o", "vni=244")
+    eps = []
+    for i, host in enumerate(lab.hosts, start=1):
+        netns = lab.add_container(host, f"pod{i}")
+        ep = lab.netctl_json(host, "attach", netns, "--network", "pods")
+        eps.append((host, netns, ep["ip"]))
+    say("flannel network pods (vxlan, 10.244.0.0/16): one subnet lease per host")
+    for host, _netns, ip in eps:
+        say(f"  {host}: container {ip} (from its host's subnet lease)")
+    ok = all(_reach(lab, a[1], b[2], True) for a in eps for b in eps if a is not b)
+    say("  every pod reaches every other across hosts: " + ("yes" if ok else "NO"))
+    return ok
 
 
 def _matrix(lab: Lab, containers: list[dict[str, str]], say: Any,

@@ -34,9 +34,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 from netd.model import Endpoint, Host, Network
 
 if TYPE_CHECKING:
+    from ipam.scope import AddressRange
     from netd.leases import LeaseKeeper
     from netd.netlink import Netlink
-    from netd.store.base import Store
+    from netd.store.base import Condition, Operation, Store
     from netd.store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,41 @@ class Driver(Protocol):
         """Stop the driver's threads; leave the datapath in place. The shared netlink
         facade and the store belong to the core: a driver never closes them."""
         ...
+
+
+@dataclass(frozen=True)
+class PreparedNetwork:
+    """What `network create` commits for a driver, in the network's own transaction:
+    the network to store and the driver's records (e.g. flannel's config) with the
+    conditions they were planned on. A refused or raced create writes none of them."""
+
+    network: Network
+    conditions: tuple[Condition, ...] = ()
+    operations: tuple[Operation, ...] = ()
+
+
+@runtime_checkable
+class NetworkHooks(Protocol):
+    """Optional: a driver whose networks need more than netd's records (flannel: its
+    config in its own schema, a subnet leased per host) implements these; the service
+    calls them on the API thread."""
+
+    def prepare_network(self, network: Network) -> PreparedNetwork:
+        """Planning `network create` (again on each retry of its commit): the network to
+        store (e.g. options adopted from an existing foreign config) and the driver's
+        records to write with it; InvalidInput/Conflict refuse it. Reads only: the
+        service commits."""
+        ...
+
+    def address_range(self, network: Network, ip: str | None) -> AddressRange:
+        """Where this host allocates on `network` (ip None) or may place a fixed `ip`;
+        e.g. the subnet this host leased, with its own gateway."""
+        ...
+
+
+def network_hooks(drivers: Mapping[str, Driver]) -> dict[str, NetworkHooks]:
+    """The drivers that implement NetworkHooks, by name."""
+    return {name: d for name, d in drivers.items() if isinstance(d, NetworkHooks)}
 
 
 DriverFactory = Callable[[DriverContext], Driver]

@@ -9,9 +9,12 @@ by (table, destination, metric); gateway, device and the onlink flag are its val
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from pyroute2.netlink.exceptions import NetlinkError
 
 from netd.errors import DatapathError
 from netd.netlink.links import AF_INET, LinkRef, Links
@@ -98,6 +101,18 @@ class Routes(Links):
             args["flags"] = RTNH_F_ONLINK
         ipr = self._ipr(netns)
         return lambda: ipr.route(command, **args)
+
+    def route_to(self, ip: str, netns: str | None = None) -> Route | None:
+        """The route the kernel would use to reach `ip` (`ip route get`); None when it
+        has none (unreachable). A route without a gateway means `ip` is on-link."""
+        ipr = self._ipr(netns)
+        try:
+            msgs = ipr.route("get", dst=ip)
+        except NetlinkError as exc:
+            if exc.code in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+                return None
+            raise DatapathError(f"cannot look up the route to {ip}{where(netns)}: {exc}") from None
+        return _route_from_msg(msgs[0]) if msgs else None
 
     def ensure_route(self, route: Route, netns: str | None = None) -> int:
         """`route` is in the kernel as given. A route with the same (table, dst, metric)

@@ -20,7 +20,7 @@ from netd import netlink
 from netd.container import ContainerRef, resolve
 from netd.hosts import HostRegistration
 from netd.model import Endpoint, Host, Network
-from netd.plugin import DriverSpec
+from netd.plugin import DriverSpec, NetworkHooks
 from netd.reconcile import Reconciler
 from netd.service.context import Context
 from netd.service.endpoints import Endpoints
@@ -43,11 +43,14 @@ class Service:
         *,
         containers: Callable[[str], ContainerRef] = resolve,
         links: Callable[[str], set[str]] = netlink.link_names,
+        hooks: Mapping[str, NetworkHooks] | None = None,
     ) -> None:
         """`drivers`: the specs of the drivers this daemon loaded, by name (networks of
         other drivers are refused). `containers` and `links` resolve references and read a
-        netns's interface names (tests fake them)."""
-        self.ctx = Context(store, keys, registration, reconciler, drivers, containers, links)
+        netns's interface names (tests fake them). `hooks`: drivers implementing
+        NetworkHooks (per-host address ranges, foreign network configs)."""
+        self.ctx = Context(store, keys, registration, reconciler, drivers, containers, links,
+                           hooks)
         self.networks = Networks(self.ctx)
         self.endpoints = Endpoints(self.ctx)
         self.statuses = Status(self.ctx)

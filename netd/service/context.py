@@ -22,7 +22,7 @@ from netd.container import ContainerRef
 from netd.errors import InvalidInput, NetdError, NotFound
 from netd.hosts import HostRegistration
 from netd.model import Endpoint, Host, Network, check_name
-from netd.plugin import DriverSpec
+from netd.plugin import DriverSpec, NetworkHooks
 from netd.reconcile import Reconciler
 from netd.store.base import KeyValue, Store
 from netd.store.keys import Keys
@@ -42,8 +42,10 @@ class Context:
         drivers: Mapping[str, DriverSpec],
         containers: Callable[[str], ContainerRef],
         links: Callable[[str], set[str]],
+        hooks: Mapping[str, NetworkHooks] | None = None,
     ) -> None:
         self.store = store
+        self.hooks = dict(hooks or {})
         self.keys = keys
         self.registration = registration
         self.reconciler = reconciler
@@ -57,8 +59,8 @@ class Context:
         self.local = LocalEndpoints(store, keys, lambda: self.host.name)
         self._networks: dict[str, KeyValue] = {}
         # keyed by the network record's create_revision, so a network recreated under
-        # the same name gets a new pool
-        self._pools: dict[str, tuple[int, AddressPool]] = {}
+        # the same name gets a new pool; one pool per range (a driver may scope per host)
+        self._pools: dict[tuple[str, AddressRange], tuple[int, AddressPool]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -85,16 +87,29 @@ class Context:
         with self._lock:
             if kv is None:
                 self._networks.pop(name, None)
-                self._pools.pop(name, None)
+                for key in [k for k in self._pools if k[0] == name]:
+                    del self._pools[key]
             else:
                 self._networks[name] = kv
 
-    def pool(self, network: Network, created: int) -> AddressPool:
+    def address_range(self, network: Network, ip: str | None = None) -> AddressRange:
+        """Where this host allocates on `network` (or may place a fixed `ip`): the whole
+        subnet, unless the network's driver scopes it (NetworkHooks.address_range)."""
+        hooks = self.hooks.get(network.driver)
+        if hooks is None:
+            return address_range(network)
+        return hooks.address_range(network, ip)
+
+    def pool(self, network: Network, created: int, ip: str | None = None, *,
+             whole: bool = False) -> AddressPool:
+        """The pool of the range an attach (of `ip`) uses here; `whole`: the network's
+        whole subnet, whatever its driver scopes (releasing every address)."""
+        scope = address_range(network) if whole else self.address_range(network, ip)
         with self._lock:
-            cached = self._pools.get(network.name)
+            cached = self._pools.get((network.name, scope))
             if cached is None or cached[0] != created:
-                cached = (created, AddressPool(self.store, self.keys, address_range(network)))
-                self._pools[network.name] = cached
+                cached = (created, AddressPool(self.store, self.keys, scope))
+                self._pools[(network.name, scope)] = cached
             return cached[1]
 
     def await_apply(self, revision: int, item: str | None) -> str | None:

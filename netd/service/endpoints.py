@@ -37,7 +37,6 @@ from netd.service import transaction
 from netd.service.context import (
     APPLY_TIMEOUT,
     Context,
-    address_range,
     only,
     revalidated,
 )
@@ -99,11 +98,11 @@ class Endpoints:
             backend = _check_driver(ctx.specs, network)
             check_underlay_fits(network, ctx.host.underlay_mtu, backend)
             if requested_ip is not None:
-                address_range(network).check(requested_ip)
+                ctx.address_range(network, requested_ip).check(requested_ip)
 
         name = check_name(fields["network"], "network name")
         net_kv, network = revalidated(ctx, name, check, fresh)
-        pool = ctx.pool(network, net_kv.create_revision)
+        pool = ctx.pool(network, net_kv.create_revision, requested_ip)
         ref = ctx.resolve(container)
         if fields.get("name"):  # a runtime names the endpoint (its container's name)
             ref = replace(ref, name=check_name(check_str(fields["name"], "name"), "endpoint name"))
@@ -313,7 +312,7 @@ class Endpoints:
             raise Conflict(
                 f"{name} is attached on host {endpoint.host}; detach it with that host's netctl"
             )
-        pool = ctx.pool(network, net_kv.create_revision)
+        pool = ctx.pool(network, net_kv.create_revision, whole=True)
         with ctx.netns_locks.hold(endpoint.netns):
             revision = self._commit_detach(endpoint, pool)
             if revision is None:

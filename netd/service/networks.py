@@ -12,7 +12,7 @@ from typing import Any
 from ipam import ids
 from netd.errors import Conflict, InvalidInput, NetdError, NotFound, Unsupported
 from netd.model import Endpoint, Network, check_name, subnets_overlap, validate_network
-from netd.plugin import BackendSpec, DriverSpec
+from netd.plugin import BackendSpec, DriverSpec, PreparedNetwork
 from netd.service import transaction
 from netd.service.context import Context, only
 from netd.service.transaction import Diagnosis, Txn
@@ -55,6 +55,7 @@ class Networks:
         network = validate_network(
             **fields, drivers=self.ctx.specs, underlay_mtu=self.ctx.host.underlay_mtu
         )
+        hooks = self.ctx.hooks.get(network.driver)
         keys, store = self.ctx.keys, self.ctx.store
         created: dict[str, Network] = {}
 
@@ -75,7 +76,9 @@ class Networks:
                         f"({other.subnet}) of tenant {network.tenant!r}"
                     )
             vni = ids.vnis(keys).plan_take(network.name, taken_vnis, network.vni or None)
-            candidate = replace(network, vni=vni.value)
+            prepared = (PreparedNetwork(network) if hooks is None
+                        else hooks.prepare_network(network))
+            candidate = replace(prepared.network, vni=vni.value)
             created["network"] = candidate
             ops = [
                 Put(keys.network(candidate.name), candidate.to_json()),
@@ -89,7 +92,7 @@ class Networks:
                 Condition(keys.tenant(candidate.tenant),
                           tenant_kv.mod_revision if tenant_kv else 0),
             ]
-            return Txn.of(vni, Txn(tuple(conditions), tuple(ops)))
+            return Txn.of(vni, prepared, Txn(tuple(conditions), tuple(ops)))
 
         def on_failure(planned: Txn, diagnosis: Diagnosis) -> None:
             """Another create took the name, the VNI or the tenant: read again and see."""
@@ -153,7 +156,7 @@ class Networks:
             assert begun is not None
             revision = begun[1]
             self._refuse_if_attached(name)
-            pool = ctx.pool(network, kv.create_revision)
+            pool = ctx.pool(network, kv.create_revision, whole=True)
 
             def removal_failed(planned: Txn, diagnosis: Diagnosis) -> None:
                 raise Conflict(f"network {name!r} changed while removing it; try again")

@@ -153,16 +153,21 @@ class RecordKinds:
             for prefix in prefixes:
                 if not prefix.endswith("/"):
                     raise ValueError(f"driver {driver}: watch prefix {prefix!r} must end in /")
-                if prefix.startswith(root) or root.startswith(prefix):
+                if root.startswith(prefix) or any(
+                    prefix.startswith(f"{root}{family}/") or f"{root}{family}/".startswith(prefix)
+                    for family in DESIRED_KINDS
+                ):
                     raise ValueError(f"driver {driver}: watch prefix {prefix!r} overlaps "
-                                     f"netd's own {root}")
+                                     f"netd's own records under {root}")
                 owners.setdefault(prefix, []).append(driver)
         self._foreign = sorted((p, tuple(d)) for p, d in owners.items())
 
     def prefixes(self) -> list[str]:
         """Every prefix to list and watch: the root first, then drivers' prefixes (one
         inside another declared prefix is watched through the outer one)."""
-        declared = [p for p, _ in self._foreign]
+        root = self.keys.root()
+        # a declared prefix inside netd's root arrives through the root's own watch
+        declared = [p for p, _ in self._foreign if not p.startswith(root)]
         outer = [p for p in declared if not any(p != q and p.startswith(q) for q in declared)]
         return [self.keys.root(), *outer]
 
@@ -172,9 +177,10 @@ class RecordKinds:
         kind = self.keys.kind_of(key)
         if kind is not None:
             family, parts = kind
-            if DESIRED_KINDS.get(family) == len(parts) and all(parts):
-                return Record(family, parts)
-            return None
+            if family in DESIRED_KINDS:
+                if DESIRED_KINDS[family] == len(parts) and all(parts):
+                    return Record(family, parts)
+                return None
         matching = [(p, d) for p, d in self._foreign if key.startswith(p)]
         if not matching:
             return None

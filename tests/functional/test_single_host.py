@@ -186,8 +186,8 @@ BAD_NETWORK = [
     (["n1", "--subnet", "10.40.0.0/24", "-o", "prefx=/x"],
      "unknown driver option 'prefx' for driver weave: it takes no options"),
     (["n1", "--subnet", "10.40.0.0/24", "--encrypt"], "--encrypt"),
-    (["n1", "--subnet", "10.40.0.0/24", "--driver", "flannel"],
-     "driver flannel is not available in this netd (available: weave)"),
+    (["n1", "--subnet", "10.40.0.0/24", "--driver", "nosuch"],
+     "driver nosuch is not available in this netd (available: "),
     (["n1", "--subnet", "10.40.0.0/24", "--mtu", "1500"], "underlay MTU 1500: at most 1450"),
     (["n1", "--subnet", "224.1.0.0/16"], "multicast"),
     (["n1", "--subnet", "127.5.0.0/16"], "loopback"),
@@ -402,14 +402,15 @@ def test_status_shows_datapath_and_json_after_command(lab: Lab, pair: tuple[str,
     weave = status["datapath"]["weave"]
     assert any(role == "bridge" for role in weave["links"].values())
     assert weave["ports"] >= 2  # the pair's veths
-    assert "weave" in status["drivers"]  # beside any other registered driver
+    assert "weave" in status["drivers"] and status["drivers"] == sorted(status["drivers"])
     assert status["workers"]["weave"]["revision"] >= status["applied_revision"] > 0
     table = lab.netctl("h1", "status").stdout
     assert "datapath:" in table and "weave:" in table
     assert "  weave: revision " in table
-    drivers = [d for d in lab.netctl_json("h1", "driver", "ls") if d["name"] == "weave"]
-    assert [(d["name"], d["default_backend"]) for d in drivers] == [("weave", "fastdp")]
-    assert {b["name"]: b["overhead"] for b in drivers[0]["backends"]} == {
+    drivers = lab.netctl_json("h1", "driver", "ls")
+    assert ("weave", "fastdp") in [(d["name"], d["default_backend"]) for d in drivers]
+    weave_spec = next(d for d in drivers if d["name"] == "weave")
+    assert {b["name"]: b["overhead"] for b in weave_spec["backends"]} == {
         "fastdp": 50, "sleeve": 50}
     after = json.loads(lab.netctl("h1", "network", "ls", "--json").stdout)
     assert after == lab.netctl_json("h1", "network", "ls")

@@ -441,6 +441,23 @@ class FakeNetlink:
         self.writes += 1
         return 1
 
+    def route_to(self, ip: str, netns: str | None = None) -> Route | None:
+        """Longest prefix match over the namespace's routes and its addresses' prefixes."""
+        self._check("route_to", ip, netns)
+        ns = self._space(netns)
+        addr = ipaddress.ip_address(ip)
+        found: list[tuple[int, Route]] = []
+        for index, addrs in ns.addresses.items():
+            for a, plen in addrs:
+                net = ipaddress.ip_interface(f"{a}/{plen}").network
+                if addr in net:
+                    found.append((plen, Route(str(net), oif=index, protocol=2)))
+        for r in ns.routes:
+            net = ipaddress.ip_network(r.dst)
+            if addr in net:
+                found.append((net.prefixlen, r))
+        return max(found, key=lambda f: f[0])[1] if found else None
+
     def ensure_route(self, route: Route, netns: str | None = None) -> int:
         self._check("ensure_route", route.dst, netns)
         for have in self.list_routes(netns, table=route.table):

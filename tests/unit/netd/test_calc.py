@@ -235,3 +235,18 @@ def test_record_kinds_classify_root_kinds_and_drivers_prefixes() -> None:
     assert kinds.classify("/elsewhere/k") is None
     with pytest.raises(ValueError, match="overlaps netd's own"):
         RecordKinds(KEYS, {"bad": ("/netd/hosts/",)})
+
+
+def test_driver_prefix_inside_netds_root_arrives_through_the_root_watch() -> None:
+    kinds = RecordKinds(KEYS, {"flannel": (f"{KEYS.root()}flannel/", "/coreos.com/network/")})
+    assert kinds.prefixes() == [KEYS.root(), "/coreos.com/network/"]
+    key = f"{KEYS.root()}flannel/blue/subnets/10.5.3.0-24"
+    assert kinds.classify(key) == Record("driver", (f"{KEYS.root()}flannel/",
+                                                    "blue/subnets/10.5.3.0-24"), ("flannel",))
+    assert kinds.classify(KEYS.network("blue")) == Record("networks", ("blue",))
+    assert kinds.classify(f"{KEYS.root()}ipam/blue/addr/10.5.3.4") is None
+    state = DesiredState(kinds)
+    assert state.put(key, "{}")
+    assert state.states(H1, ["flannel"])["flannel"].records == {key: "{}"}
+    with pytest.raises(ValueError, match="overlaps netd's own"):
+        RecordKinds(KEYS, {"bad": (f"{KEYS.root()}endpoints/x/",)})
