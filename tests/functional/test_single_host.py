@@ -327,7 +327,14 @@ def test_container_by_netns_path_and_by_pid(lab: Lab) -> None:
     result = lab.netctl("h1", "attach", "999999999", "--network", "blue", check=False)
     assert result.returncode != 0 and "no process with PID" in result.stderr
     result = lab.netctl("h1", "attach", "/etc/hostname", "--network", "blue", check=False)
-    assert result.returncode != 0 and "not a network namespace" in result.stderr
+    assert result.returncode != 0 and "a netns path lies in /run/netns" in result.stderr
+    not_netns = Path("/run/netns") / f"{by_path}-file"
+    not_netns.touch()
+    try:
+        result = lab.netctl("h1", "attach", str(not_netns), "--network", "blue", check=False)
+        assert result.returncode != 0 and "not a network namespace" in result.stderr
+    finally:
+        not_netns.unlink()
 
 
 def test_second_daemon_on_same_socket_or_state_dir_is_refused(lab: Lab, tmp_path: Path) -> None:
@@ -350,12 +357,16 @@ def test_second_daemon_on_same_socket_or_state_dir_is_refused(lab: Lab, tmp_path
     assert lab.netctl_json("h1", "status")["store"]["reachable"]
 
 
-def test_same_name_in_another_netns_is_refused(lab: Lab, tmp_path: Path) -> None:
-    """A netns bind-mounted elsewhere under the name of an attached container is another
-    container: attaching it must not answer with the first one's endpoint."""
+def test_same_name_in_another_netns_is_refused(lab: Lab) -> None:
+    """A netns bind-mounted elsewhere (Docker's sandbox directory) under the name of an
+    attached container is another container: attaching it must not answer with the first
+    one's endpoint."""
     c = lab.add_container("h1", "twin")
     first = lab.netctl_json("h1", "attach", c, "--network", "blue")
-    other = tmp_path / c
+    sandboxes = Path("/run/docker/netns")
+    made = [d for d in (sandboxes.parent, sandboxes) if not d.exists()]
+    sandboxes.mkdir(parents=True, exist_ok=True)
+    other = sandboxes / c
     other.touch()
     run(["unshare", f"--net={other}", "true"])
     try:
@@ -368,6 +379,9 @@ def test_same_name_in_another_netns_is_refused(lab: Lab, tmp_path: Path) -> None
         assert lab.netctl_json("h1", "endpoint", "ls", "--network", "blue").count(first) == 1
     finally:
         run(["umount", str(other)], check=False)
+        other.unlink()
+        for directory in reversed(made):
+            directory.rmdir()
         lab.netctl("h1", "detach", c, "--network", "blue")
         lab.remove_container(c)
 
