@@ -125,6 +125,10 @@ class FlannelDriver:
         self._served: dict[str, Network] = {}  # networks applied by this process
         self._installed: dict[str, set[tuple[int, str, int]]] = {}  # net -> route keys
         self._applied: dict[str, tuple[Any, ...]] = {}  # net -> basis of its last clean apply
+        # the start-up sweep (and every verify pass) lists the host's links; between them
+        # an apply removes only what it knows it leaves, so its cost stays flat in the
+        # number of links on the host
+        self._swept = False
         self._local: dict[str, LocalPart] = {}
         self._remotes_applied: dict[str, Remotes] = {}
         self._forwarding = False
@@ -250,8 +254,10 @@ class FlannelDriver:
                 keep_routes |= self._installed.get(name, set())
         for name in [n for n in self._served if n not in desired.networks]:
             self._leave(name, report)
-        if sweep:
+        if sweep and (verify or not self._swept):
+            failed = len(report.errors)
             self._sweep(desired, keep_links, keep_routes, report)
+            self._swept = len(report.errors) == failed
         return report
 
     def _basis(self, ns: NetworkState, desired: HostState) -> tuple[Any, ...] | None:
