@@ -164,25 +164,28 @@ class Links(Sockets):
             lambda: ipr.link("set", index=link.index, master=bridge.index),
         )
 
-    def ensure_no_ipv6_ll(self, name: LinkRef, *, never_had_carrier: bool = False) -> int:
+    def ensure_no_ipv6_ll(
+        self, name: LinkRef, netns: str | None = None, *, never_had_carrier: bool = False
+    ) -> int:
         """addrgenmode none on `name` and no IPv6 link-local address on it. Call before
         the link first goes up; on an adopted link it also removes the fe80:: address.
         `never_had_carrier`: the link was just created and has had no carrier, so the
         kernel gave it no link-local address (saves an address dump, whose cost grows
         with the links of the namespace)."""
-        link = self._need(name)
+        link = self._need(name, netns)
         if link.addrgenmode in (None, ADDRGENMODE_NONE):
             return 0
-        ipr = self._ipr()
+        ipr = self._ipr(netns)
         mode = [["IFLA_INET6_ADDR_GEN_MODE", ADDRGENMODE_NONE]]
         spec = {"attrs": [["AF_INET6", {"attrs": mode}]]}
         tolerant(
             f"set addrgenmode none on {link.name}",
             lambda: ipr.link("set", index=link.index, IFLA_AF_SPEC=spec),
+            netns,
         )
         if never_had_carrier:
             return 1
-        with self._reading(f"read IPv6 addresses of {link.name}"):
+        with self._reading(f"read IPv6 addresses of {link.name}", netns):
             lladdrs = [
                 (str(m.get_attr("IFA_ADDRESS")), int(m["prefixlen"]))
                 for m in ipr.get_addr(family=AF_INET6, index=link.index)
@@ -194,6 +197,7 @@ class Links(Sockets):
                 functools.partial(
                     ipr.addr, "del", index=link.index, address=addr, prefixlen=plen
                 ),
+                netns,
                 absent_ok=True,
             )
         return 1
@@ -372,6 +376,9 @@ class Links(Sockets):
         changed += self.set_mac(peer, mac, netns)
         changed += self.set_mtu(peer, mtu, netns)
         changed += self.ensure_no_ipv6_ll(host, never_had_carrier=created)
+        # netd's networks are IPv4 only: the container end gets no IPv6 link-local either,
+        # so a new container sends no DAD/RS/MLD that the bridge would flood to every port
+        changed += self.ensure_no_ipv6_ll(peer, netns, never_had_carrier=created)
         changed += self.link_up(peer, netns)
         if master is not None:
             changed += self.set_master(host, master)

@@ -234,11 +234,13 @@ class FakeNetlink:
         self._check("set_master", link.name, HOST)
         return self._update(HOST, link, master=bridge.index)
 
-    def ensure_no_ipv6_ll(self, name: LinkRef, *, never_had_carrier: bool = False) -> int:
-        link = self._need(name)
+    def ensure_no_ipv6_ll(
+        self, name: LinkRef, netns: str | None = None, *, never_had_carrier: bool = False
+    ) -> int:
+        link = self._need(name, netns)
         if link.addrgenmode in (None, ADDRGENMODE_NONE):
             return 0
-        return self._update(HOST, link, addrgenmode=ADDRGENMODE_NONE)
+        return self._update(netns, link, addrgenmode=ADDRGENMODE_NONE)
 
     def _check_kind(self, link: Link, kind: str) -> None:
         if link.kind != kind:
@@ -357,6 +359,7 @@ class FakeNetlink:
         changed += self.set_mtu(host, mtu)
         changed += self.set_mac(peer, mac, netns)
         changed += self.set_mtu(peer, mtu, netns)
+        changed += self.ensure_no_ipv6_ll(peer, netns)
         changed += self.link_up(peer, netns)
         changed += self.ensure_no_ipv6_ll(host)
         if master is not None:
