@@ -13,6 +13,7 @@ APT_PACKAGES=(
   iproute2 iputils-ping ethtool procps psmisc kmod
   etcd-server etcd-client
   nftables iperf3 tcpdump tshark
+  python3-scapy  # security-group tests: spoofed frames and ARP crafted from containers
 )
 
 setup() {

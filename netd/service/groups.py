@@ -48,8 +48,7 @@ class Groups:
         check_name(name, "security group name")
         kv = self.ctx.store.get(self.ctx.keys.security_group(tenant, name))
         if kv is None:
-            raise NotFound(f"security group {name!r} not found in tenant {tenant!r}"
-                           + ("" if tenant != "default" else " (other tenants: --tenant T)"))
+            raise NotFound(f"security group {name!r} not found in tenant {tenant!r}")
         return kv, SecurityGroup.from_json(kv.value)
 
     def list_groups(self, tenant: str | None = None) -> list[SecurityGroup]:
