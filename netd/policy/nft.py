@@ -255,12 +255,12 @@ class NftApplier:
             run_nft(render(HostPolicy(), self.drivers).full())
 
     def apply(self, policy: HostPolicy, verify: bool = False) -> int:
-        """Make netd's tables match `policy`; the number of nft transactions run."""
-        if verify:
+        """Make netd's tables match `policy`; the number of nft transactions run.
+        `verify`: rewrite them whole even if this process applied the same before
+        (someone may have changed or deleted them)."""
+        if verify:  # the periodic resync: repair any drift by one atomic replace
             ensure_bridge_netfilter()
-            present = set(list_tables())
-            if not all((family, TABLE) in present for family in FAMILIES):
-                self._applied = None
+            self._applied = None
         wanted = render(policy, self.drivers)
         last = self._applied
         if last is not None and last == wanted:

@@ -339,3 +339,31 @@ def test_kill_and_restart_keeps_rules_and_foreign_tables(
     assert after == before
     assert ("inet", "sgforeign") in nft_tables(lab, "h2")
     subprocess.run(ns_exec(h2, "nft", "delete", "table", "inet", "sgforeign"), check=True)
+
+
+def test_a_port_without_rules_gets_nothing_through(lab: Lab) -> None:
+    """A veth with a netd port name on a netd bridge that the policy does not know yet
+    (as between a driver plugging it and the policy worker's apply): dropped both ways."""
+    net = make_net(lab, "sgclosed", "10.99.0")
+    known = attach(lab, net, "h1", "k", 10)
+    vni = lab.netctl_json("h1", "network", "inspect", net.name)["vni"]
+    stray_ns = lab.add_container("h1", "sgclosed-stray")
+    h1 = lab.hosts["h1"].netns
+    port, plain = "ndh" + secrets.token_hex(4), "sg" + secrets.token_hex(4)
+    run(ns_exec(h1, "ip", "link", "add", port, "type", "veth", "peer", "name", "eth0",
+                "netns", f"/run/netns/{stray_ns}"))
+    try:
+        run(ns_exec(h1, "ip", "link", "set", port, "master", f"ndb{vni}", "up"))
+        lab.in_container(stray_ns, "ip", "addr", "add", f"{net.prefix}.20/24", "dev", "eth0",
+                         check=True)
+        lab.in_container(stray_ns, "ip", "link", "set", "eth0", "up", check=True)
+        assert not pings(lab, stray_ns, net.ips["k"])
+        assert not pings(lab, known, f"{net.prefix}.20")
+        # the same port under a name netd does not own is plain bridging: it passes
+        run(ns_exec(h1, "ip", "link", "set", port, "down"))
+        run(ns_exec(h1, "ip", "link", "set", port, "name", plain))
+        run(ns_exec(h1, "ip", "link", "set", plain, "up"))
+        assert wait_until(lambda: pings(lab, stray_ns, net.ips["k"]), 5)
+    finally:
+        run(ns_exec(h1, "ip", "link", "del", port), check=False)
+        run(ns_exec(h1, "ip", "link", "del", plain), check=False)
