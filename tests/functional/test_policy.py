@@ -103,6 +103,24 @@ def member_sets(lab: Lab, host: str) -> set[str]:
     return found
 
 
+def start_capture(netns: str, pcap: Path, bpf: str) -> subprocess.Popen[str]:
+    dump = subprocess.Popen(ns_exec(netns, "tcpdump", "--immediate-mode", "-U", "-n", "-i",
+                                    "eth0", "-w", str(pcap), bpf),
+                            stderr=subprocess.PIPE, text=True)
+    assert dump.stderr is not None and "listening" in dump.stderr.readline()
+    return dump
+
+
+def payloads(dump: subprocess.Popen[str], pcap: Path) -> str:
+    """Stop a capture; the text of its frames' payloads and ARP senders, one per line."""
+    time.sleep(0.5)
+    dump.terminate()
+    dump.wait(5)
+    return run(["tshark", "-r", str(pcap), "-T", "fields", "-e", "data.text", "-e",
+                "arp.src.proto_ipv4", "-e", "arp.src.hw_mac", "-o", "data.show_as_text:TRUE"],
+               check=False).stdout
+
+
 def nft_tables(lab: Lab, host: str) -> list[tuple[str, str]]:
     out = run(ns_exec(lab.hosts[host].netns, "nft", "-j", "list", "tables")).stdout
     return [(t["table"]["family"], t["table"]["name"])
@@ -236,11 +254,8 @@ def test_spoofed_frames_and_arp_are_dropped(lab: Lab, tmp_path: Path,
     procs.append(start_server(victim, "V", "tcp/8080"))
     assert wait_until(lambda: probe(member, ip["v"], 8080) == "V", 5)
     pcap = tmp_path / "target.pcap"
-    dump = subprocess.Popen(ns_exec(target, "tcpdump", "--immediate-mode", "-U", "-n", "-i",
-                                    "eth0", "-w", str(pcap), "arp or udp port 7777"),
-                            stderr=subprocess.PIPE, text=True)
-    procs.append(dump)  # type: ignore[arg-type]
-    assert dump.stderr is not None and "listening" in dump.stderr.readline()
+    dump = start_capture(target, pcap, "arp or udp port 7777")
+    procs.append(dump)
     udp = {"kind": "udp", "dst_mac": mac["t"], "dst_ip": ip["t"], "port": 7777}
     send_frames(spoofer, [
         {**udp, "src_mac": mac["x"], "src_ip": ip["x"], "payload": "legit"},
@@ -254,12 +269,7 @@ def test_spoofed_frames_and_arp_are_dropped(lab: Lab, tmp_path: Path,
         {"kind": "arp", "src_mac": mac["x"], "hwsrc": mac["x"], "psrc": ip["x"],
          "pdst": ip["t"], "op": 1},  # an honest request: passes
     ])
-    time.sleep(0.5)
-    dump.terminate()
-    dump.wait(5)
-    shown = run(["tshark", "-r", str(pcap), "-T", "fields", "-e", "data.text", "-e",
-                 "arp.src.proto_ipv4", "-e", "arp.src.hw_mac", "-o", "data.show_as_text:TRUE"],
-                check=False).stdout
+    shown = payloads(dump, pcap)
     assert "legit" in shown, shown
     for forged in ("spoof-ip", "spoof-mac", "spoof-both", ip["v"], ip["m"]):
         assert forged not in shown, f"{forged} reached the target:\n{shown}"
@@ -273,7 +283,7 @@ def test_spoofed_frames_and_arp_are_dropped(lab: Lab, tmp_path: Path,
 
 # --- (4) tenants ---------------------------------------------------------------------------
 def test_tenants_stay_apart_with_overlapping_subnets(
-        lab: Lab, procs: list[subprocess.Popen[str]]) -> None:
+        lab: Lab, tmp_path: Path, procs: list[subprocess.Popen[str]]) -> None:
     red = make_net(lab, "sgred", "10.96.0", tenant="sg-red")
     blue = make_net(lab, "sgblue", "10.96.0", tenant="sg-blue")  # the same subnet
     green = make_net(lab, "sggreen", "10.97.0", tenant="sg-blue")
@@ -294,10 +304,18 @@ def test_tenants_stay_apart_with_overlapping_subnets(
     assert not pings(lab, sender, green.ips["two"])
     assert probe(sender, green.ips["two"], 80) is None
     assert probe(sender, green.ips["two"], 53, "udp") is None
-    # L2 broadcast from red reaches no blue container
-    lab.in_container(sender, "ping", "-b", "-c", "2", "-W", "1", f"{red.prefix}.255")
-    arp = lab.in_container(green.containers["two"], "ip", "neigh").stdout
-    assert red.ips["one"] not in arp
+    # an L2 broadcast from red reaches red's other container and no blue one (blue has
+    # the very same subnet and addresses)
+    watchers = {n: start_capture(n, tmp_path / f"{n}.pcap", "udp port 7777")
+                for n in (red.containers["two"], blue.containers["one"],
+                          blue.containers["two"])}
+    procs.extend(watchers.values())  # type: ignore[arg-type]
+    send_frames(sender, [{"kind": "udp", "src_mac": red.macs["one"], "src_ip": red.ips["one"],
+                          "dst_mac": "ff:ff:ff:ff:ff:ff", "dst_ip": f"{red.prefix}.255",
+                          "port": 7777, "payload": "red-broadcast"}])
+    seen = {n: payloads(w, tmp_path / f"{n}.pcap") for n, w in watchers.items()}
+    assert "red-broadcast" in seen[red.containers["two"]], seen
+    assert "red-broadcast" not in seen[blue.containers["one"]] + seen[blue.containers["two"]]
 
 
 # --- (5) restart ---------------------------------------------------------------------------
@@ -337,6 +355,11 @@ def test_kill_and_restart_keeps_rules_and_foreign_tables(
     assert probes and "ok" not in probes, probes.count("ok")
     after = run(ns_exec(h2, "nft", "-j", "list", "table", "inet", "sgforeign")).stdout
     assert after == before
+    ruleset = json.loads(run(ns_exec(h2, "nft", "-j", "list", "ruleset")).stdout)["nftables"]
+    owners = {(i[k]["family"], i[k]["table"]) for i in ruleset for k in ("rule", "chain", "set")
+              if k in i}
+    assert owners <= {("bridge", "netd"), ("ip", "netd"), ("inet", "sgforeign")}, owners
+    assert ("ip", "netd") in owners and ("bridge", "netd") in owners
     assert ("inet", "sgforeign") in nft_tables(lab, "h2")
     subprocess.run(ns_exec(h2, "nft", "delete", "table", "inet", "sgforeign"), check=True)
 
