@@ -8,6 +8,7 @@ groups, so tests do not depend on each other's state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import subprocess
@@ -116,9 +117,15 @@ def payloads(dump: subprocess.Popen[str], pcap: Path) -> str:
     time.sleep(0.5)
     dump.terminate()
     dump.wait(5)
-    return run(["tshark", "-r", str(pcap), "-T", "fields", "-e", "data.text", "-e",
-                "arp.src.proto_ipv4", "-e", "arp.src.hw_mac", "-o", "data.show_as_text:TRUE"],
-               check=False).stdout
+    fields = run(["tshark", "-r", str(pcap), "-T", "fields", "-e", "data.text", "-e",
+                  "arp.src.proto_ipv4", "-e", "arp.src.hw_mac", "-e", "udp.payload", "-o",
+                  "data.show_as_text:TRUE"], check=False).stdout
+    decoded = []  # UDP payloads as text too (DHCP ports are not shown as data.text)
+    for line in fields.splitlines():
+        for cell in line.split("\t"):
+            with contextlib.suppress(ValueError):
+                decoded.append(bytes.fromhex(cell.replace(":", "")).decode("ascii", "replace"))
+    return fields + "\n".join(decoded)
 
 
 def nft_tables(lab: Lab, host: str) -> list[tuple[str, str]]:
@@ -254,7 +261,7 @@ def test_spoofed_frames_and_arp_are_dropped(lab: Lab, tmp_path: Path,
     procs.append(start_server(victim, "V", "tcp/8080"))
     assert wait_until(lambda: probe(member, ip["v"], 8080) == "V", 5)
     pcap = tmp_path / "target.pcap"
-    dump = start_capture(target, pcap, "arp or udp port 7777")
+    dump = start_capture(target, pcap, "arp or udp port 7777 or udp port 68")
     procs.append(dump)
     udp = {"kind": "udp", "dst_mac": mac["t"], "dst_ip": ip["t"], "port": 7777}
     send_frames(spoofer, [
@@ -262,6 +269,10 @@ def test_spoofed_frames_and_arp_are_dropped(lab: Lab, tmp_path: Path,
         {**udp, "src_mac": mac["x"], "src_ip": ip["m"], "payload": "spoof-ip"},
         {**udp, "src_mac": mac["m"], "src_ip": ip["x"], "payload": "spoof-mac"},
         {**udp, "src_mac": mac["m"], "src_ip": ip["m"], "payload": "spoof-both"},
+        {"kind": "udp", "src_mac": mac["x"], "src_ip": ip["x"], "dst_mac": mac["t"],
+         "dst_ip": ip["t"], "sport": 67, "port": 68, "payload": "dhcp-offer"},
+        {"kind": "udp", "src_mac": mac["x"], "src_ip": ip["x"], "dst_mac": mac["t"],
+         "dst_ip": ip["t"], "sport": 40000, "port": 68, "payload": "to-port-68"},
         {"kind": "arp", "src_mac": mac["x"], "hwsrc": mac["x"], "psrc": ip["v"],
          "pdst": ip["t"]},  # "the victim's address is at my MAC"
         {"kind": "arp", "src_mac": mac["x"], "hwsrc": mac["m"], "psrc": ip["m"],
@@ -270,8 +281,8 @@ def test_spoofed_frames_and_arp_are_dropped(lab: Lab, tmp_path: Path,
          "pdst": ip["t"], "op": 1},  # an honest request: passes
     ])
     shown = payloads(dump, pcap)
-    assert "legit" in shown, shown
-    for forged in ("spoof-ip", "spoof-mac", "spoof-both", ip["v"], ip["m"]):
+    assert "legit" in shown and "to-port-68" in shown, shown
+    for forged in ("spoof-ip", "spoof-mac", "spoof-both", "dhcp-offer", ip["v"], ip["m"]):
         assert forged not in shown, f"{forged} reached the target:\n{shown}"
     assert ip["x"] in shown  # the honest ARP request
     # taking a member's address on the interface gets nothing into the group

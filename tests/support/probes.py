@@ -95,7 +95,7 @@ conf.verb = 0
 for f in json.loads(sys.argv[2]):
     if f["kind"] == "udp":
         pkt = (Ether(src=f["src_mac"], dst=f["dst_mac"]) / IP(src=f["src_ip"], dst=f["dst_ip"])
-               / UDP(sport=40000, dport=f["port"]) / Raw(f["payload"].encode()))
+               / UDP(sport=f.get("sport", 40000), dport=f["port"]) / Raw(f["payload"].encode()))
     else:
         pkt = (Ether(src=f["src_mac"], dst=f.get("dst_mac", "ff:ff:ff:ff:ff:ff"))
                / ARP(op=f.get("op", 2), hwsrc=f["hwsrc"], psrc=f["psrc"],
