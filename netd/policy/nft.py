@@ -15,10 +15,13 @@ Two tables, both named `netd`, nothing else touched (docs/policy.md has the why)
   Group members are named sets, so a membership change only rewrites set elements.
 
 Applied with one `nft -f -` run per change: a file is one transaction, so the kernel
-never holds half a policy. A changed structure replaces both tables in one transaction
-(`table X; delete table X; table X {...}`: no moment without rules); a change of members
-only is a flush and refill of the changed sets. A restarted daemon adopts the tables in
-place (nothing is flushed at start) and its first apply replaces them atomically.
+never holds half a policy. The base chains dispatch through named verdict maps (port ->
+its chain), so a change is applied as the units that differ: a new port adds its chains
+and map elements, a gone one deletes them, a changed one does both within the one
+transaction, a change of members only refills the changed sets. The first apply of a
+process and every verify pass replace both tables whole in one transaction (`table X;
+delete table X; table X {...}`: no moment without rules). A restarted daemon adopts the
+tables in place (nothing is flushed at start).
 """
 
 from __future__ import annotations
@@ -83,13 +86,38 @@ def _match(rule: Rule) -> str:
     return " ".join(parts)
 
 
+Element = tuple[str, str, str, str]  # (family, map or set, key, value or "")
+
+
+@dataclass(frozen=True)
+class PortUnit:
+    """Everything of one port: its chains (family, name, rules) and its map elements."""
+
+    chains: tuple[tuple[str, str, tuple[str, ...]], ...]
+    elements: tuple[Element, ...]
+
+
 @dataclass(frozen=True)
 class Rendered:
-    structure: str  # both tables without set elements
-    sets: dict[str, frozenset[str]]  # set name -> elements
+    """netd's tables as a fixed skeleton (base chains dispatching through named maps)
+    plus units: per port, per member set, per bridge. A change is applied as the units
+    that differ, so one more port costs its own lines, not a rewrite of every port."""
+
+    skeleton: str
+    ports: dict[str, PortUnit]  # link -> unit
+    sets: dict[str, frozenset[str]]  # member set -> addresses
+    bridge_elements: frozenset[Element]  # bridges and zones
 
     def full(self) -> str:
-        return self.structure + "".join(self.refill(n) for n in sorted(self.sets))
+        """Both tables from scratch, replacing what is there, in one transaction."""
+        lines = [f"table {f} {TABLE}\ndelete table {f} {TABLE}" for f in FAMILIES]
+        lines.append(self.skeleton)
+        lines += [_add_set(n) for n in sorted(self.sets)]
+        lines += [_add_chains(u) for _, u in sorted(self.ports.items())]
+        lines += [self.refill(n) for n in sorted(self.sets)]
+        elements = [e for _, u in sorted(self.ports.items()) for e in u.elements]
+        lines += [_add_element(e) for e in (*sorted(self.bridge_elements), *elements)]
+        return "".join(line if line.endswith("\n") else line + "\n" for line in lines if line)
 
     def refill(self, name: str) -> str:
         text = f"flush set ip {TABLE} {name}\n"
@@ -97,111 +125,149 @@ class Rendered:
             text += f"add element ip {TABLE} {name} {{ {_elements(self.sets[name])} }}\n"
         return text
 
+    def delta(self, old: Rendered) -> str:
+        """The transaction that turns `old` into this (same skeleton); "" if equal. A
+        changed port is removed and added again within it: no moment without rules."""
+        out: list[str] = []
+        gone = {k: u for k, u in old.ports.items() if self.ports.get(k) != u}
+        new = {k: u for k, u in self.ports.items() if old.ports.get(k) != u}
+        for unit in gone.values():
+            out += [_delete_element(e) for e in unit.elements]
+        out += [_delete_element(e) for e in sorted(old.bridge_elements - self.bridge_elements)]
+        for unit in gone.values():
+            for family, chain, _ in unit.chains:
+                out += [f"flush chain {family} {TABLE} {chain}",
+                        f"delete chain {family} {TABLE} {chain}"]
+        out += [f"delete set ip {TABLE} {n}" for n in sorted(set(old.sets) - set(self.sets))]
+        out += [_add_set(n) for n in sorted(set(self.sets) - set(old.sets))]
+        out += [self.refill(n) for n in sorted(self.sets) if old.sets.get(n) != self.sets[n]]
+        out += [_add_chains(u) for _, u in sorted(new.items())]
+        out += [_add_element(e) for e in sorted(self.bridge_elements - old.bridge_elements)]
+        out += [_add_element(e) for u in new.values() for e in u.elements]
+        return "".join(line if line.endswith("\n") else line + "\n" for line in out)
+
+
+def _add_set(name: str) -> str:
+    return f"add set ip {TABLE} {name} {{ type ipv4_addr; flags interval; }}"
+
+
+def _add_chains(unit: PortUnit) -> str:
+    out = []
+    for family, chain, rules in unit.chains:
+        body = "".join(f"    {rule}\n" for rule in rules)
+        out.append(f"table {family} {TABLE} {{\n  chain {chain} {{\n{body}  }}\n}}\n")
+    return "".join(out)
+
+
+def _add_element(e: Element) -> str:
+    family, name, key, value = e
+    return f"add element {family} {TABLE} {name} {{ {key}{' : ' + value if value else ''} }}"
+
+
+def _delete_element(e: Element) -> str:
+    family, name, key, _ = e
+    return f"delete element {family} {TABLE} {name} {{ {key} }}"
+
 
 def render(policy: HostPolicy, drivers: Iterable[str]) -> Rendered:
     """Both tables for the ports of `drivers` (the kernel drivers) in `policy`."""
     drivers = sorted(set(drivers))
     ports = [p for p in policy.ports if p.driver in drivers and p.link]
-    prefixes = veth_prefixes(drivers)
-    lines: list[str] = []
-    for family in FAMILIES:
-        lines += [f"table {family} {TABLE}", f"delete table {family} {TABLE}"]
-    lines += _bridge_table(ports, prefixes)
-    lines += _ip_table(ports, policy)
-    sets = {set_name(k): v for k, v in policy.members.items()
-            if any(r.group == k for p in ports for r in (*p.ingress, *p.egress))}
-    return Rendered("\n".join(lines) + "\n", sets)
-
-
-def _bridge_table(ports: list[PortPolicy], prefixes: list[str]) -> list[str]:
-    out = [f"table bridge {TABLE} {{"]
-    from_ports = ", ".join(f"{_q(p.link or '')} : jump p_{p.link}" for p in ports)
-    to_ports = ", ".join(f"{_q(p.link or '')} : jump o_{p.link}" for p in ports)
-    guarded = [p for p in ports if p.restricted_egress]
-    from_guard = ", ".join(f"{_q(p.link or '')} : jump e_{p.link}" for p in guarded)
-    unknown_in = [f"    iifname {_q(prefix + '*')} drop" for prefix in prefixes]
-    unknown_out = [f"    oifname {_q(prefix + '*')} drop" for prefix in prefixes]
-    out += ["  chain prerouting {",
-            "    type filter hook prerouting priority -200; policy accept;"]
-    if ports:
-        out.append(f"    iifname vmap {{ {from_ports} }}")
-    out += [*unknown_in, "  }"]
-    for hook in ("forward", "output"):
-        out += [f"  chain {hook}_ports {{",
-                f"    type filter hook {hook} priority 100; policy accept;"]
-        if guarded:
-            out.append(f"    iifname vmap {{ {from_guard} }}")
-        if ports:
-            out.append(f"    oifname vmap {{ {to_ports} }}")
-        out += [*unknown_out, "  }"]
-    for p in ports:
-        out += [
-            f"  chain p_{p.link} {{",
-            f"    ether saddr != {p.mac} drop",
-            f"    arp saddr ether != {p.mac} drop",
-            f"    arp saddr ip != {p.ip} drop",
-            "    ether type arp accept",
-            f"    ip saddr != {p.ip} drop",
-            "    udp sport 67 drop",
-            "    ether type ip accept",
-            "    drop",
-            "  }",
-        ]
-        net = netaddr.IPNetwork(p.subnet)
-        if p.restricted_ingress:
-            allowed = f"ip daddr {p.ip}"
-        else:
-            allowed = f"ip daddr {{ {p.ip}, {net.broadcast}, 255.255.255.255, 224.0.0.0/4 }}"
-        out += [f"  chain o_{p.link} {{", "    ether type arp accept"]
-        if p.restricted_ingress:
-            out.append(f"    meta mark & {PASS:#x} != {PASS:#x} drop")
-        out += [f"    ether type ip {allowed} accept", "    drop", "  }"]
-        if p.restricted_egress:
-            out += [f"  chain e_{p.link} {{",
-                    f"    ether type ip meta mark & {PASS:#x} != {PASS:#x} drop", "  }"]
-    out.append("}")
-    return out
-
-
-def _ip_table(ports: list[PortPolicy], policy: HostPolicy) -> list[str]:
-    out = [f"table ip {TABLE} {{"]
-    used = sorted({r.group for p in ports for r in (*p.ingress, *p.egress) if r.group})
-    for key in used:
-        out.append(f"  set {set_name(key)} {{ type ipv4_addr; flags interval; }}")
     bridges = sorted({p.bridge for p in ports if p.bridge})
-    zones = {b: z for b, z in policy.zones.items() if b in bridges}
-    out += ["  chain zone {", "    type filter hook prerouting priority -300; policy accept;"]
-    if zones:
-        zmap = ", ".join(f"{_q(b)} : {z}" for b, z in sorted(zones.items()))
-        out.append(f"    ct zone set iifname map {{ {zmap} }}")
-    out += ["  }", "  chain forward {",
-            "    type filter hook forward priority 0; policy accept;"]
-    if bridges:
-        names = ", ".join(_q(b) for b in bridges)
-        out += [f"    iifname {{ {names} }} jump decide", f"    oifname {{ {names} }} jump decide"]
-    out += ["  }", "  chain decide {",
-            f"    ct state established,related meta mark set meta mark | {PASS:#x} accept",
-            "    ct state invalid drop"]
-    egress = [p for p in ports if p.restricted_egress and p.bridge]
-    ingress = [p for p in ports if p.restricted_ingress and p.bridge]
-    if egress:
-        emap = ", ".join(f"{_q(p.bridge or '')} . {p.ip} : jump eg_{p.link}" for p in egress)
-        out.append(f"    iifname . ip saddr vmap {{ {emap} }}")
-    if ingress:
-        imap = ", ".join(f"{_q(p.bridge or '')} . {p.ip} : jump in_{p.link}" for p in ingress)
-        out.append(f"    oifname . ip daddr vmap {{ {imap} }}")
-    out += [f"    meta mark set meta mark | {PASS:#x} accept", "  }"]
-    for p in egress:
-        out.append(f"  chain eg_{p.link} {{")
-        out += [f"    {_match(r)} return" for r in p.egress]
-        out += ["    drop", "  }"]
-    for p in ingress:
-        out.append(f"  chain in_{p.link} {{")
-        out += [f"    {_match(r)} meta mark set meta mark | {PASS:#x} accept"
-                for r in p.ingress]
-        out += ["    drop", "  }"]
-    out.append("}")
-    return out
+    elements = {("ip", "bridges", _q(b), "") for b in bridges}
+    elements |= {("ip", "zones", _q(b), str(z)) for b, z in policy.zones.items() if b in bridges}
+    used = {r.group for p in ports for r in (*p.ingress, *p.egress) if r.group}
+    return Rendered(
+        skeleton=_skeleton(veth_prefixes(drivers)),
+        ports={p.link or "": _port_unit(p) for p in ports},
+        sets={set_name(k): frozenset(v) for k, v in policy.members.items() if k in used},
+        bridge_elements=frozenset(elements),
+    )
+
+
+def _skeleton(prefixes: list[str]) -> str:
+    drop_in = "".join(f"    iifname {_q(prefix + '*')} drop\n" for prefix in prefixes)
+    drop_out = "".join(f"    oifname {_q(prefix + '*')} drop\n" for prefix in prefixes)
+    hooks = "".join(
+        f"  chain {hook}_ports {{\n"
+        f"    type filter hook {hook} priority 100; policy accept;\n"
+        "    iifname vmap @egress_guard\n"
+        f"    oifname vmap @to_ports\n{drop_out}  }}\n"
+        for hook in ("forward", "output"))
+    return (
+        f"table bridge {TABLE} {{\n"
+        "  map from_ports { type ifname : verdict; }\n"
+        "  map to_ports { type ifname : verdict; }\n"
+        "  map egress_guard { type ifname : verdict; }\n"
+        "  chain prerouting {\n"
+        "    type filter hook prerouting priority -200; policy accept;\n"
+        f"    iifname vmap @from_ports\n{drop_in}  }}\n{hooks}}}\n"
+        f"table ip {TABLE} {{\n"
+        "  set bridges { typeof iifname; }\n"
+        "  map zones { typeof iifname : ct zone; }\n"
+        "  map egress { typeof iifname . ip saddr : verdict; }\n"
+        "  map ingress { typeof oifname . ip daddr : verdict; }\n"
+        "  chain zone {\n"
+        "    type filter hook prerouting priority -300; policy accept;\n"
+        "    ct zone set iifname map @zones\n"
+        "  }\n"
+        "  chain forward {\n"
+        "    type filter hook forward priority 0; policy accept;\n"
+        "    iifname @bridges jump decide\n"
+        "    oifname @bridges jump decide\n"
+        "  }\n"
+        "  chain decide {\n"
+        f"    ct state established,related meta mark set meta mark | {PASS:#x} accept\n"
+        "    ct state invalid drop\n"
+        "    iifname . ip saddr vmap @egress\n"
+        "    oifname . ip daddr vmap @ingress\n"
+        f"    meta mark set meta mark | {PASS:#x} accept\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+def _port_unit(p: PortPolicy) -> PortUnit:
+    link = p.link or ""
+    net = netaddr.IPNetwork(p.subnet)
+    guard = f"meta mark & {PASS:#x} != {PASS:#x} drop"
+    chains: list[tuple[str, str, tuple[str, ...]]] = [
+        ("bridge", f"p_{link}", (
+            f"ether saddr != {p.mac} drop",
+            f"arp saddr ether != {p.mac} drop",
+            f"arp saddr ip != {p.ip} drop",
+            "ether type arp accept",
+            f"ip saddr != {p.ip} drop",
+            "udp sport 67 drop",
+            "ether type ip accept",
+            "drop",
+        )),
+    ]
+    if p.restricted_ingress:
+        to_port: tuple[str, ...] = ("ether type arp accept", guard,
+                                    f"ether type ip ip daddr {p.ip} accept", "drop")
+    else:
+        to_port = ("ether type arp accept",
+                   f"ether type ip ip daddr {{ {p.ip}, {net.broadcast}, 255.255.255.255, "
+                   "224.0.0.0/4 } accept", "drop")
+    chains.append(("bridge", f"o_{link}", to_port))
+    elements: list[Element] = [("bridge", "from_ports", _q(link), f"jump p_{link}"),
+                               ("bridge", "to_ports", _q(link), f"jump o_{link}")]
+    if p.restricted_egress:
+        chains.append(("bridge", f"e_{link}", (f"ether type ip {guard}",)))
+        elements.append(("bridge", "egress_guard", _q(link), f"jump e_{link}"))
+    if p.bridge:
+        key = f"{_q(p.bridge)} . {p.ip}"
+        if p.restricted_egress:
+            chains.append(("ip", f"eg_{link}",
+                           (*(f"{_match(r)} return" for r in p.egress), "drop")))
+            elements.append(("ip", "egress", key, f"jump eg_{link}"))
+        if p.restricted_ingress:
+            allow = f"meta mark set meta mark | {PASS:#x} accept"
+            chains.append(("ip", f"in_{link}",
+                           (*(f"{_match(r)} {allow}".strip() for r in p.ingress), "drop")))
+            elements.append(("ip", "ingress", key, f"jump in_{link}"))
+    return PortUnit(tuple(chains), tuple(elements))
 
 
 def run_nft(text: str, timeout: float = 10.0) -> None:
@@ -265,11 +331,12 @@ class NftApplier:
         last = self._applied
         if last is not None and last == wanted:
             return 0
-        if last is not None and last.structure == wanted.structure:
-            changed = [n for n in sorted(wanted.sets) if wanted.sets[n] != last.sets.get(n)]
-            run_nft("".join(wanted.refill(n) for n in changed))
+        if last is not None and last.skeleton == wanted.skeleton:
+            text = wanted.delta(last)
         else:
-            run_nft(wanted.full())
+            text = wanted.full()
+        if text:
+            run_nft(text)
         self._applied = wanted
         return 1
 

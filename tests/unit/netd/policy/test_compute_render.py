@@ -65,30 +65,41 @@ def test_render_fails_closed_and_keys_rules_by_port() -> None:
     assert 'iifname "ndh*" drop' in text and 'oifname "ndh*" drop' in text
     assert "ether saddr != 02:42:0a:01:00:02 drop" in text
     assert "arp saddr ip != 10.1.0.2 drop" in text
-    assert f'"{bridge_name(5)}" . 10.1.0.2 : jump in_{veth}' in text
+    assert f'ingress {{ "{bridge_name(5)}" . 10.1.0.2 : jump in_{veth} }}' in text
     assert "ip daddr 10.9.0.0/16 udp dport 53 return" in text
     assert "tcp dport 80 meta mark set" in text
     assert "ct state established,related" in text
     # only netd's own tables are named
-    tables = set(re.findall(r"^(?:delete )?table (\w+) (\w+)", text, re.M))
-    assert tables == {("bridge", "netd"), ("ip", "netd")}
+    tables = set(re.findall(r"(?:table|element|set|chain) (bridge|ip|inet|arp|netdev) (\w+)",
+                            text))
+    assert {t for _, t in tables} == {"netd"}
 
 
 def test_empty_policy_still_fails_closed() -> None:
     text = nft.render(HostPolicy(), ["weave"]).full()
-    assert 'iifname "ndh*" drop' in text and "vmap" not in text
+    assert 'iifname "ndh*" drop' in text and "jump p_" not in text
 
 
-def test_membership_change_refills_sets_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_changes_touch_only_what_changed(monkeypatch: pytest.MonkeyPatch) -> None:
     scripts: list[str] = []
     monkeypatch.setattr(nft, "run_nft", scripts.append)
     applier = nft.NftApplier(["weave"])
     local = ep("a", "h1", "10.1.0.2", "web")
     applier.apply(host_policy(NETS, [local], GROUPS, "h1"))
-    assert "delete table bridge netd" in scripts[-1]
-    assert applier.apply(host_policy(NETS, [local], GROUPS, "h1")) == 0  # unchanged: nothing
+    assert "delete table bridge netd" in scripts[-1]  # the first apply: whole, atomic
+    assert applier.apply(host_policy(NETS, [local], GROUPS, "h1")) == 0  # unchanged
+    # a member on another host: only the set's elements
     applier.apply(host_policy(NETS, [local, ep("b", "h2", "10.1.0.3", "web")], GROUPS, "h1"))
     assert "delete table" not in scripts[-1] and "chain" not in scripts[-1]
     assert "flush set ip netd" in scripts[-1] and "10.1.0.3" in scripts[-1]
-    applier.apply(host_policy(NETS, [local, ep("c", "h1", "10.1.0.4")], GROUPS, "h1"))
-    assert "delete table bridge netd" in scripts[-1]  # a new port: the structure changed
+    # one more local port: its own chains and elements, nothing of port a
+    other = ep("c", "h1", "10.1.0.4")
+    applier.apply(host_policy(NETS, [local, other], GROUPS, "h1"))
+    veth_a, veth_c = host_veth_name("blue", "a"), host_veth_name("blue", "c")
+    assert "delete table" not in scripts[-1] and veth_c in scripts[-1]
+    assert veth_a not in scripts[-1]
+    # the port leaves: its chains go, after its elements
+    applier.apply(host_policy(NETS, [local], GROUPS, "h1"))
+    last = scripts[-1]
+    assert last.index("delete element bridge netd to_ports") < last.index(
+        f"delete chain bridge netd o_{veth_c}")
