@@ -9,12 +9,13 @@
   tenant; a member set holds the addresses of that tenant's endpoints only.
 * A group an endpoint names that does not exist (removed under a race) counts as a
   group without rules: its ingress is closed (fail closed).
-* Conntrack zones per bridge of L2 drivers keep equal addresses of two tenants' overlapping
-  subnets apart in the connection table.
+* A conntrack zone per tenant, set on its L2 drivers' bridges, keeps equal addresses of
+  two tenants' overlapping subnets apart in the connection table.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 
 from netd.model import Endpoint, Network, SecurityGroup
@@ -26,9 +27,13 @@ from netd.policy.model import HostPolicy, PortPolicy, Rule
 L2_DRIVERS = frozenset({"weave"})
 
 
-def zone_of(vni: int) -> int:
-    """A conntrack zone (1..65535) for a VNI."""
-    return 1 + (vni - 1) % 65535
+def zone_of(tenant: str) -> int:
+    """A tenant's conntrack zone (1..65535): one per tenant, not per network, so a
+    connection routed between two networks of one tenant keeps one zone both ways
+    (subnets never overlap within a tenant); two tenants share one only on a hash
+    collision (1 in 65535 per pair)."""
+    digest = hashlib.sha256(tenant.encode()).digest()
+    return 1 + int.from_bytes(digest[:4], "big") % 65535
 
 
 def link_of(driver: str, network: Network, endpoint: str) -> tuple[str | None, str | None]:
@@ -88,7 +93,7 @@ def host_policy(
         ingress, egress = _resolve(network.tenant, ep.security_groups, groups)
         link, bridge = link_of(network.driver, network, ep.name)
         if bridge is not None and network.driver in L2_DRIVERS:
-            zones[bridge] = zone_of(network.vni)
+            zones[bridge] = zone_of(network.tenant)
         ports.append(PortPolicy(
             network=ep.network, endpoint=ep.name, tenant=network.tenant,
             driver=network.driver, link=link, bridge=bridge, ip=ep.ip, mac=ep.mac,

@@ -176,6 +176,9 @@ def render(policy: HostPolicy, drivers: Iterable[str]) -> Rendered:
     bridges = sorted({p.bridge for p in ports if p.bridge})
     elements = {("ip", "bridges", _q(b), "") for b in bridges}
     elements |= {("ip", "zones", _q(b), str(z)) for b, z in policy.zones.items() if b in bridges}
+    tenant_of = {p.bridge: p.tenant for p in ports if p.bridge}
+    elements |= {("ip", "same_tenant", f"{_q(a)} . {_q(b)}", "")
+                 for a in bridges for b in bridges if tenant_of[a] == tenant_of[b]}
     used = {r.group for p in ports for r in (*p.ingress, *p.egress) if r.group}
     return Rendered(
         skeleton=_skeleton(veth_prefixes(drivers)),
@@ -204,6 +207,7 @@ def _skeleton(prefixes: list[str]) -> str:
         f"    iifname vmap @from_ports\n{drop_in}  }}\n{hooks}}}\n"
         f"table ip {TABLE} {{\n"
         "  set bridges { typeof iifname; }\n"
+        "  set same_tenant { typeof iifname . oifname; }\n"
         "  map zones { typeof iifname : ct zone; }\n"
         "  map egress { typeof iifname . ip saddr : verdict; }\n"
         "  map ingress { typeof oifname . ip daddr : verdict; }\n"
@@ -219,6 +223,7 @@ def _skeleton(prefixes: list[str]) -> str:
         "  chain decide {\n"
         f"    ct state established,related meta mark set meta mark | {PASS:#x} accept\n"
         "    ct state invalid drop\n"
+        "    iifname @bridges oifname @bridges iifname . oifname != @same_tenant drop\n"
         "    iifname . ip saddr vmap @egress\n"
         "    oifname . ip daddr vmap @ingress\n"
         f"    meta mark set meta mark | {PASS:#x} accept\n"

@@ -401,3 +401,24 @@ def test_a_port_without_rules_gets_nothing_through(lab: Lab) -> None:
     finally:
         run(ns_exec(h1, "ip", "link", "del", port), check=False)
         run(ns_exec(h1, "ip", "link", "del", plain), check=False)
+
+
+def test_a_host_routing_between_tenants_forwards_nothing_across(lab: Lab) -> None:
+    """h1 made a router between three networks (their gateways on its bridges, forwarding
+    on): routing within a tenant works, from one tenant's network to another's never."""
+    xa = make_net(lab, "sgxa", "10.88.1", tenant="sg-x")
+    xb = make_net(lab, "sgxb", "10.88.2", tenant="sg-x")
+    ya = make_net(lab, "sgya", "10.88.3", tenant="sg-y")
+    h1 = lab.hosts["h1"].netns
+    for net in (xa, xb, ya):
+        attach(lab, net, "h1", "one", 11)
+        vni = lab.netctl_json("h1", "network", "inspect", net.name)["vni"]
+        run(ns_exec(h1, "ip", "addr", "add", f"{net.prefix}.1/24", "dev", f"ndb{vni}"))
+    run(ns_exec(h1, "sysctl", "-qw", "net.ipv4.ip_forward=1"))
+    try:
+        assert wait_until(lambda: pings(lab, xa.containers["one"], xb.ips["one"]), 5)
+        assert not pings(lab, xa.containers["one"], ya.ips["one"])
+        assert not pings(lab, ya.containers["one"], xb.ips["one"])
+        assert probe(ya.containers["one"], xa.ips["one"], 80) is None
+    finally:
+        run(ns_exec(h1, "sysctl", "-qw", "net.ipv4.ip_forward=0"))

@@ -44,7 +44,7 @@ def test_local_ports_with_resolved_rules_and_tenant_scoped_members() -> None:
     assert policy.members == {"default/web": frozenset({"10.1.0.2", "10.1.0.3"})}
     c = policy.port("blue", "c")
     assert c is not None and not c.restricted_ingress and not c.restricted_egress
-    assert policy.zones == {bridge_name(5): zone_of(5)}
+    assert policy.zones == {bridge_name(5): zone_of("default")}
 
 
 def test_a_missing_group_closes_ingress() -> None:
@@ -53,9 +53,12 @@ def test_a_missing_group_closes_ingress() -> None:
     assert port.restricted_ingress and port.ingress == ()
 
 
-def test_zones_fit_sixteen_bits() -> None:
-    assert zone_of(1) == 1 and zone_of(65535) == 65535 and zone_of(65536) == 1
-    assert all(1 <= zone_of(v) <= 65535 for v in (16_777_215, 70_000))
+def test_zones_are_per_tenant_and_fit_sixteen_bits() -> None:
+    policy = host_policy(NETS, [ep("a", "h1", "10.1.0.2"), ep("r", "h1", "10.1.0.2",
+                                                            network="red")], {}, "h1")
+    assert policy.zones == {bridge_name(5): zone_of("default"), bridge_name(6): zone_of("acme")}
+    assert zone_of("default") != zone_of("acme")
+    assert all(1 <= zone_of(f"t{i}") <= 65535 for i in range(1000))
 
 
 def test_render_fails_closed_and_keys_rules_by_port() -> None:
