@@ -18,6 +18,7 @@ APT_PACKAGES=(
   # openflow driver: Open vSwitch (tests run a private instance per host namespace;
   # setup() keeps the package from starting one in the root namespace)
   openvswitch-switch openvswitch-common
+  python3-scapy  # security-group tests: spoofed frames and ARP crafted from containers
 )
 
 setup() {

@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,6 +29,8 @@ from netd.hosts import HostRegistration
 from netd.leases import LeaseKeeper
 from netd.model import Host
 from netd.plugin import DriverContext, load_drivers, network_hooks, specs_of
+from netd.policy.nft import NftApplier
+from netd.policy.worker import PolicyWorker
 from netd.reconcile import Reconciler
 from netd.service import Service
 from netd.store import open_store
@@ -90,6 +93,25 @@ def lock_netns() -> socket.socket:
     return sock
 
 
+# drivers that enforce security groups in their own flow tables (they read
+# HostState.policy); every other driver's ports are enforced with nftables
+FLOW_POLICY_DRIVERS = frozenset({"openflow"})
+
+
+def policy_worker(drivers: Mapping[str, object]) -> PolicyWorker | None:
+    """The nftables policy of the kernel drivers' ports, failing closed from the start
+    (netd's tables are put in place before any driver applies; existing ones adopted)."""
+    kernel = sorted(set(drivers) - FLOW_POLICY_DRIVERS)
+    if not kernel:
+        return None
+    applier = NftApplier(kernel)
+    try:
+        applier.setup()
+    except NetdError as exc:
+        log.error("security groups: %s", exc)
+    return PolicyWorker(applier)
+
+
 def run(cfg: config_mod.Config) -> None:
     for directory, what, mode in (
         (cfg.state_dir, "state dir", 0o700),
@@ -141,11 +163,13 @@ def run(cfg: config_mod.Config) -> None:
         registration.publish(name, driver.setup())
     registration.start()
     leases.start()
+    policy = policy_worker(drivers)
     reconciler = Reconciler(
         store, keys, drivers, lambda: registration.host, resync_interval=cfg.resync_interval,
         # a live host re-registers within one keepalive interval (ttl/3) of the store
         # coming back; only a host silent beyond that is torn down
         host_grace=max(cfg.host_ttl / 3, 1.0) + 1.0,
+        policy=policy, flow_policy_drivers=FLOW_POLICY_DRIVERS & drivers.keys(),
     )
     reconciler.start()
     service = Service(store, keys, registration, reconciler, specs_of(drivers),

@@ -65,6 +65,11 @@ def _remove_network(service: Service, name: str) -> dict[str, str]:
     return {"removed": name}
 
 
+def _remove_group(service: Service, tenant: str | None, name: str) -> dict[str, str]:
+    service.remove_group(tenant, name)
+    return {"removed": name}
+
+
 ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", r"/v1/status", lambda s, p, b, q: (200, s.status())),
     ("GET", r"/v1/networks", lambda s, p, b, q: (200, [n.to_dict() for n in s.list_networks()])),
@@ -77,6 +82,19 @@ ROUTES: list[tuple[str, str, Handler]] = [
      lambda s, p, b, q: (200, [e.to_dict() for e in s.list_endpoints(q.get("network"))])),
     ("POST", r"/v1/attach", lambda s, p, b, q: (200, s.attach(b).to_dict())),
     ("POST", r"/v1/detach", lambda s, p, b, q: (200, s.detach(b).to_dict())),
+    ("POST", r"/v1/endpoints/update", lambda s, p, b, q: (200, s.update_endpoint(b).to_dict())),
+    # security groups, scoped by tenant (?tenant=T, default "default")
+    ("GET", r"/v1/sg",
+     lambda s, p, b, q: (200, [g.to_dict() for g in s.list_groups(q.get("tenant"))])),
+    ("POST", r"/v1/sg", lambda s, p, b, q: _created(s.create_group(b).to_dict())),
+    ("GET", r"/v1/sg/(?P<name>[^/]+)",
+     lambda s, p, b, q: (200, s.inspect_group(q.get("tenant"), p["name"]))),
+    ("DELETE", r"/v1/sg/(?P<name>[^/]+)",
+     lambda s, p, b, q: (200, _remove_group(s, q.get("tenant"), p["name"]))),
+    ("POST", r"/v1/sg/(?P<name>[^/]+)/rules",
+     lambda s, p, b, q: _created(s.add_rule(q.get("tenant"), p["name"], b))),
+    ("DELETE", r"/v1/sg/(?P<name>[^/]+)/rules/(?P<rule>[^/]+)",
+     lambda s, p, b, q: (200, s.remove_rule(q.get("tenant"), p["name"], p["rule"]))),
     ("GET", r"/v1/hosts", lambda s, p, b, q: (200, s.list_hosts())),
     ("GET", r"/v1/drivers",
      lambda s, p, b, q: (200, [spec.to_dict() for _, spec in sorted(s.specs.items())])),

@@ -29,7 +29,7 @@ from operator import attrgetter
 from typing import Any
 
 from netd.errors import NetdError
-from netd.model import Endpoint, Host, HostRoles, Network
+from netd.model import Endpoint, Host, HostRoles, Network, SecurityGroup
 from netd.plugin import HostState, NetworkState
 from netd.store.keys import Keys, Record, RecordKinds
 
@@ -65,6 +65,8 @@ def decode(record: Record, value: str) -> Any:
         return Host.from_json(value)
     if record.family == "roles":
         return HostRoles.from_json(value)
+    if record.family == "sg":
+        return SecurityGroup.from_json(value)
     return value  # secrets (hex text), drivers' own records (their schema, raw)
 
 
@@ -142,6 +144,9 @@ class DesiredState:
         self._secrets: dict[str, str] = {}
         self._roles: dict[str, dict[str, HostRoles]] = defaultdict(dict)
         self._driver_records: dict[str, dict[str, str]] = defaultdict(dict)
+        # security groups by (tenant, name): policy only (netd.policy), no driver's state
+        self._groups: dict[tuple[str, str], SecurityGroup] = {}
+        self.policy_changed = True  # networks, endpoints or groups changed since read
         # what changed since the last states()
         self._touched: set[str] = set()  # network names
         self._touched_drivers: set[str] = set()  # drivers whose own records changed
@@ -197,7 +202,11 @@ class DesiredState:
 
     def _keep(self, record: Record, obj: Any) -> None:
         family, parts = record.family, record.parts
-        if family == "networks":
+        if family in ("networks", "endpoints", "sg"):
+            self.policy_changed = True
+        if family == "sg":
+            self._groups[(parts[0], parts[1])] = obj
+        elif family == "networks":
             self._networks[parts[0]] = obj
             self._touched.add(parts[0])
         elif family == "endpoints":
@@ -220,7 +229,11 @@ class DesiredState:
 
     def _drop(self, record: Record) -> None:
         family, parts = record.family, record.parts
-        if family == "networks":
+        if family in ("networks", "endpoints", "sg"):
+            self.policy_changed = True
+        if family == "sg":
+            self._groups.pop((parts[0], parts[1]), None)
+        elif family == "networks":
             if self._networks.pop(parts[0], None) is not None:
                 self._touched.add(parts[0])
         elif family == "endpoints":
@@ -254,6 +267,16 @@ class DesiredState:
 
     def network(self, name: str) -> Network | None:
         return self._networks.get(name)
+
+    def policy_inputs(
+        self,
+    ) -> tuple[dict[str, Network], list[Endpoint], dict[tuple[str, str], SecurityGroup]]:
+        """What netd.policy computes from: networks, every endpoint, groups by (tenant,
+        name); clears `policy_changed`."""
+        self.policy_changed = False
+        endpoints = [e for m in self._endpoints.values() for eps in m.by_host.values()
+                     for e in eps]
+        return dict(self._networks), endpoints, dict(self._groups)
 
     def counts(self) -> tuple[int, int]:
         """(networks, endpoints) in the copy, without copying it."""

@@ -302,6 +302,96 @@ def cmd_network_create(c: Client, a: argparse.Namespace) -> tuple[Any, Callable[
     )
 
 
+def _tenant_query(a: argparse.Namespace) -> str:
+    return f"?{urlencode({'tenant': a.tenant})}" if a.tenant else ""
+
+
+def _sg_path(a: argparse.Namespace, *rest: str) -> str:
+    parts = "/".join(quote(p, safe="") for p in (a.name, *rest))
+    return f"/v1/sg/{parts}{_tenant_query(a)}"
+
+
+def _rule_text(r: dict[str, Any]) -> str:
+    ports = ""
+    if r.get("port_min") is not None:
+        ports = (f" port {r['port_min']}" if r["port_min"] == r["port_max"]
+                 else f" ports {r['port_min']}-{r['port_max']}")
+    remote = f"cidr {r['cidr']}" if r.get("cidr") else f"group {r.get('group')}"
+    return f"{r['id']}  {r['direction']} {r.get('protocol') or 'any'}{ports} from/to {remote}"
+
+
+def _print_groups(value: list[dict[str, Any]]) -> str:
+    return table([(g["name"], g["tenant"], len(g.get("rules") or ())) for g in value],
+                 ["NAME", "TENANT", "RULES"])
+
+
+def _print_group(g: dict[str, Any]) -> str:
+    lines = [f"name: {g['name']}", f"tenant: {g['tenant']}", "rules:"]
+    lines += [f"  {_rule_text(r)}" for r in g.get("rules") or ()] or ["  (none: members "
+                                                                       "accept no ingress)"]
+    members = g.get("members") or []
+    lines.append("members:")
+    lines.append(_print_endpoints(members) if members else "  (none)")
+    return "\n".join(lines)
+
+
+def cmd_sg_rule_add(c: Client, a: argparse.Namespace) -> tuple[Any, Callable[[Any], str]]:
+    body = {"direction": a.direction, "protocol": a.proto, "port": a.port, "cidr": a.cidr,
+            "group": a.group}
+    value = c.request("POST", _sg_path(a, "rules"),
+                      {k: v for k, v in body.items() if v is not None})
+    return value, lambda v: (("rule added to " if v["added"] else "rule already in ")
+                             + f"{v['group']}: {_rule_text(v['rule'])}")
+
+
+def _add_sg_commands(sub: Any) -> None:
+    sg = sub.add_parser("sg", help="security groups: stateful rules for their members")
+    ssub = sg.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def tenant(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--tenant", help="the group's tenant (default: default)")
+
+    create = ssub.add_parser("create", help="create a security group")
+    create.add_argument("name")
+    tenant(create)
+    create.set_defaults(run=lambda c, a: (c.request("POST", "/v1/sg", {
+        k: v for k, v in {"name": a.name, "tenant": a.tenant}.items() if v is not None}),
+        lambda g: f"security group {g['name']} created in tenant {g['tenant']}"))
+    rm = ssub.add_parser("rm", help="remove a security group (refused while in use)")
+    rm.add_argument("name")
+    tenant(rm)
+    rm.set_defaults(run=lambda c, a: (c.request("DELETE", _sg_path(a)),
+                                      lambda v: f"security group {v['removed']} removed"))
+    ls = ssub.add_parser("ls", help="list security groups")
+    ls.add_argument("--tenant", help="only this tenant's groups")
+    ls.set_defaults(run=lambda c, a: (c.request("GET", "/v1/sg" + _tenant_query(a)),
+                                      _print_groups))
+    inspect = ssub.add_parser("inspect", help="a group's rules and members")
+    inspect.add_argument("name")
+    tenant(inspect)
+    inspect.set_defaults(run=lambda c, a: (c.request("GET", _sg_path(a)), _print_group))
+    rule = ssub.add_parser("rule", help="add or remove a group's rules")
+    rsub = rule.add_subparsers(dest="rule_action", required=True, metavar="ACTION")
+    add = rsub.add_parser("add", help="add a rule")
+    add.add_argument("name")
+    way = add.add_mutually_exclusive_group(required=True)
+    way.add_argument("--ingress", dest="direction", action="store_const", const="ingress")
+    way.add_argument("--egress", dest="direction", action="store_const", const="egress")
+    add.add_argument("--proto", choices=("tcp", "udp", "icmp", "any"), help="default any")
+    add.add_argument("--port", help="N or N-M (tcp, udp)")
+    remote = add.add_mutually_exclusive_group(required=True)
+    remote.add_argument("--cidr", help="remote addresses")
+    remote.add_argument("--group", help="remote group: its members' current addresses")
+    tenant(add)
+    add.set_defaults(run=cmd_sg_rule_add)
+    rrm = rsub.add_parser("rm", help="remove a rule by id (sg inspect shows ids)")
+    rrm.add_argument("name")
+    rrm.add_argument("rule_id")
+    tenant(rrm)
+    rrm.set_defaults(run=lambda c, a: (c.request("DELETE", _sg_path(a, "rules", a.rule_id)),
+                                       lambda v: f"rule {v['removed']} removed from {v['group']}"))
+
+
 JSON_HELP = "print machine-readable JSON (also errors, as one line on stderr)"
 
 
@@ -376,13 +466,26 @@ def build_parser() -> argparse.ArgumentParser:
         "POST", "/v1/detach", {"container": a.container, "network": a.network}),
         lambda e: f"{e['name']} detached from {e['network']} (address {e['ip']} released)"))
 
-    endpoint = sub.add_parser("endpoint", help="list endpoints")
+    endpoint = sub.add_parser("endpoint", help="list endpoints, change their groups")
     esub = endpoint.add_subparsers(dest="action", required=True, metavar="ACTION")
     els = esub.add_parser("ls", help="list endpoints")
     els.add_argument("--network")
     els.set_defaults(run=lambda c, a: (c.request(
         "GET", "/v1/endpoints" + (f"?{urlencode({'network': a.network})}" if a.network else "")),
         _print_endpoints))
+
+    upd = esub.add_parser("update", help="replace an endpoint's security groups in place "
+                          "(no --sg: none)")
+    upd.add_argument("container")
+    upd.add_argument("--network", required=True)
+    upd.add_argument("--sg", action="append", metavar="GROUP", default=[],
+                     help="security group, repeatable")
+    upd.set_defaults(run=lambda c, a: (c.request("POST", "/v1/endpoints/update", {
+        "container": a.container, "network": a.network, "sg": a.sg}),
+        lambda e: f"{e['name']} on {e['network']}: security groups "
+                  f"{','.join(e['security_groups']) or '(none)'}"))
+
+    _add_sg_commands(sub)
 
     host = sub.add_parser("host", help="list hosts")
     hsub = host.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ipam.scope import AddressRange
     from netd.leases import LeaseKeeper
     from netd.netlink import Netlink
+    from netd.policy.model import HostPolicy
     from netd.store.base import Condition, Operation, Store
     from netd.store.keys import Keys
 
@@ -144,6 +145,9 @@ class HostState:
     hosts: Mapping[str, Host]  # every live host, this one included
     # raw records under the driver's declared watch_prefixes (key -> value)
     records: Mapping[str, str] = field(default_factory=dict)
+    # the computed policy of this driver's local endpoints, for drivers that enforce it
+    # themselves (openflow: netd.reconcile's flow_policy_drivers); None for the others
+    policy: HostPolicy | None = None
 
 
 def remote_endpoints(

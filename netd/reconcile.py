@@ -34,6 +34,9 @@ from netd.calc import DesiredState, Snapshot
 from netd.errors import Compacted, NetdError, StoreUnavailable
 from netd.model import Host
 from netd.plugin import ApplyReport, Driver, HostState, network_of_item
+from netd.policy.compute import host_policy
+from netd.policy.model import HostPolicy
+from netd.policy.worker import PolicyWorker
 from netd.store.base import Store, Watch, WatchEvent
 from netd.store.keys import Keys, RecordKinds
 
@@ -241,7 +244,16 @@ class Reconciler:
         resync_interval: float = 30.0,
         retry_interval: float = 1.0,
         host_grace: float = 0.0,
+        policy: PolicyWorker | None = None,
+        flow_policy_drivers: frozenset[str] = frozenset(),
     ) -> None:
+        """`policy`: the nftables policy worker (None: no kernel policy here);
+        `flow_policy_drivers`: drivers that enforce policy themselves and get the
+        computed policy in `HostState.policy` (openflow)."""
+        self._policy = policy
+        self._flow_policy_drivers = flow_policy_drivers
+        self._host_policy: HostPolicy | None = None
+        self._with_policy: dict[str, tuple[HostState, HostState]] = {}
         self._store = store
         self._keys = keys
         self._drivers = dict(drivers)
@@ -269,6 +281,8 @@ class Reconciler:
 
     # --- public -------------------------------------------------------------------
     def start(self) -> None:
+        if self._policy is not None:
+            self._policy.start()
         for worker in self._workers.values():
             worker.start()
         self._thread.start()
@@ -283,6 +297,8 @@ class Reconciler:
         idle = not self._thread.is_alive()
         for worker in self._workers.values():
             idle = worker.stop(max(0.0, deadline - time.monotonic())) and idle
+        if self._policy is not None:
+            idle = self._policy.stop(max(0.0, deadline - time.monotonic())) and idle
         return idle
 
     def kick(self) -> None:
@@ -296,7 +312,21 @@ class Reconciler:
             worker.request_resync()
 
     def workers(self) -> dict[str, WorkerStatus]:
-        return {name: w.status() for name, w in self._workers.items()}
+        out = {name: w.status() for name, w in self._workers.items()}
+        if self._policy is not None:
+            p = self._policy.status()
+            out["policy"] = WorkerStatus(
+                driver="policy", revision=int(p["revision"]),  # type: ignore[call-overload]
+                last_sync=float(p["last_sync"]),  # type: ignore[arg-type]
+                errors=dict(p["errors"]),  # type: ignore[call-overload]
+                syncs=int(p["syncs"]), pending=bool(p["pending"]),  # type: ignore[call-overload]
+                last_duration=float(p["last_duration"]))  # type: ignore[arg-type]
+        return out
+
+    def policy(self) -> HostPolicy | None:
+        """The last computed policy of this host (None before the first sync)."""
+        with self._cond:
+            return self._host_policy
 
     def status(self) -> SyncStatus:
         workers = self.workers()
@@ -353,8 +383,12 @@ class Reconciler:
         else:
             owner = self.owner_of(item)
             workers = [] if owner is None else [self._workers[owner]]
-        return all(w.wait_applied(revision, max(0.0, deadline - time.monotonic()))
+        done = all(w.wait_applied(revision, max(0.0, deadline - time.monotonic()))
                    for w in workers)
+        if self._policy is not None and (item is None or item.startswith("endpoint:")):
+            done = self._policy.wait_applied(
+                revision, max(0.0, deadline - time.monotonic())) and done
+        return done
 
     def item_error(self, item: str) -> str | None:
         for worker in self._workers.values():
@@ -455,11 +489,32 @@ class Reconciler:
         with self._cond:
             departed = self._departed_hosts(self._state.hosts()) if self._departed else {}
             states = self._state.states(host, self._workers.keys(), departed)
+            policy: HostPolicy | None = None
+            if self._state.policy_changed or self._host_policy is None or verify:
+                policy = host_policy(*self._state.policy_inputs(), host.name)
+                self._host_policy = policy
+            current_policy = self._host_policy
+        for name in self._flow_policy_drivers & states.keys():
+            states[name] = self._attach_policy(name, states[name], current_policy)
+        if self._policy is not None:
+            self._policy.offer(policy, revision, verify=verify)
         for name, worker in self._workers.items():
             worker.offer(states[name], revision, verify=verify)
         with self._cond:
             self._seen = max(self._seen, revision)
             self._cond.notify_all()
+
+    def _attach_policy(self, name: str, state: HostState,
+                       policy: HostPolicy | None) -> HostState:
+        """`state` with the driver's part of the policy; the same object while neither
+        changed, so the worker can still skip an unchanged state by identity."""
+        mine = policy.of_drivers(frozenset({name})) if policy is not None else None
+        cached = self._with_policy.get(name)
+        if cached is not None and cached[0] is state and cached[1].policy == mine:
+            return cached[1]
+        combined = replace(state, policy=mine)
+        self._with_policy[name] = (state, combined)
+        return combined
 
     def _set_store_state(self, ok: bool, error: str) -> None:
         with self._cond:

@@ -1,7 +1,7 @@
 """What the API does: validate, write desired state to the store, wait for this host.
 
-Split by resource - `networks`, `endpoints`, `groups` (refused until security groups
-exist), `status` - over one shared `context` and one way to write, `transaction`:
+Split by resource - `networks`, `endpoints`, `groups` (security groups, scoped by
+tenant), `status` - over one shared `context` and one way to write, `transaction`:
 every write is a conditional commit, planned again (a bounded number of times) when a
 condition failed, after asking which one failed. Each operation validates everything
 before it writes (JSON types strictly, the network's driver loaded here, its MTU
@@ -19,11 +19,12 @@ from typing import Any
 from netd import netlink
 from netd.container import ContainerRef, resolve
 from netd.hosts import HostRegistration
-from netd.model import Endpoint, Host, Network
+from netd.model import Endpoint, Host, Network, SecurityGroup
 from netd.plugin import DriverSpec, NetworkHooks
 from netd.reconcile import Reconciler
 from netd.service.context import Context
 from netd.service.endpoints import Endpoints
+from netd.service.groups import Groups
 from netd.service.networks import Networks
 from netd.service.status import Status
 from netd.store.base import Store
@@ -54,6 +55,7 @@ class Service:
         self.networks = Networks(self.ctx)
         self.endpoints = Endpoints(self.ctx)
         self.statuses = Status(self.ctx)
+        self.groups = Groups(self.ctx)
 
     @property
     def store(self) -> Store:
@@ -108,6 +110,28 @@ class Service:
 
     def detach(self, request: dict[str, Any]) -> Endpoint:
         return self.endpoints.detach(request)
+
+    def update_endpoint(self, request: dict[str, Any]) -> Endpoint:
+        return self.endpoints.update(request)
+
+    # security groups
+    def create_group(self, request: dict[str, Any]) -> SecurityGroup:
+        return self.groups.create_group(request)
+
+    def list_groups(self, tenant: str | None = None) -> list[SecurityGroup]:
+        return self.groups.list_groups(tenant)
+
+    def inspect_group(self, tenant: str | None, name: str) -> dict[str, Any]:
+        return self.groups.inspect_group(tenant, name)
+
+    def remove_group(self, tenant: str | None, name: str) -> None:
+        self.groups.remove_group(tenant, name)
+
+    def add_rule(self, tenant: str | None, name: str, request: dict[str, Any]) -> dict[str, Any]:
+        return self.groups.add_rule(tenant, name, request)
+
+    def remove_rule(self, tenant: str | None, name: str, rule_id: str) -> dict[str, Any]:
+        return self.groups.remove_rule(tenant, name, rule_id)
 
     # hosts and status
     def list_hosts(self) -> list[dict[str, Any]]:

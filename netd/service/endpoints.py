@@ -40,7 +40,7 @@ from netd.service.context import (
     only,
     revalidated,
 )
-from netd.service.groups import refuse_groups
+from netd.service.groups import Groups, GroupUse, check_groups
 from netd.service.networks import _check_driver
 from netd.service.transaction import Diagnosis, Txn
 from netd.store.base import Condition, Delete, KeyValue, Put
@@ -86,10 +86,8 @@ class Endpoints:
     def _attach(self, fields: dict[str, Any], fresh: bool) -> Endpoint:
         ctx = self.ctx
         container = check_str(fields["container"], "container reference")
-        groups = check_str_list(fields.get("sg", []), "security groups")
-        for group in groups:
-            check_name(group, "security group name")
-        refuse_groups(groups)
+        asked_groups = "sg" in fields
+        groups = check_groups(check_str_list(fields.get("sg", []), "security groups"))
         mac = check_mac(check_str(fields["mac"], "MAC address")) if fields.get("mac") else None
         ifname = check_ifname(fields["ifname"]) if fields.get("ifname") else None
         requested_ip = check_str(fields["ip"], "IP address") if fields.get("ip") else None
@@ -113,7 +111,8 @@ class Endpoints:
             if key in mine:
                 existing = ctx.store.get(key)
                 if existing is not None:
-                    return self._existing_attach(existing, ref, requested_ip, mac, ifname)
+                    return self._existing_attach(existing, ref, requested_ip, mac, ifname,
+                                                 groups if asked_groups else None)
             used = set(mine.values()) | ctx.links(ref.netns)
             if ifname is None:
                 ifname = _free_ifname(ref, used)
@@ -124,7 +123,8 @@ class Endpoints:
                     network, net_kv, fresh, ref, requested_ip, mac, ifname, groups, pool
                 )
             except _Exists as exists:
-                return self._existing_attach(exists.kv, ref, requested_ip, mac, ifname)
+                return self._existing_attach(exists.kv, ref, requested_ip, mac, ifname,
+                                             groups if asked_groups else None)
             endpoint = planned.endpoint
             ctx.local.add(endpoint)
             error = ctx.await_apply(revision, endpoint_id(endpoint))
@@ -141,6 +141,7 @@ class Endpoints:
         requested_ip: str | None,
         mac: str | None,
         ifname: str | None,
+        groups: tuple[str, ...] | None = None,
     ) -> Endpoint:
         """A repeated attach: the same request answers with the endpoint once this host
         applied it; a different one (other netns, address, MAC, interface) is refused."""
@@ -161,6 +162,12 @@ class Endpoints:
         if ifname is not None and ifname != endpoint.ifname:
             raise Conflict(
                 f"{where} as interface {endpoint.ifname}; detach it first to rename it"
+            )
+        if groups is not None and groups != endpoint.security_groups:
+            raise Conflict(
+                f"{where} in security groups {','.join(endpoint.security_groups) or '(none)'}; "
+                "change them with netctl endpoint update "
+                f"{endpoint.name} --network {endpoint.network} [--sg GROUP]..."
             )
         self.ctx.local.add(endpoint)
         error = self.ctx.await_apply(kv.mod_revision, endpoint_id(endpoint))
@@ -189,7 +196,10 @@ class Endpoints:
         own_claims: dict[str, int] = {}  # MAC -> revision of a claim this name left behind
         avoid: set[str] = set()  # free addresses whose derived MAC another endpoint has
 
+        group_service = Groups(ctx)
+
         def plan() -> _Attach:
+            use = group_service.plan_use(network.tenant, groups) if groups else GroupUse()
             address = pool.plan_reserve(ref.name, requested_ip, avoid)
             endpoint = Endpoint(
                 network=network.name,
@@ -212,6 +222,7 @@ class Endpoints:
                     (Put(key, endpoint.to_json()),),
                 ),
                 claim,
+                use,
             )
             return _Attach(address, endpoint, whole.conditions, whole.operations)
 
@@ -221,6 +232,8 @@ class Endpoints:
             addr_key = keys.ipam_address(network.name, address.ip)
             if diagnosis.failed(addr_key):
                 pool.collided(address.ip)  # plan again (its derived MAC: the same race)
+                return
+            if groups and group_service.refuse_if_removing(diagnosis, network.tenant, groups):
                 return
             if diagnosis.failed(key):
                 current = diagnosis.current(key)
@@ -296,6 +309,44 @@ class Endpoints:
             undone = self._commit_detach(endpoint, pool)
         if undone is not None:
             self.ctx.reconciler.wait_applied(undone, endpoint_id(endpoint), APPLY_TIMEOUT)
+
+    def update(self, request: dict[str, Any]) -> Endpoint:
+        """Replace an endpoint's security groups (`netctl endpoint update CONTAINER
+        --network NET [--sg GROUP]...`; no --sg: no groups), without detaching: one
+        conditional commit of the endpoint record; the policy follows on every host."""
+        ctx = self.ctx
+        fields = only(request, {"container", "network", "sg"})
+        if not fields.get("container") or not fields.get("network"):
+            raise InvalidInput("endpoint update needs a container and --network")
+        _, network = ctx.network(check_name(fields["network"], "network name"), fresh=True)
+        name = endpoint_name(check_str(fields["container"], "container reference"))
+        groups = check_groups(check_str_list(fields.get("sg", []), "security groups"))
+        key = ctx.keys.endpoint(network.name, name)
+        group_service = Groups(ctx)
+        updated: dict[str, Endpoint] = {}
+
+        def plan() -> Txn | None:
+            kv = ctx.store.get(key)
+            if kv is None:
+                raise NotFound(f"{name} is not attached to network {network.name}")
+            current = Endpoint.from_json(kv.value)
+            updated["endpoint"] = replace(current, security_groups=groups)
+            if current.security_groups == groups:
+                return None
+            use = group_service.plan_use(network.tenant, groups) if groups else GroupUse()
+            return Txn.of(use, Txn((Condition(key, kv.mod_revision),),
+                                   (Put(key, updated["endpoint"].to_json()),)))
+
+        def failed(planned: Txn, diagnosis: Diagnosis) -> None:
+            group_service.refuse_if_removing(diagnosis, network.tenant, groups)
+
+        result = transaction.commit(ctx.store, plan, failed,
+                                    what=f"endpoint update {name} on {network.name}")
+        endpoint = updated["endpoint"]
+        if result is not None and endpoint.host == ctx.host.name:
+            ctx.reconciler.wait_applied(result[1], endpoint_id(endpoint), APPLY_TIMEOUT)
+        log.info("endpoint %s on %s: groups %s", name, network.name, ",".join(groups) or "-")
+        return endpoint
 
     def detach(self, request: dict[str, Any]) -> Endpoint:
         ctx = self.ctx

@@ -23,6 +23,7 @@ DESIRED_KINDS: dict[str, int] = {
     "hosts": 1,
     "secrets": 1,
     "roles": 2,
+    "sg": 2,  # sg/<tenant>/<group>: policy only (netd.policy), no driver's state
 }
 
 
@@ -72,11 +73,17 @@ class Keys:
     def host(self, name: str) -> str:
         return f"{self.hosts()}{name}"
 
-    def security_groups(self) -> str:
-        return f"{self.prefix}/sg/"
+    def security_groups(self, tenant: str | None = None) -> str:
+        """Security groups are scoped by tenant: sg/<tenant>/<group>."""
+        base = f"{self.prefix}/sg/"
+        return base if tenant is None else f"{base}{tenant}/"
 
-    def security_group(self, name: str) -> str:
-        return f"{self.security_groups()}{name}"
+    def security_group(self, tenant: str, name: str) -> str:
+        return f"{self.security_groups(tenant)}{name}"
+
+    def security_group_removal(self, tenant: str, name: str) -> str:
+        """Marks a group `sg rm` is removing: attaches and rules naming it are refused."""
+        return f"{self.prefix}/sg-removing/{tenant}/{name}"
 
     def ipam(self, network: str) -> str:
         return f"{self.prefix}/ipam/{network}/"
@@ -106,6 +113,7 @@ class Keys:
 
     def number(self, space: str, n: int) -> str:
         return f"{self.numbers(space)}{n}"
+
     def roles(self, network: str | None = None) -> str:
         base = f"{self.prefix}/roles/"
         return base if network is None else f"{base}{network}/"

@@ -571,14 +571,14 @@ def test_threads_on_three_hosts_fill_a_small_network(store: HookedStore) -> None
 
 
 # --- security groups (issue 6, defect 5) --------------------------------------------------------
-def test_security_groups_are_refused_up_front(svc: Service, store: HookedStore) -> None:
+def test_attach_naming_a_missing_security_group_changes_nothing(
+    svc: Service, store: HookedStore
+) -> None:
+    """(Security groups themselves: tests/unit/netd/policy/test_groups.py.)"""
     before = contents(store)
-    with pytest.raises(Unsupported, match="security groups are not available yet"):
+    with pytest.raises(NotFound, match="security group 'web' not found"):
         attach(svc, "c1", sg=["web"])
     assert contents(store) == before
-    store.put(KEYS.security_group("web"), "{}")  # even a group record does not make it work
-    with pytest.raises(Unsupported, match="security groups are not available yet"):
-        attach(svc, "c1", sg=["web"])
 
 
 # --- attach cost: this container only (issue 6, build 9) ----------------------------------------

@@ -1,0 +1,354 @@
+"""The one nftables module: renders a HostPolicy into netd's own tables and applies it.
+
+Two tables, both named `netd`, nothing else touched (docs/policy.md has the why):
+
+* `bridge netd`: per container port (the host-side veth), anti-spoofing on frames from
+  it (prerouting: source MAC, source IP, ARP sender; no IPv6, no DHCP server replies)
+  and, on frames to it (forward, output), destination checks plus a guard: an IPv4
+  frame to a port in a group, or from a port with egress rules, passes only if netd's
+  inet chain marked it as allowed (PASS bit of the packet mark). A port with a kernel
+  driver's veth name that has no rules yet gets nothing through (fail closed).
+* `ip netd`: conntrack zone per L2 bridge (raw prerouting), and the stateful policy in
+  the forward hook, where br_netfilter hands bridged IPv4 with conntrack: established
+  and related pass, new connections are matched against the port's resolved rules,
+  keyed by (bridge, address) of the port (its address is pinned by anti-spoofing).
+  Group members are named sets, so a membership change only rewrites set elements.
+
+Applied with one `nft -f -` run per change: a file is one transaction, so the kernel
+never holds half a policy. The base chains dispatch through named verdict maps (port ->
+its chain), so a change is applied as the units that differ: a new port adds its chains
+and map elements, a gone one deletes them, a changed one does both within the one
+transaction, a change of members only refills the changed sets. The first apply of a
+process and every verify pass replace both tables whole in one transaction (`table X;
+delete table X; table X {...}`: no moment without rules). A restarted daemon adopts the
+tables in place (nothing is flushed at start).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import netaddr
+
+from netd.errors import DatapathError
+from netd.plumbing.names import roles_of
+from netd.policy.model import HostPolicy, PortPolicy, Rule
+
+log = logging.getLogger(__name__)
+
+TABLE = "netd"
+FAMILIES = ("bridge", "ip")
+PASS = 0x20000000  # packet mark bit: netd's inet policy allowed this packet
+BRIDGE_NF_SYSCTL = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+NFT = "nft"
+
+
+def veth_prefixes(drivers: Iterable[str]) -> list[str]:
+    """The host-side port name prefixes of kernel drivers (fail closed on these)."""
+    return sorted({r.prefix for d in drivers for r in roles_of(d)
+                   if r.role == "veth" and r.suffix == "hash"})
+
+
+def set_name(key: str) -> str:
+    return "g_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _q(name: str) -> str:
+    return json.dumps(name)
+
+
+def _elements(values: Iterable[str]) -> str:
+    return ", ".join(sorted(values, key=lambda v: netaddr.IPNetwork(v).first))
+
+
+def _match(rule: Rule) -> str:
+    remote_field = "saddr" if rule.direction == "ingress" else "daddr"
+    parts = []
+    if rule.cidr is not None:
+        parts.append(f"ip {remote_field} {rule.cidr}")
+    elif rule.group is not None:
+        parts.append(f"ip {remote_field} @{set_name(rule.group)}")
+    if rule.protocol in ("tcp", "udp"):
+        if rule.port_min is not None:
+            ports = (str(rule.port_min) if rule.port_min == rule.port_max
+                     else f"{rule.port_min}-{rule.port_max}")
+            parts.append(f"{rule.protocol} dport {ports}")
+        else:
+            parts.append(f"meta l4proto {rule.protocol}")
+    elif rule.protocol == "icmp":
+        parts.append("meta l4proto icmp")
+    return " ".join(parts)
+
+
+Element = tuple[str, str, str, str]  # (family, map or set, key, value or "")
+
+
+@dataclass(frozen=True)
+class PortUnit:
+    """Everything of one port: its chains (family, name, rules) and its map elements."""
+
+    chains: tuple[tuple[str, str, tuple[str, ...]], ...]
+    elements: tuple[Element, ...]
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """netd's tables as a fixed skeleton (base chains dispatching through named maps)
+    plus units: per port, per member set, per bridge. A change is applied as the units
+    that differ, so one more port costs its own lines, not a rewrite of every port."""
+
+    skeleton: str
+    ports: dict[str, PortUnit]  # link -> unit
+    sets: dict[str, frozenset[str]]  # member set -> addresses
+    bridge_elements: frozenset[Element]  # bridges and zones
+
+    def full(self) -> str:
+        """Both tables from scratch, replacing what is there, in one transaction."""
+        lines = [f"table {f} {TABLE}\ndelete table {f} {TABLE}" for f in FAMILIES]
+        lines.append(self.skeleton)
+        lines += [_add_set(n) for n in sorted(self.sets)]
+        lines += [_add_chains(u) for _, u in sorted(self.ports.items())]
+        lines += [self.refill(n) for n in sorted(self.sets)]
+        elements = [e for _, u in sorted(self.ports.items()) for e in u.elements]
+        lines += [_add_element(e) for e in (*sorted(self.bridge_elements), *elements)]
+        return "".join(line if line.endswith("\n") else line + "\n" for line in lines if line)
+
+    def refill(self, name: str) -> str:
+        text = f"flush set ip {TABLE} {name}\n"
+        if self.sets[name]:
+            text += f"add element ip {TABLE} {name} {{ {_elements(self.sets[name])} }}\n"
+        return text
+
+    def delta(self, old: Rendered) -> str:
+        """The transaction that turns `old` into this (same skeleton); "" if equal. A
+        changed port is removed and added again within it: no moment without rules."""
+        out: list[str] = []
+        gone = {k: u for k, u in old.ports.items() if self.ports.get(k) != u}
+        new = {k: u for k, u in self.ports.items() if old.ports.get(k) != u}
+        for unit in gone.values():
+            out += [_delete_element(e) for e in unit.elements]
+        out += [_delete_element(e) for e in sorted(old.bridge_elements - self.bridge_elements)]
+        for unit in gone.values():
+            for family, chain, _ in unit.chains:
+                out += [f"flush chain {family} {TABLE} {chain}",
+                        f"delete chain {family} {TABLE} {chain}"]
+        out += [f"delete set ip {TABLE} {n}" for n in sorted(set(old.sets) - set(self.sets))]
+        out += [_add_set(n) for n in sorted(set(self.sets) - set(old.sets))]
+        out += [self.refill(n) for n in sorted(self.sets) if old.sets.get(n) != self.sets[n]]
+        out += [_add_chains(u) for _, u in sorted(new.items())]
+        out += [_add_element(e) for e in sorted(self.bridge_elements - old.bridge_elements)]
+        out += [_add_element(e) for u in new.values() for e in u.elements]
+        return "".join(line if line.endswith("\n") else line + "\n" for line in out)
+
+
+def _add_set(name: str) -> str:
+    return f"add set ip {TABLE} {name} {{ type ipv4_addr; flags interval; }}"
+
+
+def _add_chains(unit: PortUnit) -> str:
+    out = []
+    for family, chain, rules in unit.chains:
+        body = "".join(f"    {rule}\n" for rule in rules)
+        out.append(f"table {family} {TABLE} {{\n  chain {chain} {{\n{body}  }}\n}}\n")
+    return "".join(out)
+
+
+def _add_element(e: Element) -> str:
+    family, name, key, value = e
+    return f"add element {family} {TABLE} {name} {{ {key}{' : ' + value if value else ''} }}"
+
+
+def _delete_element(e: Element) -> str:
+    family, name, key, _ = e
+    return f"delete element {family} {TABLE} {name} {{ {key} }}"
+
+
+def render(policy: HostPolicy, drivers: Iterable[str]) -> Rendered:
+    """Both tables for the ports of `drivers` (the kernel drivers) in `policy`."""
+    drivers = sorted(set(drivers))
+    ports = [p for p in policy.ports if p.driver in drivers and p.link]
+    bridges = sorted({p.bridge for p in ports if p.bridge})
+    elements = {("ip", "bridges", _q(b), "") for b in bridges}
+    elements |= {("ip", "zones", _q(b), str(z)) for b, z in policy.zones.items() if b in bridges}
+    tenant_of = {p.bridge: p.tenant for p in ports if p.bridge}
+    elements |= {("ip", "same_tenant", f"{_q(a)} . {_q(b)}", "")
+                 for a in bridges for b in bridges if tenant_of[a] == tenant_of[b]}
+    used = {r.group for p in ports for r in (*p.ingress, *p.egress) if r.group}
+    return Rendered(
+        skeleton=_skeleton(veth_prefixes(drivers)),
+        ports={p.link or "": _port_unit(p) for p in ports},
+        sets={set_name(k): frozenset(v) for k, v in policy.members.items() if k in used},
+        bridge_elements=frozenset(elements),
+    )
+
+
+def _skeleton(prefixes: list[str]) -> str:
+    drop_in = "".join(f"    iifname {_q(prefix + '*')} drop\n" for prefix in prefixes)
+    drop_out = "".join(f"    oifname {_q(prefix + '*')} drop\n" for prefix in prefixes)
+    hooks = "".join(
+        f"  chain {hook}_ports {{\n"
+        f"    type filter hook {hook} priority 100; policy accept;\n"
+        "    iifname vmap @egress_guard\n"
+        f"    oifname vmap @to_ports\n{drop_out}  }}\n"
+        for hook in ("forward", "output"))
+    return (
+        f"table bridge {TABLE} {{\n"
+        "  map from_ports { type ifname : verdict; }\n"
+        "  map to_ports { type ifname : verdict; }\n"
+        "  map egress_guard { type ifname : verdict; }\n"
+        "  chain prerouting {\n"
+        "    type filter hook prerouting priority -200; policy accept;\n"
+        f"    iifname vmap @from_ports\n{drop_in}  }}\n{hooks}}}\n"
+        f"table ip {TABLE} {{\n"
+        "  set bridges { typeof iifname; }\n"
+        "  set same_tenant { typeof iifname . oifname; }\n"
+        "  map zones { typeof iifname : ct zone; }\n"
+        "  map egress { typeof iifname . ip saddr : verdict; }\n"
+        "  map ingress { typeof oifname . ip daddr : verdict; }\n"
+        "  chain zone {\n"
+        "    type filter hook prerouting priority -300; policy accept;\n"
+        "    ct zone set iifname map @zones\n"
+        "  }\n"
+        "  chain forward {\n"
+        "    type filter hook forward priority 0; policy accept;\n"
+        "    iifname @bridges jump decide\n"
+        "    oifname @bridges jump decide\n"
+        "  }\n"
+        "  chain decide {\n"
+        f"    ct state established,related meta mark set meta mark | {PASS:#x} accept\n"
+        "    ct state invalid drop\n"
+        "    iifname @bridges oifname @bridges iifname . oifname != @same_tenant drop\n"
+        "    iifname . ip saddr vmap @egress\n"
+        "    oifname . ip daddr vmap @ingress\n"
+        f"    meta mark set meta mark | {PASS:#x} accept\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+def _port_unit(p: PortPolicy) -> PortUnit:
+    link = p.link or ""
+    net = netaddr.IPNetwork(p.subnet)
+    guard = f"meta mark & {PASS:#x} != {PASS:#x} drop"
+    chains: list[tuple[str, str, tuple[str, ...]]] = [
+        ("bridge", f"p_{link}", (
+            f"ether saddr != {p.mac} drop",
+            f"arp saddr ether != {p.mac} drop",
+            f"arp saddr ip != {p.ip} drop",
+            "ether type arp accept",
+            f"ip saddr != {p.ip} drop",
+            "udp sport 67 drop",
+            "ether type ip accept",
+            "drop",
+        )),
+    ]
+    if p.restricted_ingress:
+        to_port: tuple[str, ...] = ("ether type arp accept", guard,
+                                    f"ether type ip ip daddr {p.ip} accept", "drop")
+    else:
+        to_port = ("ether type arp accept",
+                   f"ether type ip ip daddr {{ {p.ip}, {net.broadcast}, 255.255.255.255, "
+                   "224.0.0.0/4 } accept", "drop")
+    chains.append(("bridge", f"o_{link}", to_port))
+    elements: list[Element] = [("bridge", "from_ports", _q(link), f"jump p_{link}"),
+                               ("bridge", "to_ports", _q(link), f"jump o_{link}")]
+    if p.restricted_egress:
+        chains.append(("bridge", f"e_{link}", (f"ether type ip {guard}",)))
+        elements.append(("bridge", "egress_guard", _q(link), f"jump e_{link}"))
+    if p.bridge:
+        key = f"{_q(p.bridge)} . {p.ip}"
+        if p.restricted_egress:
+            chains.append(("ip", f"eg_{link}",
+                           (*(f"{_match(r)} return" for r in p.egress), "drop")))
+            elements.append(("ip", "egress", key, f"jump eg_{link}"))
+        if p.restricted_ingress:
+            allow = f"meta mark set meta mark | {PASS:#x} accept"
+            chains.append(("ip", f"in_{link}",
+                           (*(f"{_match(r)} {allow}".strip() for r in p.ingress), "drop")))
+            elements.append(("ip", "ingress", key, f"jump in_{link}"))
+    return PortUnit(tuple(chains), tuple(elements))
+
+
+def run_nft(text: str, timeout: float = 10.0) -> None:
+    """One nft transaction (a file is applied all or nothing)."""
+    try:
+        result = subprocess.run([NFT, "-f", "-"], input=text, capture_output=True, text=True,
+                                timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise DatapathError(f"nft failed to run: {exc}") from None
+    if result.returncode != 0:
+        raise DatapathError(f"nft refused the policy: {result.stderr.strip()[:500]}")
+
+
+def list_tables() -> list[tuple[str, str]]:
+    """(family, name) of every nftables table in this netns."""
+    result = subprocess.run([NFT, "-j", "list", "tables"], capture_output=True, text=True,
+                            timeout=10, check=False)
+    if result.returncode != 0:
+        raise DatapathError(f"nft list tables failed: {result.stderr.strip()[:300]}")
+    items = json.loads(result.stdout or "{}").get("nftables", [])
+    return [(i["table"]["family"], i["table"]["name"]) for i in items if "table" in i]
+
+
+def ensure_bridge_netfilter() -> int:
+    """br_netfilter must hand bridged IPv4 to the inet hooks (conntrack) in this netns."""
+    try:
+        if BRIDGE_NF_SYSCTL.read_text().strip() == "1":
+            return 0
+        BRIDGE_NF_SYSCTL.write_text("1\n")
+        return 1
+    except OSError as exc:
+        raise DatapathError(
+            f"cannot enable {BRIDGE_NF_SYSCTL} ({exc.strerror}): security groups need the "
+            "br_netfilter module; without it restricted ports stay closed"
+        ) from None
+
+
+class NftApplier:
+    """Keeps netd's tables equal to the rendered policy of the kernel drivers' ports."""
+
+    def __init__(self, drivers: Iterable[str]) -> None:
+        self.drivers = sorted(set(drivers))
+        self._applied: Rendered | None = None
+
+    def setup(self) -> None:
+        """At start: fail closed at once if netd's tables are absent (a fresh host);
+        tables already there (a restart) are adopted as they are, never flushed."""
+        ensure_bridge_netfilter()
+        present = set(list_tables())
+        if not all((family, TABLE) in present for family in FAMILIES):
+            run_nft(render(HostPolicy(), self.drivers).full())
+
+    def apply(self, policy: HostPolicy, verify: bool = False) -> int:
+        """Make netd's tables match `policy`; the number of nft transactions run.
+        `verify`: rewrite them whole even if this process applied the same before
+        (someone may have changed or deleted them)."""
+        if verify:  # the periodic resync: repair any drift by one atomic replace
+            ensure_bridge_netfilter()
+            self._applied = None
+        wanted = render(policy, self.drivers)
+        last = self._applied
+        if last is not None and last == wanted:
+            return 0
+        if last is not None and last.skeleton == wanted.skeleton:
+            text = wanted.delta(last)
+        else:
+            text = wanted.full()
+        if text:
+            run_nft(text)
+        self._applied = wanted
+        return 1
+
+    def teardown(self) -> None:
+        present = set(list_tables())
+        text = "".join(f"delete table {family} {TABLE}\n" for family in FAMILIES
+                       if (family, TABLE) in present)
+        if text:
+            run_nft(text)
+        self._applied = None
