@@ -72,20 +72,24 @@ def run_demo(keep: bool = False, hosts: int = 3, as_json: bool = False) -> int:
         say(f"{len(containers)} containers attached with fixed IPs; pinging every pair ...")
         results = _matrix(lab, containers, say, as_json)
         ok = all(r["ok"] == r["expected"] for r in results)
+        groups_ok = _security_group_step(lab, say)
         flannel_ok = _flannel_step(lab, say)
         openflow = _openflow_step(store, say)
         if as_json:
             print(json.dumps({"lab": lab.prefix, "store": store, "containers": containers,
-                              "results": results, "ok": ok, "flannel": flannel_ok,
+                              "results": results, "ok": ok, "security_groups": groups_ok,
+                              "flannel": flannel_ok,
                               "openflow": openflow}, indent=2))
         else:
             print(_render(containers, results))
             print("\nresult:", "every container reaches its own network and nothing else"
                   if ok else "UNEXPECTED connectivity, see the matrix")
+            print("security groups:", "a member is closed until a rule admits the peer, "
+                  "then reachable" if groups_ok else "FAILED: see above")
             print("flannel:", "every pod reaches every other across hosts (vxlan, one subnet "
                   "lease per host)" if flannel_ok else "FAILED: pods did not all reach each other")
             print("openflow:", openflow["summary"])
-        ok = ok and flannel_ok and openflow.get("ok", True)
+        ok = ok and groups_ok and flannel_ok and openflow.get("ok", True)
         if keep:
             _keep(lab)
             kept = True
@@ -135,6 +139,30 @@ def _openflow_step(store: str, say: Any) -> dict[str, Any]:
         return {"ok": False, "error": str(exc), "summary": f"failed: {exc}"}
     finally:
         lab.close()
+
+
+def _security_group_step(lab: Lab, say: Any) -> bool:
+    """A stateful security group (docs/policy.md): a member takes no traffic until one of
+    its group's rules admits the sender; then the sender reaches it within a second."""
+    net, tenant = NETWORKS[0][0], NETWORKS[0][1]
+    hosts = list(lab.hosts)
+    first, other = hosts[0], hosts[-1]
+    lab.netctl(first, "sg", "create", "quiet", "--tenant", tenant)
+    guarded = lab.add_container(first, "guarded")
+    guarded_ip = lab.netctl_json(first, "attach", guarded, "--network", net,
+                                 "--sg", "quiet")["ip"]
+    caller = lab.add_container(other, "caller")
+    caller_ip = lab.netctl_json(other, "attach", caller, "--network", net)["ip"]
+    say(f"security group quiet (tenant {tenant}): {guarded_ip} on {first} is a member, "
+        f"no rules yet")
+    closed = not _reach(lab, caller, guarded_ip, False)
+    say(f"  {caller_ip} ({other}) -> {guarded_ip}: " + ("blocked" if closed else "REACHED"))
+    lab.netctl(first, "sg", "rule", "add", "quiet", "--ingress", "--proto", "icmp",
+               "--cidr", f"{caller_ip}/32", "--tenant", tenant)
+    opened = _reach(lab, caller, guarded_ip, True)
+    say(f"  rule added (ingress icmp from {caller_ip}/32): "
+        + ("reachable" if opened else "STILL BLOCKED"))
+    return closed and opened
 
 
 def _flannel_step(lab: Lab, say: Any) -> bool:
