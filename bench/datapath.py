@@ -165,30 +165,37 @@ def hand_built(lab: Lab) -> Path:
     return Path(containers[0], containers[1], ips[1])
 
 
+def _network_path(lab: Lab, body: dict[str, Any], tag: str,
+                  fixed_ip: Callable[[int], str] | None = None) -> Path:
+    """A netd network between h1 and h2 (created through the API on h1) with one container
+    on each host, attached with `fixed_ip(i)` or an automatic address."""
+    clients = {n: Client(h.socket, timeout=60) for n, h in lab.hosts.items()}
+    try:
+        clients["h1"].request("POST", "/v1/networks", body)
+        ctrs, ips = [], []
+        for i, host in enumerate(("h1", "h2"), 1):
+            ctr = lab.add_container(host, f"{tag}{i}")
+            request = {"container": ctr, "network": body["name"]}
+            if fixed_ip is not None:
+                request["ip"] = fixed_ip(i)
+            ep = clients[host].request("POST", "/v1/attach", request)
+            ctrs.append(ctr)
+            ips.append(ep["ip"])
+    except CliError as exc:
+        raise RowError(str(exc)) from None
+    _reachable(lab, ctrs[0], ips[1])
+    return Path(ctrs[0], ctrs[1], ips[1])
+
+
 def _netd_row(backend: str, encrypt: bool) -> Callable[[Lab], Path]:
     def setup(lab: Lab) -> Path:
         tag = backend[:2] + ("e" if encrypt else "")
-        net = f"dp-{tag}"
         third = {"fastdp": 1, "sleeve": 2}[backend] + (1 if encrypt else 0)
-        body: dict[str, Any] = {"name": net, "subnet": f"10.99.{third}.0/24",
+        body: dict[str, Any] = {"name": f"dp-{tag}", "subnet": f"10.99.{third}.0/24",
                                 "backend": backend}
         if encrypt:
             body["encrypt"] = True
-        clients = {n: Client(h.socket, timeout=60) for n, h in lab.hosts.items()}
-        try:
-            clients["h1"].request("POST", "/v1/networks", body)
-            ctrs, ips = [], []
-            for i, host in enumerate(("h1", "h2"), 1):
-                ctr = lab.add_container(host, f"{tag}{i}")
-                ip = f"10.99.{third}.{10 + i}"
-                clients[host].request("POST", "/v1/attach",
-                                      {"container": ctr, "network": net, "ip": ip})
-                ctrs.append(ctr)
-                ips.append(ip)
-        except CliError as exc:
-            raise RowError(str(exc)) from None
-        _reachable(lab, ctrs[0], ips[1])
-        return Path(ctrs[0], ctrs[1], ips[1])
+        return _network_path(lab, body, tag, lambda i: f"10.99.{third}.{10 + i}")
 
     return setup
 
@@ -236,25 +243,10 @@ def _ovs_hand_built(encap: str) -> Callable[[Lab], Path]:
 
 def _openflow_row(backend: str) -> Callable[[Lab], Path]:
     def setup(lab: Lab) -> Path:
-        net = f"dp-of{backend[0]}"
         third = 3 if backend == "gre" else 4
-        clients = {n: Client(h.socket, timeout=60) for n, h in lab.hosts.items()}
-        try:
-            clients["h1"].request("POST", "/v1/networks", {
-                "name": net, "subnet": f"10.97.{third}.0/24", "driver": "openflow",
-                "backend": backend})
-            ctrs, ips = [], []
-            for i, host in enumerate(("h1", "h2"), 1):
-                ctr = lab.add_container(host, f"of{backend[0]}{i}")
-                ip = f"10.97.{third}.{10 + i}"
-                clients[host].request("POST", "/v1/attach",
-                                      {"container": ctr, "network": net, "ip": ip})
-                ctrs.append(ctr)
-                ips.append(ip)
-        except CliError as exc:
-            raise RowError(str(exc)) from None
-        _reachable(lab, ctrs[0], ips[1])
-        return Path(ctrs[0], ctrs[1], ips[1])
+        body = {"name": f"dp-of{backend[0]}", "subnet": f"10.97.{third}.0/24",
+                "driver": "openflow", "backend": backend}
+        return _network_path(lab, body, f"of{backend[0]}", lambda i: f"10.97.{third}.{10 + i}")
 
     return setup
 
@@ -262,23 +254,9 @@ def _openflow_row(backend: str) -> Callable[[Lab], Path]:
 def _flannel_row(backend: str) -> Callable[[Lab], Path]:
     def setup(lab: Lab) -> Path:
         third = {"vxlan": 1, "udp": 2, "host-gw": 3}[backend]
-        net = f"dp-fl{third}"
-        clients = {n: Client(h.socket, timeout=60) for n, h in lab.hosts.items()}
-        try:
-            clients["h1"].request("POST", "/v1/networks", {
-                "name": net, "subnet": f"10.9{third}.0.0/16", "driver": "flannel",
-                "backend": backend})
-            ctrs, ips = [], []
-            for i, host in enumerate(("h1", "h2"), 1):
-                ctr = lab.add_container(host, f"fl{third}{i}")
-                ep = clients[host].request("POST", "/v1/attach",
-                                           {"container": ctr, "network": net})
-                ctrs.append(ctr)
-                ips.append(ep["ip"])
-        except CliError as exc:
-            raise RowError(str(exc)) from None
-        _reachable(lab, ctrs[0], ips[1])
-        return Path(ctrs[0], ctrs[1], ips[1])
+        body = {"name": f"dp-fl{third}", "subnet": f"10.9{third}.0.0/16", "driver": "flannel",
+                "backend": backend}
+        return _network_path(lab, body, f"fl{third}")  # addresses from the host's lease
 
     return setup
 
