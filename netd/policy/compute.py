@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping
 
@@ -38,12 +39,17 @@ def zone_of(tenant: str) -> int:
 
 def link_of(driver: str, network: Network, endpoint: str) -> tuple[str | None, str | None]:
     """(host-side veth, bridge) names of an endpoint under `driver`'s claimed roles."""
+    return _names(driver, network.name, network.vni, endpoint)
+
+
+@functools.lru_cache(maxsize=65536)
+def _names(driver: str, network: str, vni: int, endpoint: str) -> tuple[str | None, str | None]:
     veth = bridge = None
     for role in roles_of(driver):
         if role.role == "veth" and role.suffix == "hash":
-            veth = role.hashed(f"{network.name}/{endpoint}")
-        elif role.role == "bridge" and role.suffix == "number" and network.vni > 0:
-            bridge = role.number(network.vni)
+            veth = role.hashed(f"{network}/{endpoint}")
+        elif role.role == "bridge" and role.suffix == "number" and vni > 0:
+            bridge = role.number(vni)
     return veth, bridge
 
 

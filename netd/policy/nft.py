@@ -26,6 +26,7 @@ tables in place (nothing is flushed at start).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -232,7 +233,14 @@ def _skeleton(prefixes: list[str]) -> str:
     )
 
 
+@functools.lru_cache(maxsize=65536)
 def _port_unit(p: PortPolicy) -> PortUnit:
+    """A port's chains and map elements; cached by its (immutable) policy, so a render
+    costs only the ports that changed."""
+    return _render_port(p)
+
+
+def _render_port(p: PortPolicy) -> PortUnit:
     link = p.link or ""
     net = netaddr.IPNetwork(p.subnet)
     guard = f"meta mark & {PASS:#x} != {PASS:#x} drop"
