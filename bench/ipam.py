@@ -30,7 +30,7 @@ import multiprocessing
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +149,32 @@ def _cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _run_clients(
+    target: Callable[..., None], args_of: Callable[[int, int, Any, Any], tuple[Any, ...]],
+    clients: int, count: int, etcd_pid: int | None,
+) -> tuple[list[Any], float, float]:
+    """`count` requests shared by `clients` processes released at once by a barrier: each
+    process's answer (from its queue), the wall time, and etcd's CPU seconds meanwhile."""
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(clients + 1)
+    out = ctx.Queue()
+    share = [count // clients + (1 if n < count % clients else 0) for n in range(clients)]
+    procs = [ctx.Process(target=target, args=args_of(n, share[n], start, out), daemon=True)
+             for n in range(clients)]
+    for proc in procs:
+        proc.start()
+    try:
+        start.wait(120)
+        began, etcd_cpu = time.monotonic(), _cpu_seconds(etcd_pid)
+        answers = [out.get(timeout=600) for _ in procs]
+        return answers, time.monotonic() - began, _cpu_seconds(etcd_pid) - etcd_cpu
+    finally:
+        for proc in procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+
+
 def run(endpoint: str, clients: int, count: int, subnet: str,
         etcd_pid: int | None = None, profile: str | None = None) -> dict[str, Any]:
     from netd.store.etcd import EtcdStore
@@ -157,24 +183,9 @@ def run(endpoint: str, clients: int, count: int, subnet: str,
     prefix = f"/netd-ipambench-{uuid.uuid4().hex[:8]}"
     setup = make_service(endpoint, prefix, "h-setup")
     setup.create_network({"name": NETWORK, "subnet": subnet})
-    ctx = multiprocessing.get_context("spawn")
-    start = ctx.Barrier(clients + 1)
-    out = ctx.Queue()
-    share = [count // clients + (1 if n < count % clients else 0) for n in range(clients)]
-    procs = [ctx.Process(target=_client, args=(endpoint, prefix, n, share[n], start, out, profile),
-                         daemon=True) for n in range(clients)]
-    for proc in procs:
-        proc.start()
-    try:
-        start.wait(120)
-        began, etcd_cpu = time.monotonic(), _cpu_seconds(etcd_pid)
-        results = [out.get(timeout=600) for _ in procs]
-        elapsed, etcd_cpu = time.monotonic() - began, _cpu_seconds(etcd_pid) - etcd_cpu
-    finally:
-        for proc in procs:
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
+    results, elapsed, etcd_cpu = _run_clients(
+        _client, lambda n, share, start, out: (endpoint, prefix, n, share, start, out, profile),
+        clients, count, etcd_pid)
     answers = [a for r in results for a in r[1]]
     latencies = [x for r in results for x in r[2]]
     errors = [f"client {r[0]}: {r[3]}" for r in results if r[3]]
@@ -254,24 +265,11 @@ def run_baseline(endpoint: str, clients: int, count: int,
     prefix = f"/netd-ipambench-raw-{uuid.uuid4().hex[:8]}"
     store = EtcdStore([endpoint])
     store.put(f"{prefix}/raw/network", "{}")
-    ctx = multiprocessing.get_context("spawn")
-    start = ctx.Barrier(clients + 1)
-    out = ctx.Queue()
-    share = [count // clients + (1 if n < count % clients else 0) for n in range(clients)]
-    procs = [ctx.Process(target=_raw_client, args=(endpoint, prefix, n, share[n], start, out),
-                         daemon=True) for n in range(clients)]
-    for proc in procs:
-        proc.start()
     try:
-        start.wait(120)
-        began, etcd_cpu = time.monotonic(), _cpu_seconds(etcd_pid)
-        cpus = [out.get(timeout=600) for _ in procs]
-        elapsed, etcd_cpu = time.monotonic() - began, _cpu_seconds(etcd_pid) - etcd_cpu
+        cpus, elapsed, etcd_cpu = _run_clients(
+            _raw_client, lambda n, share, start, out: (endpoint, prefix, n, share, start, out),
+            clients, count, etcd_pid)
     finally:
-        for proc in procs:
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
         store.commit([], [DeletePrefix(prefix + "/")])
         store.close()
     return {
