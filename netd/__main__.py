@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -182,6 +183,13 @@ def run(cfg: config_mod.Config) -> None:
     except OSError as exc:
         raise InvalidInput(f"cannot create API socket {cfg.socket}: {exc.strerror}") from None
     server.start()
+    docker_plugin = None
+    if cfg.docker_plugin:
+        from netd.runtimes.local import serve_docker_plugin
+
+        docker_plugin = serve_docker_plugin(
+            service, Path(cfg.docker_plugin),
+            cfg.docker_host or os.environ.get("DOCKER_HOST") or config_mod.DEFAULT_DOCKER_HOST)
     log.info(
         "netd ready: host %s underlay %s (mtu %d), drivers %s, socket %s",
         host.name, underlay_ip, underlay_mtu, ",".join(drivers) or "none", cfg.socket,
@@ -193,6 +201,8 @@ def run(cfg: config_mod.Config) -> None:
     while not stop.wait(1.0):
         pass
     log.info("stopping; the datapath stays in place")
+    if docker_plugin is not None:
+        docker_plugin.close()
     server.stop()
     idle = reconciler.stop()
     leases.stop()

@@ -19,6 +19,8 @@ DEFAULT_SOCKET = Path("/run/netd/netd.sock")
 DEFAULT_STATE_DIR = Path("/var/lib/netd")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "text")
+DEFAULT_DOCKER_PLUGIN = "/run/docker/plugins/netd.sock"  # dockerd finds plugin `netd` there
+DEFAULT_DOCKER_HOST = "unix:///run/docker.sock"
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,10 @@ class Config:
     store_key: str = ""
     store_user: str = ""
     store_password: str = ""
+    # the Docker plugin served by this daemon (docs/runtimes.md): its socket ("" = off)
+    # and dockerd's Engine API ("" = $DOCKER_HOST, else DEFAULT_DOCKER_HOST)
+    docker_plugin: str = ""
+    docker_host: str = ""
 
     def store_security(self) -> EtcdSecurity:
         return EtcdSecurity(
@@ -77,6 +83,11 @@ def parser() -> argparse.ArgumentParser:
                    "(default 30)")
     p.add_argument("--resync-interval", type=float, help="seconds between full resyncs "
                    "(default 30)")
+    p.add_argument("--docker-plugin", nargs="?", const=DEFAULT_DOCKER_PLUGIN, metavar="PATH",
+                   help="serve the Docker network and IPAM plugin `netd` at PATH "
+                        f"(default {DEFAULT_DOCKER_PLUGIN})")
+    p.add_argument("--docker-host", metavar="URL", help="dockerd's API, to learn network and "
+                   f"container names (default $DOCKER_HOST or {DEFAULT_DOCKER_HOST})")
     p.add_argument("--log-level", choices=LOG_LEVELS)
     p.add_argument("--log-format", choices=LOG_FORMATS)
     return p

@@ -9,41 +9,40 @@ removal a detach at Leave. Addresses are netd's: IPAM only checks a requested ad
 (`--ip`) against the subnet, or picks a free one for netd to reserve at Join.
 
 Facts that shape this (docs/runtimes.md, measured): dockerd never sends the network's
-name (it is read back from dockerd's API, which answers once the create returned),
-never replays anything to a restarted plugin (netd.runtimes.state keeps what is
-needed; pool ids spell their subnet), and shows an answer's `Err` to the user verbatim.
+name (it is read back from dockerd's API, which answers once the create returned), nor
+the container's (read back the same way once the sandbox exists, so an automatic address
+is sticky by container name from Join on), never replays anything to a restarted plugin
+(netd.runtimes.state keeps what is needed in netd's store; pool ids spell their subnet),
+and shows an answer's `Err` to the user verbatim. netd serves the plugin itself
+(`netd --docker-plugin`, netd.runtimes.local): its calls go to the service in-process.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
 import os
 import random
-import signal
 import socketserver
-import sys
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import netaddr
 
-from netd.errors import InvalidInput
+from netd.errors import InvalidInput, NetdError
 from netd.model import check_name, mac_from_ip
-from netd.runtimes.client import ApiError, EngineClient, NetdClient
+from netd.runtimes.client import ApiError, EngineClient
 from netd.runtimes.state import PluginState
 
 log = logging.getLogger("netd.docker")
 
 PLUGIN_NAME = "netd"
 DEFAULT_PLUGIN_SOCKET = f"/run/docker/plugins/{PLUGIN_NAME}.sock"
-DEFAULT_STATE_FILE = "/var/lib/netd/docker-plugin.json"
 POOL_PREFIX = "netd:"
 GATEWAY_TYPE = "com.docker.network.gateway"
 GENERIC = "com.docker.network.generic"
@@ -53,6 +52,30 @@ NETWORK_FIELDS = {"tenant": str, "driver": str, "backend": str, "vni": int, "mtu
                   "encrypt": bool}
 NETNS_WAIT = 120.0  # seconds an attach waits for dockerd to create the sandbox netns
 RESOLVE_WAIT = 15.0  # seconds to wait for dockerd to answer for a network just created
+PICK_HOLD = 60.0  # seconds an automatic address handed to dockerd is kept from others
+
+
+class Netd(Protocol):
+    """What the plugin asks netd (netd.runtimes.local.LocalNetd: the service in-process).
+    Refusals are ApiError with netd's message and the API's HTTP status."""
+
+    def network(self, name: str) -> dict[str, Any] | None: ...
+
+    def networks(self) -> list[dict[str, Any]]: ...
+
+    def create_network(self, request: dict[str, Any]) -> dict[str, Any]: ...
+
+    def endpoints(self, network: str | None = None) -> list[dict[str, Any]]: ...
+
+    def attach(self, request: dict[str, Any]) -> dict[str, Any]: ...
+
+    def detach(self, container: str, network: str) -> dict[str, Any] | None: ...
+
+    def host_name(self) -> str: ...
+
+    def used_addresses(self, network: str) -> set[str]: ...
+
+    def reservation(self, network: str, name: str) -> str | None: ...
 
 
 class PluginError(Exception):
@@ -132,27 +155,27 @@ def is_netns(path: str) -> bool:
 class _PendingAttach(threading.Thread):
     """An attach waiting for its sandbox netns to appear."""
 
-    def __init__(self, netd: NetdClient, request: dict[str, Any], wait: float) -> None:
-        super().__init__(name=f"attach-{request['name']}", daemon=True)
-        self.netd, self.request, self.wait = netd, request, wait
+    def __init__(self, what: str, sandbox: str, attach: Callable[[], dict[str, Any]],
+                 wait: float) -> None:
+        super().__init__(name=f"attach-{what}", daemon=True)
+        self.what, self.sandbox, self.attach, self.wait = what, sandbox, attach, wait
         self._cancelled = threading.Event()
 
     def run(self) -> None:
-        path, deadline = self.request["container"], time.monotonic() + self.wait
-        while not is_netns(path):
+        deadline = time.monotonic() + self.wait
+        while not is_netns(self.sandbox):
             if self._cancelled.wait(0.002) or time.monotonic() > deadline:
-                log.warning("%s: sandbox %s never appeared; not attached",
-                            self.request["name"], path)
+                log.warning("%s: sandbox %s never appeared; not attached", self.what,
+                            self.sandbox)
                 return
         appeared = time.monotonic()
         try:
-            self.netd.attach(self.request)
+            endpoint = self.attach()
             log.info("attached %s to %s as %s (%.0f ms after its netns appeared)",
-                     self.request["name"], self.request["network"], self.request["ip"],
+                     endpoint.get("name"), endpoint.get("network"), endpoint.get("ip"),
                      (time.monotonic() - appeared) * 1000)
-        except ApiError as exc:
-            log.error("attach of %s to %s failed: %s", self.request["name"],
-                      self.request["network"], exc)
+        except (ApiError, NetdError, PluginError) as exc:
+            log.error("attach of %s failed: %s", self.what, exc)
 
     def cancel(self) -> None:
         """Stop waiting; returns once no attach is running any more."""
@@ -164,7 +187,7 @@ class _PendingAttach(threading.Thread):
 class DockerPlugin:
     """The protocol's calls, each a method taking and returning the JSON bodies."""
 
-    def __init__(self, netd: NetdClient, engine: EngineClient | None, state: PluginState,
+    def __init__(self, netd: Netd, engine: EngineClient | None, state: PluginState,
                  *, resolve_wait: float = RESOLVE_WAIT) -> None:
         self.netd = netd
         self.engine = engine
@@ -172,7 +195,7 @@ class DockerPlugin:
         self.resolve_wait = resolve_wait
         self._lock = threading.Lock()  # serialises picking automatic addresses
         self._pending: dict[str, _PendingAttach] = {}
-        self._host = ""  # this netd's host name, once asked
+        self._picked: dict[str, float] = {}  # automatic addresses handed out -> when
         self.netns_wait = NETNS_WAIT
         self.calls: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "/Plugin.Activate": lambda r: {"Implements": ["NetworkDriver", "IpamDriver"]},
@@ -207,7 +230,7 @@ class DockerPlugin:
             return {"Err": f"netd plugin: {path.lstrip('/')} is not supported"}
         try:
             return call(request)
-        except (PluginError, ApiError) as exc:
+        except (PluginError, ApiError, NetdError) as exc:
             log.info("%s refused: %s", path, exc)
             # NetworkDriver answers carry the error as Err, IpamDriver ones as Error
             return {"Err": f"netd: {exc}", "Error": f"netd: {exc}"}
@@ -262,6 +285,7 @@ class DockerPlugin:
             return {"Address": f"{ip}/{subnet.prefixlen}", "Data": {}}
         with self._lock:
             ip = self._free_address(subnet, sub)
+            self._picked[ip] = time.monotonic()
         return {"Address": f"{ip}/{subnet.prefixlen}", "Data": {}}
 
     def _networks_with(self, subnet: netaddr.IPNetwork) -> list[dict[str, Any]]:
@@ -279,17 +303,26 @@ class DockerPlugin:
                 if endpoint.get("ip") == ip:
                     return (f"{endpoint.get('name')} on host {endpoint.get('host')} "
                             f"(network {network['name']})")
-        if ip in self.state.pending_ips():
+        if ip in self.state.pending_ips() or ip in self._picked:
             return "another container of this host"
         return None
 
+    def _held_here(self) -> set[str]:
+        """Addresses this host's containers have or were just handed (under _lock)."""
+        now = time.monotonic()
+        for ip, when in list(self._picked.items()):
+            if now - when > PICK_HOLD:
+                del self._picked[ip]
+        return self.state.pending_ips() | set(self._picked)
+
     def _free_address(self, subnet: netaddr.IPNetwork, sub: netaddr.IPNetwork | None) -> str:
         """An address netd will very likely grant at Join: in the range, not the
-        gateway, not attached anywhere in the store, not handed out here already."""
-        used = self.state.pending_ips()
+        gateway, not held nor reserved for a name (sticky) in the store, not handed out
+        here already."""
+        used = self._held_here()
         for network in self._networks_with(subnet):
             used.add(str(network.get("gateway", "")))
-            used.update(str(e.get("ip")) for e in self.netd.endpoints(network["name"]))
+            used |= self.netd.used_addresses(network["name"])
         used.add(str(subnet[1]))
         span = (sub or subnet).cidr
         first, last = span.first, span.last
@@ -437,8 +470,11 @@ class DockerPlugin:
             raise PluginError("the endpoint has no IPv4 address (use --ipam-driver netd)")
         record = self._network(network_id)
         mac = (interface.get("MacAddress") or "").lower()
+        with self._lock:
+            automatic = self._picked.pop(address, None) is not None
         self.state.put_endpoint(endpoint_id, {
             "network_id": network_id, "network": record["name"], "ip": address, "mac": mac,
+            "automatic": automatic,
         })
         return {"Interface": {} if mac else {"MacAddress": mac_from_ip(address)}}
 
@@ -447,32 +483,53 @@ class DockerPlugin:
         dockerd only creates that netns after Join returned (runc's prestart hook hands
         it over), so the attach then runs as soon as it appears; for a running one
         (`docker network connect`) it runs before answering."""
-        endpoint_id = request.get("EndpointID", "")
+        network_id, endpoint_id = request.get("NetworkID", ""), request.get("EndpointID", "")
         endpoint = self.state.endpoint(endpoint_id)
         if endpoint is None:
             raise PluginError(f"endpoint {endpoint_id[:12]} is unknown to this plugin")
         sandbox = request.get("SandboxKey") or ""
         if not sandbox:
             raise PluginError("Join without a sandbox (network namespace) path")
-        name = self._container_name(request.get("NetworkID", ""), endpoint_id)
-        attach = {"container": sandbox, "name": name or endpoint_name(endpoint_id),
-                  "network": endpoint["network"], "ip": endpoint["ip"]}
-        if name:
-            self.state.put_endpoint(endpoint_id, {**endpoint, "name": name})
-        if endpoint.get("mac"):
-            attach["mac"] = endpoint["mac"]
+
+        def attach() -> dict[str, Any]:
+            return self._attach(network_id, endpoint_id, sandbox)
+
         if is_netns(sandbox):
-            self.netd.attach(attach)
+            attach()
         elif self.netd.network(endpoint["network"]) is None:  # netd reachable, network there
             raise PluginError(f"network {endpoint['network']!r} no longer exists in netd")
         else:  # checked what can be checked before answering; the attach follows
-            pending = _PendingAttach(self.netd, attach, self.netns_wait)
+            pending = _PendingAttach(endpoint_name(endpoint_id), sandbox, attach,
+                                     self.netns_wait)
             with self._lock:
                 self._pending[endpoint_id] = pending
             pending.start()
         # netd plugs the interface and its default route: dockerd has nothing to move,
         # and no gateway of its own to add
         return {"DisableGatewayService": True}
+
+    def _attach(self, network_id: str, endpoint_id: str, sandbox: str) -> dict[str, Any]:
+        """The netd attach of a joined endpoint, named after its container; an automatic
+        address gives way to the container name's sticky one (a container recreated
+        under its name gets its address back)."""
+        endpoint = self.state.endpoint(endpoint_id)
+        if endpoint is None:
+            raise PluginError(f"endpoint {endpoint_id[:12]} was deleted before it attached")
+        name = self._container_name(network_id, endpoint_id)
+        ip = endpoint["ip"]
+        if name and endpoint.get("automatic"):
+            sticky = self.netd.reservation(endpoint["network"], name)
+            if sticky and sticky != ip:
+                log.info("%s gets its address %s back (dockerd was handed %s)", name,
+                         sticky, ip)
+                ip = sticky
+        request = {"container": sandbox, "name": name or endpoint_name(endpoint_id),
+                   "network": endpoint["network"], "ip": ip}
+        if endpoint.get("mac"):
+            request["mac"] = endpoint["mac"]
+        if name != endpoint.get("name") or ip != endpoint["ip"]:
+            self.state.put_endpoint(endpoint_id, {**endpoint, "name": name, "ip": ip})
+        return self.netd.attach(request)
 
     def _container_name(self, network_id: str, endpoint_id: str) -> str | None:
         """`CONTAINER.HOST` for the endpoint, from dockerd (which names a container's
@@ -486,21 +543,13 @@ class DockerPlugin:
                   (time.monotonic() - started) * 1000)
         for info in ((docker or {}).get("Containers") or {}).values():
             if info.get("EndpointID") == endpoint_id and info.get("Name"):
-                host = self._host_name()
+                host = self.netd.host_name()
                 candidate = f"{info['Name']}.{host}" if host else str(info["Name"])
                 try:
                     return check_name(candidate, "endpoint name")
                 except InvalidInput:
                     return None
         return None
-
-    def _host_name(self) -> str:
-        if not self._host:
-            try:
-                self._host = str((self.netd.status().get("host") or {}).get("name") or "")
-            except ApiError:
-                return ""
-        return self._host
 
     def leave(self, request: dict[str, Any]) -> dict[str, Any]:
         self._detach(request.get("NetworkID", ""), request.get("EndpointID", ""))
@@ -525,7 +574,7 @@ class DockerPlugin:
         name = (endpoint or {}).get("name") or (
             None if endpoint else self._container_name(network_id, endpoint_id)
         ) or endpoint_name(endpoint_id)
-        if not network:  # a lost state file: netd's store knows the endpoint by name
+        if not network:  # no record left: netd's store knows the endpoint by name
             found = [e for e in self.netd.endpoints() if e.get("name") == name]
             network = found[0].get("network") if found else None
         if not network:
@@ -580,47 +629,15 @@ class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         os.rename(tmp, path)  # dockerd finds the socket only once it serves
         self.path = path
 
+    def serve_in_background(self) -> threading.Thread:
+        thread = threading.Thread(target=self.serve_forever, name="docker-plugin",
+                                  daemon=True)
+        thread.start()
+        return thread
+
     def close(self) -> None:
+        """Stop serving (from another thread than the serving one) and remove the socket."""
+        self.shutdown()
         self.server_close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-
-
-def main(argv: list[str] | None = None) -> None:
-    from netd.config import DEFAULT_SOCKET
-
-    parser = argparse.ArgumentParser(
-        prog="netd-docker-plugin",
-        description="Docker network + IPAM plugin 'netd': serves dockerd, asks the local netd")
-    parser.add_argument("--socket", default=str(DEFAULT_SOCKET), help="netd's API socket")
-    parser.add_argument("--plugin-socket", default=DEFAULT_PLUGIN_SOCKET,
-                        help=f"where dockerd finds the plugin (default {DEFAULT_PLUGIN_SOCKET})")
-    parser.add_argument("--docker-host",
-                        default=os.environ.get("DOCKER_HOST") or "unix:///run/docker.sock",
-                        help="dockerd's API, to read network names (default $DOCKER_HOST)")
-    parser.add_argument("--state-file", default=DEFAULT_STATE_FILE,
-                        help=f"what dockerd will not tell again (default {DEFAULT_STATE_FILE})")
-    parser.add_argument("--log-level", default="info")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        engine = EngineClient(args.docker_host)
-    except ValueError as exc:
-        print(f"netd-docker-plugin: {exc}", file=sys.stderr)
-        sys.exit(2)
-    plugin = DockerPlugin(NetdClient(args.socket), engine, PluginState(Path(args.state_file)))
-    server = PluginServer(Path(args.plugin_socket), plugin)
-    log.info("serving Docker plugin %s on %s (netd at %s)", PLUGIN_NAME, args.plugin_socket,
-             args.socket)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.close()
-
-
-if __name__ == "__main__":
-    main()

@@ -130,6 +130,25 @@ class Keys:
         """The per-network encryption key (weave sleeve --encrypt)."""
         return f"{self.secrets()}{network}"
 
+    def docker(self, host: str) -> str:
+        """What this host's Docker plugin must remember (dockerd never replays it):
+        Docker's ids are per dockerd, so per host."""
+        return f"{self.prefix}/docker/{host}/"
+
+    def docker_networks(self, host: str) -> str:
+        return f"{self.docker(host)}networks/"
+
+    def docker_network(self, host: str, network_id: str) -> str:
+        """A Docker network id -> the netd network it maps to (and what Docker asked)."""
+        return f"{self.docker_networks(host)}{network_id}"
+
+    def docker_endpoints(self, host: str) -> str:
+        return f"{self.docker(host)}endpoints/"
+
+    def docker_endpoint(self, host: str, endpoint_id: str) -> str:
+        """A Docker endpoint id -> its netd network, address, MAC and endpoint name."""
+        return f"{self.docker_endpoints(host)}{endpoint_id}"
+
     def kind_of(self, key: str) -> tuple[str, tuple[str, ...]] | None:
         """('networks', ('net1',)), ('endpoints', ('net1', 'c1')), ... or None."""
         if not key.startswith(self.root()):

@@ -1,5 +1,6 @@
-"""dockerd inside a simulated host (its netns and private mount namespace), with the
-netd Docker plugin beside it. Debian's docker CLI (20.10, /usr/bin/docker) talks to it.
+"""dockerd inside a simulated host (its netns and private mount namespace), beside a
+netd serving the Docker plugin (`netd --docker-plugin`). Debian's docker CLI (20.10,
+/usr/bin/docker) talks to it.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import subprocess
 import time
 from pathlib import Path
 
-from netd.lab import Lab, console_script
+from netd.lab import Lab
 from tests.support.runtimes import HostNamespace, busybox_rootfs, remove_cgroups
 
 DOCKER_CLI = "/usr/bin/docker"  # 20.10: the docker 28 CLI refuses --mac-address on API 1.41
 IMAGE = "local/busybox"
+PLUGIN_SOCKET = Path("/run/docker/plugins/netd.sock")  # in the host's mount namespace
 
 
 def _comm(pid: int) -> str:
@@ -26,7 +28,7 @@ def _comm(pid: int) -> str:
 
 
 class DockerHost:
-    """One simulated host running netd, dockerd and netd-docker-plugin."""
+    """One simulated host running netd (serving the Docker plugin) and dockerd."""
 
     def __init__(self, lab: Lab, host: str) -> None:
         self.lab = lab
@@ -35,7 +37,6 @@ class DockerHost:
         self.socket = self.dir / "docker.sock"
         self.cgroup = f"{lab.prefix}-{host}-docker"
         self.dockerd: subprocess.Popen[bytes] | None = None
-        self.plugin: subprocess.Popen[bytes] | None = None
 
     @property
     def name(self) -> str:
@@ -43,11 +44,31 @@ class DockerHost:
 
     def start(self) -> DockerHost:
         self.ns.netd_env = {"DOCKER_HOST": f"unix://{self.socket}"}  # names as references
+        self.ns.netd_args = ["--docker-plugin", str(PLUGIN_SOCKET),
+                             "--docker-host", f"unix://{self.socket}"]
         self.ns.start()
-        self.ns.start_netd()
-        self.start_plugin()
+        self.start_netd()
         self.start_dockerd()
         return self
+
+    def start_netd(self, wait: float = 20.0) -> None:
+        """netd with its Docker plugin; returns once the plugin socket serves."""
+        before = self._plugin_inode()  # a killed netd leaves its socket behind
+        self.ns.start_netd(wait)
+        deadline = time.monotonic() + wait
+        while self._plugin_inode() in ("", before):
+            proc = self.ns.host.proc
+            if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
+                raise RuntimeError("netd's Docker plugin did not start: "
+                                   + self.ns.host.log.read_text()[-1000:])
+            time.sleep(0.05)
+
+    def _plugin_inode(self) -> str:
+        result = self.ns.run("stat", "-c", "%i", str(PLUGIN_SOCKET), check=False)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    def kill_netd(self) -> None:
+        self.lab.stop_netd(self.name, kill=True)
 
     def start_dockerd(self, wait: float = 30.0) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -95,24 +116,6 @@ class DockerHost:
                         os.kill(pid, signal.SIGKILL)
                 deadline = time.monotonic() + 5
             time.sleep(0.1)
-
-    def start_plugin(self, wait: float = 10.0) -> None:
-        plugin_socket = Path("/run/docker/plugins/netd.sock")
-        self.plugin = self.ns.spawn([
-            console_script("netd-docker-plugin"), "--socket", str(self.ns.host.socket),
-            "--plugin-socket", str(plugin_socket), "--docker-host", f"unix://{self.socket}",
-            "--state-file", str(self.dir / "docker-plugin.json"), "--log-level", "debug",
-        ], "plugin.log")
-        deadline = time.monotonic() + wait
-        while self.ns.run("test", "-S", str(plugin_socket), check=False).returncode != 0:
-            if self.plugin.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("netd-docker-plugin did not start: "
-                                   + (self.dir / "plugin.log").read_text()[-1000:])
-            time.sleep(0.05)
-
-    def stop_plugin(self, kill: bool = False) -> None:
-        Lab._terminate(self.plugin, signal.SIGKILL if kill else signal.SIGTERM)
-        self.plugin = None
 
     def docker(self, *args: str, check: bool = True, timeout: float = 90
                ) -> subprocess.CompletedProcess[str]:

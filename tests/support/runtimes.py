@@ -37,6 +37,7 @@ class HostNamespace:
         self._procs: list[subprocess.Popen[bytes]] = []
         self.holder: subprocess.Popen[bytes] | None = None
         self.netd_env: dict[str, str] = {}  # added to netd's environment (DOCKER_HOST)
+        self.netd_args: list[str] = []  # added to netd's command line (--docker-plugin)
 
     def start(self) -> HostNamespace:
         mounts = " && ".join(
@@ -89,6 +90,7 @@ class HostNamespace:
             "--store", lab.store_url, *lab.store_args, "--socket", str(host.socket),
             "--state-dir", str(host.state_dir), "--host-ttl", str(lab.host_ttl),
             "--resync-interval", str(lab.resync_interval), "--log-level", "info",
+            *self.netd_args,
         ]
         with contextlib.suppress(FileNotFoundError):
             host.socket.unlink()

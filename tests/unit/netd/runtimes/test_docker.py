@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +9,8 @@ import pytest
 from netd.runtimes.client import ApiError
 from netd.runtimes.docker import DockerPlugin, endpoint_name, network_request, parse_pool_id
 from netd.runtimes.state import PluginState
+from netd.store.keys import Keys
+from tests.support.memstore import MemStore
 
 NID = "n" * 64
 EID = "e1" + "0" * 62
@@ -22,6 +23,7 @@ class FakeNetd:
         self.created: list[dict[str, Any]] = []
         self.attached: list[dict[str, Any]] = []
         self.detached: list[tuple[str, str]] = []
+        self.sticky: dict[tuple[str, str], str] = {}  # (network, name) -> reserved IP
 
     def network(self, name: str) -> dict[str, Any] | None:
         return self.nets.get(name)
@@ -51,6 +53,18 @@ class FakeNetd:
         before = len(self.eps)
         self.eps = [e for e in self.eps if (e["name"], e["network"]) != (container, network)]
         return {} if len(self.eps) < before else None
+
+    def host_name(self) -> str:
+        return "h1"
+
+    def used_addresses(self, network: str) -> set[str]:
+        return ({e["ip"] for e in self.endpoints(network)}
+                | {ip for (net, _), ip in self.sticky.items() if net == network})
+
+    def reservation(self, network: str, name: str) -> str | None:
+        ip = self.sticky.get((network, name))
+        held = [e for e in self.endpoints(network) if e["ip"] == ip and e["name"] != name]
+        return None if held else ip
 
 
 def plugin(state: PluginState | None = None, netd: FakeNetd | None = None
@@ -124,15 +138,17 @@ def test_create_network_maps_options_and_refuses_another_subnet() -> None:
         network_request("x", "10.0.0.0/24", "", {"vni": "abc"})
 
 
-def test_endpoint_lifecycle_survives_a_plugin_restart(tmp_path: Path) -> None:
-    state_file = tmp_path / "state.json"
-    p, netd = plugin(PluginState(state_file))
+def test_endpoint_lifecycle_survives_a_restart_from_the_store() -> None:
+    store, keys = MemStore(), Keys()
+    p, netd = plugin(PluginState(store, keys, "h1"))
     create(p)
     answer = call(p, "/NetworkDriver.CreateEndpoint", NetworkID=NID, EndpointID=EID,
                   Interface={"Address": "10.1.0.10/24", "MacAddress": ""})
     assert answer == {"Interface": {"MacAddress": "02:42:0a:01:00:0a"}}
-    # a new plugin process on the same state file: Join and Leave still work
-    p2, _ = plugin(PluginState(state_file), netd)
+    assert store.get(keys.docker_network("h1", NID)) is not None
+    assert store.get(keys.docker_endpoint("h1", EID)) is not None
+    # a restarted netd reads the records back: Join and Leave still work
+    p2, _ = plugin(PluginState(store, keys, "h1"), netd)
     joined = call(p2, "/NetworkDriver.Join", NetworkID=NID, EndpointID=EID,
                   SandboxKey="/proc/self/ns/net")
     assert joined == {"DisableGatewayService": True}
@@ -141,9 +157,11 @@ def test_endpoint_lifecycle_survives_a_plugin_restart(tmp_path: Path) -> None:
     assert call(p2, "/NetworkDriver.Leave", NetworkID=NID, EndpointID=EID) == {}
     assert netd.detached == [(endpoint_name(EID), "blue")]
     assert call(p2, "/NetworkDriver.DeleteEndpoint", NetworkID=NID, EndpointID=EID) == {}
-    assert PluginState(state_file).endpoints == {}
+    assert PluginState(store, keys, "h1").endpoints == {}
+    assert PluginState(store, keys, "h2").networks == {}  # per host
     assert call(p2, "/NetworkDriver.DeleteNetwork", NetworkID=NID) == {}
-    assert PluginState(state_file).networks == {}
+    assert PluginState(store, keys, "h1").networks == {}
+    assert store.list(keys.docker("h1"))[0] == []
     assert "blue" in netd.nets  # other hosts may still use it
 
 
@@ -199,7 +217,6 @@ class FakeEngine:
 
 def test_endpoints_are_named_after_their_container_and_host() -> None:
     netd = FakeNetd()
-    netd.status = lambda: {"host": {"name": "h1"}}  # type: ignore[attr-defined]
     p = DockerPlugin(netd, FakeEngine(), PluginState(None))  # type: ignore[arg-type]
     create(p)
     call(p, "/NetworkDriver.CreateEndpoint", NetworkID=NID, EndpointID=EID,
@@ -208,3 +225,27 @@ def test_endpoints_are_named_after_their_container_and_host() -> None:
     assert netd.attached[0]["name"] == "web.h1"
     call(p, "/NetworkDriver.Leave", NetworkID=NID, EndpointID=EID)
     assert netd.detached == [("web.h1", "blue")]
+
+
+def test_an_automatic_address_is_sticky_by_container_name() -> None:
+    netd = FakeNetd()
+    p = DockerPlugin(netd, FakeEngine(), PluginState(None))  # type: ignore[arg-type]
+    create(p)
+    netd.sticky[("blue", "web.h1")] = "10.1.0.77"  # web ran here before
+    netd.sticky[("blue", "db.h2")] = "10.1.0.78"
+    pool = "netd:10.1.0.0/24"
+    for _ in range(30):  # never another name's address
+        auto = call(p, "/IpamDriver.RequestAddress", PoolID=pool, Address="")["Address"]
+        assert auto.split("/")[0] not in ("10.1.0.77", "10.1.0.78", "10.1.0.1")
+    call(p, "/NetworkDriver.CreateEndpoint", NetworkID=NID, EndpointID=EID,
+         Interface={"Address": auto})
+    call(p, "/NetworkDriver.Join", NetworkID=NID, EndpointID=EID, SandboxKey="/proc/self/ns/net")
+    assert netd.attached[-1]["ip"] == "10.1.0.77" and netd.attached[-1]["name"] == "web.h1"
+    call(p, "/NetworkDriver.Leave", NetworkID=NID, EndpointID=EID)
+    call(p, "/NetworkDriver.DeleteEndpoint", NetworkID=NID, EndpointID=EID)
+    # an explicit --ip wins over the name's reservation
+    fixed = call(p, "/IpamDriver.RequestAddress", PoolID=pool, Address="10.1.0.30")
+    call(p, "/NetworkDriver.CreateEndpoint", NetworkID=NID, EndpointID=EID,
+         Interface={"Address": fixed["Address"]})
+    call(p, "/NetworkDriver.Join", NetworkID=NID, EndpointID=EID, SandboxKey="/proc/self/ns/net")
+    assert netd.attached[-1]["ip"] == "10.1.0.30"
