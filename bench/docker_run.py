@@ -1,6 +1,6 @@
 """`docker run` latency on a netd network beside Docker's own bridge and `--network none`.
 
-Issue 11. One simulated host (netd, dockerd 20.10 and netd-docker-plugin in its
+Issue 11. One simulated host (dockerd 20.10 beside `netd --docker-plugin` in its
 namespaces, tests.support.docker; embedded store), a busybox image imported locally.
 Each round runs `docker run --rm --network N local/busybox true` once per network,
 round-robin (the order rotates per round), timing the CLI call end to end. Also: how
@@ -16,6 +16,7 @@ Run as root from the repo root:
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import statistics
 import time
@@ -51,14 +52,17 @@ def main() -> None:
                 start = time.monotonic()
                 host.docker("run", "--rm", "--network", row, IMAGE, "true")
                 times[row].append((time.monotonic() - start) * 1000)
-        print(f"docker run --rm ... true, {args.repeat} runs each (ms):")
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"docker run --rm ... true, {args.repeat} runs each (ms); load average {load}:")
         print(f"{'network':10} {'median':>8} {'min':>8} {'max':>8}")
         for row in rows:
             values = times[row]
             print(f"{row:10} {statistics.median(values):8.1f} {min(values):8.1f} "
                   f"{max(values):8.1f}")
         bridge, netd = statistics.median(times["bridge1"]), statistics.median(times["netd"])
-        print(f"netd / bridge: {netd / bridge:.2f}")
+        none = statistics.median(times["none"])
+        print(f"netd / bridge: {netd / bridge:.2f}   netd / none: {netd / none:.2f}   "
+              f"bridge / none: {bridge / none:.2f}")
         waits = []
         for _ in range(args.repeat):
             out = host.docker("run", "--rm", "--network", "netd", IMAGE, "sh", "-c",

@@ -1,5 +1,5 @@
 """The Docker plugin through real dockerd (Debian's 20.10): two simulated hosts, each
-running netd, dockerd and netd-docker-plugin in its own netns and mount namespace, a
+running dockerd beside a `netd --docker-plugin` in its own netns and mount namespace, a
 third host with a plain `netctl attach`-ed namespace, real etcd, real packets.
 
 One lab serves the module (dockerd and etcd take seconds to start); each test uses its
@@ -152,21 +152,32 @@ def test_network_rm_on_one_host_leaves_the_other(site: tuple[Lab, DockerHost, Do
     assert [n["name"] for n in lab.netctl_json("h3", "network", "ls") if n["name"] == "green"]
 
 
-def test_plugin_restart_keeps_its_state(site: tuple[Lab, DockerHost, DockerHost]) -> None:
-    lab, h1, _h2 = site
-    assert create(h1, "red", "10.73.0.0/24").returncode == 0
-    assert run_container(h1, "r1", "red", "--ip", "10.73.0.5").returncode == 0
-    assert address_of(h1, "r1") == "10.73.0.5/24"
-    h1.stop_plugin(kill=True)
-    h1.start_plugin()
-    # dockerd never replays the network or the endpoint: the plugin still knows them
-    assert run_container(h1, "r2", "red", "--ip", "10.73.0.6").returncode == 0
-    assert wait_ping(h1, "r2", "10.73.0.5")
-    h1.docker("rm", "-f", "r1")
-    assert {e["ip"] for e in endpoints(lab, "h1", "red")} == {"10.73.0.6"}
-    h1.docker("rm", "-f", "r2")
-    assert endpoints(lab, "h1", "red") == []
-    h1.docker("network", "rm", "red")
+def test_an_automatic_address_is_sticky_by_container_name(
+        site: tuple[Lab, DockerHost, DockerHost]) -> None:
+    lab, h1, h2 = site
+    for host in (h1, h2):
+        assert create(host, "pink", "10.73.0.0/24", "--ip-range", "10.73.0.128/25"
+                      ).returncode == 0
+    assert run_container(h1, "s1", "pink").returncode == 0
+    first = address_of(h1, "s1").split("/")[0]
+    assert int(first.rsplit(".", 1)[1]) >= 128  # from --ip-range
+    assert run_container(h2, "s2", "pink").returncode == 0
+    other = address_of(h2, "s2").split("/")[0]
+    assert other != first and int(other.rsplit(".", 1)[1]) >= 128
+    # recreated under the same name: the same address, though IPAM handed dockerd another
+    h1.docker("rm", "-f", "s1")
+    assert first not in {e["ip"] for e in endpoints(lab, "h1", "pink")}
+    assert run_container(h1, "s1", "pink").returncode == 0
+    assert address_of(h1, "s1") == f"{first}/24"
+    assert wait_ping(h2, "s2", first)
+    assert {e["name"]: e["ip"] for e in endpoints(lab, "h3", "pink")} == {
+        "s1.h1": first, "s2.h2": other}
+    # another name never gets it
+    assert run_container(h1, "s3", "pink").returncode == 0
+    assert address_of(h1, "s3").split("/")[0] not in (first, other)
+    for host, names in ((h1, ("s1", "s3")), (h2, ("s2",))):
+        host.docker("rm", "-f", *names)
+    assert endpoints(lab, "h1", "pink") == []
 
 
 def test_netd_killed_and_restarted_under_running_containers(
@@ -187,14 +198,22 @@ def test_netd_killed_and_restarted_under_running_containers(
     pinger = threading.Thread(target=ping)
     pinger.start()
     time.sleep(1)
-    lab.stop_netd("h1", kill=True)
-    h1.ns.start_netd()
+    h1.kill_netd()  # and the Docker plugin it serves
+    h1.start_netd()
     pinger.join()
     assert " 0% packet loss" in result["out"], result["out"]
+    # dockerd replays nothing: the restarted netd knows the network and the endpoint
+    # from the store alone
     assert run_container(h1, "k3", "amber", "--ip", "10.74.0.13").returncode == 0
     assert wait_ping(h2, "k2", "10.74.0.13")
     h1.docker("rm", "-f", "k1")
     assert "10.74.0.11" not in {e["ip"] for e in endpoints(lab, "h1", "amber")}
+    assert run_container(h1, "k1", "amber", "--ip", "10.74.0.11").returncode == 0
+    assert wait_ping(h2, "k2", "10.74.0.11")
+    h1.docker("rm", "-f", "k1", "k3")
+    h2.docker("rm", "-f", "k2")
+    assert endpoints(lab, "h1", "amber") == []
+    h1.docker("network", "rm", "amber")
 
 
 def test_refusals_show_netds_message(site: tuple[Lab, DockerHost, DockerHost]) -> None:
