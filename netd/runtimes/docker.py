@@ -69,7 +69,8 @@ class Netd(Protocol):
 
     def attach(self, request: dict[str, Any]) -> dict[str, Any]: ...
 
-    def detach(self, container: str, network: str) -> dict[str, Any] | None: ...
+    def detach(self, container: str, network: str, wait: bool = True
+               ) -> dict[str, Any] | None: ...
 
     def host_name(self) -> str: ...
 
@@ -221,7 +222,7 @@ class DockerPlugin:
             "/IpamDriver.RequestPool": self.request_pool,
             "/IpamDriver.ReleasePool": lambda r: {},
             "/IpamDriver.RequestAddress": self.request_address,
-            "/IpamDriver.ReleaseAddress": lambda r: {},
+            "/IpamDriver.ReleaseAddress": self.release_address,
         }
 
     def handle(self, path: str, request: dict[str, Any]) -> dict[str, Any]:
@@ -287,6 +288,13 @@ class DockerPlugin:
             ip = self._free_address(subnet, sub)
             self._picked[ip] = time.monotonic()
         return {"Address": f"{ip}/{subnet.prefixlen}", "Data": {}}
+
+    def release_address(self, request: dict[str, Any]) -> dict[str, Any]:
+        """An automatic address dockerd did not use after all (netd frees attached ones
+        at detach)."""
+        with self._lock:
+            self._picked.pop(_bare(str(request.get("Address") or "")), None)
+        return {}
 
     def _networks_with(self, subnet: netaddr.IPNetwork) -> list[dict[str, Any]]:
         return [n for n in self.netd.networks() if _same_subnet(n.get("subnet", ""), str(subnet))]
@@ -580,7 +588,9 @@ class DockerPlugin:
         if not network:
             log.info("endpoint %s is not attached anywhere; nothing to detach", name)
             return
-        self.netd.detach(name, network)
+        # dockerd deletes the sandbox (and the interface in it) right after: the store
+        # is what must be right before answering, the datapath follows
+        self.netd.detach(name, network, wait=False)
 
 
 # --- the server ------------------------------------------------------------------------

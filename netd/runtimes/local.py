@@ -60,10 +60,11 @@ class LocalNetd:
     def attach(self, request: dict[str, Any]) -> dict[str, Any]:
         return _call(lambda: self.service.attach(request).to_dict())
 
-    def detach(self, container: str, network: str) -> dict[str, Any] | None:
+    def detach(self, container: str, network: str, wait: bool = True
+               ) -> dict[str, Any] | None:
         try:
             return _call(lambda: self.service.detach(
-                {"container": container, "network": network}).to_dict())
+                {"container": container, "network": network}, wait).to_dict())
         except ApiError as exc:
             if exc.status == 404:
                 return None

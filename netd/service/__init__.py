@@ -108,8 +108,8 @@ class Service:
     def attach(self, request: dict[str, Any]) -> Endpoint:
         return self.endpoints.attach(request)
 
-    def detach(self, request: dict[str, Any]) -> Endpoint:
-        return self.endpoints.detach(request)
+    def detach(self, request: dict[str, Any], wait: bool = True) -> Endpoint:
+        return self.endpoints.detach(request, wait)
 
     def update_endpoint(self, request: dict[str, Any]) -> Endpoint:
         return self.endpoints.update(request)

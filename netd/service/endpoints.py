@@ -348,7 +348,9 @@ class Endpoints:
         log.info("endpoint %s on %s: groups %s", name, network.name, ",".join(groups) or "-")
         return endpoint
 
-    def detach(self, request: dict[str, Any]) -> Endpoint:
+    def detach(self, request: dict[str, Any], wait: bool = True) -> Endpoint:
+        """`wait` False: return once the store is updated, not waiting for this host's
+        datapath (a runtime tearing the container's netns down anyway: Docker's Leave)."""
         ctx = self.ctx
         fields = only(request, {"container", "network"})
         if not fields.get("container") or not fields.get("network"):
@@ -368,7 +370,7 @@ class Endpoints:
             revision = self._commit_detach(endpoint, pool)
             if revision is None:
                 raise NotFound(f"{name} is not attached to network {network.name}")
-            error = ctx.await_apply(revision, endpoint_id(endpoint))
+            error = ctx.await_apply(revision, endpoint_id(endpoint)) if wait else None
         if error is not None:
             raise DatapathError(
                 f"{name} is detached from {network.name} in the store, but {error}; "

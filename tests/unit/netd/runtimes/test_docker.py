@@ -48,7 +48,8 @@ class FakeNetd:
                          "ip": request["ip"], "host": "h1"})
         return request
 
-    def detach(self, container: str, network: str) -> dict[str, Any] | None:
+    def detach(self, container: str, network: str, wait: bool = True
+               ) -> dict[str, Any] | None:
         self.detached.append((container, network))
         before = len(self.eps)
         self.eps = [e for e in self.eps if (e["name"], e["network"]) != (container, network)]
@@ -234,9 +235,13 @@ def test_an_automatic_address_is_sticky_by_container_name() -> None:
     netd.sticky[("blue", "web.h1")] = "10.1.0.77"  # web ran here before
     netd.sticky[("blue", "db.h2")] = "10.1.0.78"
     pool = "netd:10.1.0.0/24"
-    for _ in range(30):  # never another name's address
+    for _ in range(30):  # never another name's address, nor one handed out already
         auto = call(p, "/IpamDriver.RequestAddress", PoolID=pool, Address="")["Address"]
         assert auto.split("/")[0] not in ("10.1.0.77", "10.1.0.78", "10.1.0.1")
+        held = call(p, "/IpamDriver.RequestAddress", PoolID=pool, Address=auto.split("/")[0])
+        assert "already in use by another container of this host" in held["Err"]
+        assert call(p, "/IpamDriver.ReleaseAddress", PoolID=pool, Address=auto) == {}
+    auto = call(p, "/IpamDriver.RequestAddress", PoolID=pool, Address="")["Address"]
     call(p, "/NetworkDriver.CreateEndpoint", NetworkID=NID, EndpointID=EID,
          Interface={"Address": auto})
     call(p, "/NetworkDriver.Join", NetworkID=NID, EndpointID=EID, SandboxKey="/proc/self/ns/net")
