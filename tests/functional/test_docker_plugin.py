@@ -271,18 +271,24 @@ def test_dockerd_restart_brings_containers_back(site: tuple[Lab, DockerHost, Doc
     assert run_container(h1, "d1", "teal", "--ip", "10.80.0.11", "--restart",
                          "always").returncode == 0
     assert run_container(h2, "d2", "teal", "--ip", "10.80.0.12").returncode == 0
+    assert run_container(h1, "d3", "teal", "--restart", "always").returncode == 0  # automatic
+    automatic = address_of(h1, "d3").split("/")[0]
     assert wait_ping(h2, "d2", "10.80.0.11")
     h1.stop_dockerd()
     h1.start_dockerd()
     deadline = time.monotonic() + 30
-    while h1.docker("inspect", "-f", "{{.State.Running}}", "d1", check=False
-                    ).stdout.strip() != "true":
-        assert time.monotonic() < deadline, "d1 did not come back"
-        time.sleep(0.2)
+    for name in ("d1", "d3"):
+        while h1.docker("inspect", "-f", "{{.State.Running}}", name, check=False
+                        ).stdout.strip() != "true":
+            assert time.monotonic() < deadline, f"{name} did not come back"
+            time.sleep(0.2)
     assert address_of(h1, "d1") == "10.80.0.11/24"
+    assert address_of(h1, "d3") == f"{automatic}/24"
     assert wait_ping(h2, "d2", "10.80.0.11")
+    assert wait_ping(h2, "d2", automatic)
     assert wait_ping(h1, "d1", "10.80.0.12")
-    assert [e["ip"] for e in endpoints(lab, "h1", "teal") if e["host"] == "h1"] == ["10.80.0.11"]
+    assert sorted(e["ip"] for e in endpoints(lab, "h1", "teal") if e["host"] == "h1") == \
+        sorted(["10.80.0.11", automatic])
 
 
 def test_network_connect_and_disconnect_a_running_container(
