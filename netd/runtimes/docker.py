@@ -432,7 +432,7 @@ class DockerPlugin:
 
     @staticmethod
     def _record_from_docker(docker: dict[str, Any]) -> dict[str, Any]:
-        """A record rebuilt from dockerd's view of a network (a lost state file)."""
+        """A record rebuilt from dockerd's view of a network (its store record lost)."""
         config = ((docker.get("IPAM") or {}).get("Config") or [{}])[0]
         generic = docker.get("Options") or {}
         name = str(generic.get("network") or docker.get("Name") or "")
