@@ -74,7 +74,9 @@ class Netd(Protocol):
 
     def host_name(self) -> str: ...
 
-    def used_addresses(self, network: str) -> set[str]: ...
+    def used_addresses(self, network: str) -> tuple[set[str], set[str]]:
+        """(addresses held by an endpoint, addresses reserved for a name)"""
+        ...
 
     def reservation(self, network: str, name: str) -> str | None: ...
 
@@ -325,13 +327,16 @@ class DockerPlugin:
 
     def _free_address(self, subnet: netaddr.IPNetwork, sub: netaddr.IPNetwork | None) -> str:
         """An address netd will very likely grant at Join: in the range, not the
-        gateway, not held nor reserved for a name (sticky) in the store, not handed out
-        here already."""
-        used = self._held_here()
+        gateway, not held in the store, not handed out here already, and not reserved
+        for another name (sticky) unless every other address is (as netd's own pool)."""
+        held = self._held_here()
+        reserved: set[str] = set()
         for network in self._networks_with(subnet):
-            used.add(str(network.get("gateway", "")))
-            used |= self.netd.used_addresses(network["name"])
-        used.add(str(subnet[1]))
+            held.add(str(network.get("gateway", "")))
+            taken, sticky = self.netd.used_addresses(network["name"])
+            held |= taken
+            reserved |= sticky
+        held.add(str(subnet[1]))
         span = (sub or subnet).cidr
         first, last = span.first, span.last
         if span == subnet.cidr or first <= subnet.first:
@@ -339,15 +344,16 @@ class DockerPlugin:
         last = min(last, subnet.last - 1)  # nor the broadcast address
         if last < first:
             raise PluginError(f"no host address in {span}")
-        # random, not lowest: two hosts picking at once rarely pick the same
-        for _attempt in range(64):
-            candidate = str(netaddr.IPAddress(random.randint(first, last)))
-            if candidate not in used:
-                return candidate
-        for value in range(first, last + 1):
-            candidate = str(netaddr.IPAddress(value))
-            if candidate not in used:
-                return candidate
+        for used in (held | reserved, held):
+            # random, not lowest: two hosts picking at once rarely pick the same
+            for _attempt in range(64):
+                candidate = str(netaddr.IPAddress(random.randint(first, last)))
+                if candidate not in used:
+                    return candidate
+            for value in range(first, last + 1):
+                candidate = str(netaddr.IPAddress(value))
+                if candidate not in used:
+                    return candidate
         raise PluginError(f"no free address left in {span}")
 
     # --- networks ----------------------------------------------------------------------

@@ -73,17 +73,18 @@ class LocalNetd:
     def host_name(self) -> str:
         return self.service.host.name
 
-    def used_addresses(self, network: str) -> set[str]:
-        """Addresses of `network` held by an endpoint or reserved for a name (sticky)."""
+    def used_addresses(self, network: str) -> tuple[set[str], set[str]]:
+        """Addresses of `network` held by an endpoint, and those reserved for a name
+        (sticky, held or not)."""
         keys, store = self.service.keys, self.service.store
 
-        def read() -> set[str]:
-            used = {kv.key.rsplit("/", 1)[1]
+        def read() -> tuple[set[str], set[str]]:
+            held = {kv.key.rsplit("/", 1)[1]
                     for kv in store.list(keys.ipam_addresses(network))[0]}
-            for kv in store.list(keys.ipam_names(network))[0]:
-                used.add(_field(kv.value, "ip"))
-            used.discard("")
-            return used
+            reserved = {_field(kv.value, "ip")
+                        for kv in store.list(keys.ipam_names(network))[0]}
+            reserved.discard("")
+            return held, reserved
 
         return _call(read)
 

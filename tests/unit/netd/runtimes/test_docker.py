@@ -58,9 +58,9 @@ class FakeNetd:
     def host_name(self) -> str:
         return "h1"
 
-    def used_addresses(self, network: str) -> set[str]:
-        return ({e["ip"] for e in self.endpoints(network)}
-                | {ip for (net, _), ip in self.sticky.items() if net == network})
+    def used_addresses(self, network: str) -> tuple[set[str], set[str]]:
+        return ({e["ip"] for e in self.endpoints(network)},
+                {ip for (net, _), ip in self.sticky.items() if net == network})
 
     def reservation(self, network: str, name: str) -> str | None:
         ip = self.sticky.get((network, name))
@@ -189,6 +189,19 @@ def test_leave_without_state_finds_the_endpoint_in_netd() -> None:
     assert call(p, "/NetworkDriver.Leave", NetworkID=NID, EndpointID=EID) == {}
     assert netd.detached == [(endpoint_name(EID), "blue")]
     assert call(p, "/NetworkDriver.DeleteEndpoint", NetworkID=NID, EndpointID=EID) == {}
+
+
+def test_a_range_full_of_reservations_gives_one_up() -> None:
+    p, netd = plugin()
+    netd.nets["tiny"] = {"name": "tiny", "subnet": "10.3.0.0/29", "gateway": "10.3.0.1"}
+    for n in range(2, 6):
+        netd.sticky[("tiny", f"gone{n}")] = f"10.3.0.{n}"  # containers removed since
+    netd.eps.append({"network": "tiny", "name": "x", "ip": "10.3.0.6", "host": "h1"})
+    for _ in range(10):
+        answer = call(p, "/IpamDriver.RequestAddress", PoolID="netd:10.3.0.0/29", Address="")
+        assert answer["Address"].split("/")[0] in {f"10.3.0.{n}" for n in range(2, 6)}
+        call(p, "/IpamDriver.ReleaseAddress", PoolID="netd:10.3.0.0/29",
+             Address=answer["Address"])
 
 
 def test_a_full_range_is_refused() -> None:
