@@ -541,9 +541,30 @@ class DockerPlugin:
                    "network": endpoint["network"], "ip": ip}
         if endpoint.get("mac"):
             request["mac"] = endpoint["mac"]
-        if name != endpoint.get("name") or ip != endpoint["ip"]:
-            self.state.put_endpoint(endpoint_id, {**endpoint, "name": name, "ip": ip})
+        updated = {**endpoint, "name": name, "ip": ip, "sandbox": sandbox}
+        if updated != endpoint:
+            self.state.put_endpoint(endpoint_id, updated)
         return self.netd.attach(request)
+
+    def recover(self) -> int:
+        """Attach the joined endpoints whose attach a stopped netd never finished (it
+        was waiting for the sandbox, or running): dockerd will not Join them again.
+        How many were attached now."""
+        done = 0
+        for endpoint_id, endpoint in list(self.state.endpoints.items()):
+            sandbox = str(endpoint.get("sandbox") or "")
+            if not sandbox or not is_netns(sandbox):
+                continue
+            name = endpoint.get("name") or endpoint_name(endpoint_id)
+            try:
+                if any(e.get("name") == name for e in self.netd.endpoints(endpoint["network"])):
+                    continue
+                self._attach(str(endpoint.get("network_id") or ""), endpoint_id, sandbox)
+                done += 1
+            except (ApiError, NetdError, PluginError) as exc:
+                log.error("endpoint %s (%s) could not be attached again: %s",
+                          endpoint_id[:12], name, exc)
+        return done
 
     def _container_name(self, network_id: str, endpoint_id: str) -> str | None:
         """`CONTAINER.HOST` for the endpoint, from dockerd (which names a container's

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -133,6 +134,7 @@ def serve_docker_plugin(service: Service, path: Path, docker_host: str) -> Plugi
         raise InvalidInput(
             f"cannot serve the Docker plugin at {path}: {exc.strerror or exc}") from None
     server.serve_in_background()
+    threading.Thread(target=plugin.recover, name="docker-recover", daemon=True).start()
     log.info("serving Docker plugin %s at %s (dockerd at %s; %d networks, %d endpoints "
              "known)", PLUGIN_NAME, path, docker_host, len(state.networks),
              len(state.endpoints))

@@ -6,6 +6,7 @@ No root: the reconciler is the service tests' fake, netns references are not ope
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,23 @@ def test_the_daemon_flags() -> None:
     cfg = config.load(["--host", "h1", "--docker-plugin", "/tmp/p.sock", "--docker-host",
                        "unix:///tmp/d.sock"])
     assert (cfg.docker_plugin, cfg.docker_host) == ("/tmp/p.sock", "unix:///tmp/d.sock")
+
+
+def test_a_restarted_netd_finishes_an_attach_it_never_did(service: Service) -> None:
+    service.create_network({"name": "blue", "subnet": "10.1.0.0/24"})
+    engine = Engine()
+    p = plugin(service, engine)
+    p.handle("/NetworkDriver.CreateNetwork", {
+        "NetworkID": NID, "IPv4Data": [{"Pool": "10.1.0.0/24", "Gateway": "10.1.0.1/24"}],
+        "Options": {"com.docker.network.generic": {"network": "blue"}}})
+    p.handle("/NetworkDriver.CreateEndpoint", {
+        "NetworkID": NID, "EndpointID": "e1", "Interface": {"Address": "10.1.0.7/24"}})
+    engine.containers["e1"] = "web"
+    # joined, then netd died before its attach committed; the sandbox exists
+    record = p.state.endpoint("e1")
+    assert record is not None
+    p.state.put_endpoint("e1", {**record, "sandbox": f"/proc/{os.getpid()}/ns/net"})
+    p2 = plugin(service, engine)
+    assert p2.recover() == 1
+    assert ips(service) == {"web.h1": "10.1.0.7"}
+    assert plugin(service, engine).recover() == 0  # attached already: nothing to do
