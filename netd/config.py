@@ -165,4 +165,10 @@ def _finish(config: Config) -> Config:
     socket_gid(config)
     if config.metrics:
         metrics.parse_address(config.metrics)
+    if config.docker_host and not config.docker_host.startswith(("unix:///", "/")):
+        raise InvalidInput(f"--docker-host must be unix:///PATH (dockerd's API socket), "
+                           f"not {config.docker_host!r}")
+    if config.docker_plugin and not config.docker_plugin.startswith("/"):
+        raise InvalidInput(f"--docker-plugin takes an absolute socket path, "
+                           f"not {config.docker_plugin!r}")
     return replace(config, host=host, resync_interval=float(config.resync_interval))

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from netd import config
+from netd.errors import InvalidInput
 from netd.runtimes.docker import DockerPlugin
 from netd.runtimes.local import LocalNetd
 from netd.runtimes.state import PluginState
@@ -136,6 +137,9 @@ def test_the_daemon_flags() -> None:
     cfg = config.load(["--host", "h1", "--docker-plugin", "/tmp/p.sock", "--docker-host",
                        "unix:///tmp/d.sock"])
     assert (cfg.docker_plugin, cfg.docker_host) == ("/tmp/p.sock", "unix:///tmp/d.sock")
+    for bad in (["--docker-host", "tcp://10.0.0.1:2375"], ["--docker-plugin", "rel.sock"]):
+        with pytest.raises(InvalidInput, match="docker"):
+            config.load(["--host", "h1", *bad])
 
 
 def test_a_restarted_netd_finishes_an_attach_it_never_did(service: Service) -> None:
