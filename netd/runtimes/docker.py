@@ -665,16 +665,17 @@ class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         os.chmod(tmp, 0o660)
         os.rename(tmp, path)  # dockerd finds the socket only once it serves
         self.path = path
+        self._thread: threading.Thread | None = None
 
-    def serve_in_background(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, name="docker-plugin",
-                                  daemon=True)
-        thread.start()
-        return thread
+    def serve_in_background(self) -> None:
+        self._thread = threading.Thread(target=self.serve_forever, name="docker-plugin",
+                                        daemon=True)
+        self._thread.start()
 
     def close(self) -> None:
         """Stop serving (from another thread than the serving one) and remove the socket."""
-        self.shutdown()
+        if self._thread is not None and self._thread.is_alive():
+            self.shutdown()
         self.server_close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()

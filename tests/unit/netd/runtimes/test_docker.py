@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from netd.runtimes.client import ApiError
-from netd.runtimes.docker import DockerPlugin, endpoint_name, network_request, parse_pool_id
+from netd.runtimes.client import ApiError, unix_request
+from netd.runtimes.docker import (
+    DockerPlugin,
+    PluginServer,
+    endpoint_name,
+    network_request,
+    parse_pool_id,
+)
 from netd.runtimes.state import PluginState
 from netd.store.keys import Keys
 from tests.support.memstore import MemStore
@@ -267,3 +274,19 @@ def test_an_automatic_address_is_sticky_by_container_name() -> None:
          Interface={"Address": fixed["Address"]})
     call(p, "/NetworkDriver.Join", NetworkID=NID, EndpointID=EID, SandboxKey="/proc/self/ns/net")
     assert netd.attached[-1]["ip"] == "10.1.0.30"
+
+
+def test_the_server_answers_on_its_socket_and_removes_it(tmp_path: Path) -> None:
+    p, _ = plugin()
+    path = tmp_path / "plugins" / "netd.sock"
+    server = PluginServer(path, p)
+    server.serve_in_background()
+    try:
+        status, answer = unix_request(str(path), "POST", "/Plugin.Activate", {})
+        assert (status, answer) == (200, {"Implements": ["NetworkDriver", "IpamDriver"]})
+        status, answer = unix_request(str(path), "POST", "/IpamDriver.RequestPool",
+                                      {"Pool": "10.1.0.0/24"})
+        assert answer["PoolID"] == "netd:10.1.0.0/24"
+    finally:
+        server.close()
+    assert not path.exists()
