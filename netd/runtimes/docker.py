@@ -544,7 +544,18 @@ class DockerPlugin:
         updated = {**endpoint, "name": name, "ip": ip, "sandbox": sandbox}
         if updated != endpoint:
             self.state.put_endpoint(endpoint_id, updated)
-        return self.netd.attach(request)
+        try:
+            return self.netd.attach(request)
+        except ApiError as exc:
+            if not endpoint.get("automatic") or exc.status != 409 or "in use" not in str(exc):
+                raise
+        # another host took the automatic address in the same instant: netd picks one
+        del request["ip"]
+        attached = self.netd.attach(request)
+        log.info("%s: %s was taken meanwhile; attached as %s", request["name"], ip,
+                 attached.get("ip"))
+        self.state.put_endpoint(endpoint_id, {**updated, "ip": attached.get("ip")})
+        return attached
 
     def recover(self) -> int:
         """Attach the joined endpoints whose attach a stopped netd never finished (it

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import shutil
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +47,11 @@ def site() -> Iterator[tuple[Lab, DockerHost, DockerHost]]:
             host.import_busybox()
         yield lab, hosts[0], hosts[1]
     finally:
+        keep = os.environ.get("NETD_TEST_LOGS")  # a directory to keep the daemons' logs in
+        if keep:
+            for log in lab.dir.rglob("*.log"):
+                with contextlib.suppress(OSError):
+                    shutil.copy(log, Path(keep) / f"{log.parent.name}-{log.name}")
         for host in hosts:
             host.close()
         lab.close()
@@ -315,3 +323,25 @@ def test_network_connect_and_disconnect_a_running_container(
         assert time.monotonic() < deadline, "eth1 still there after disconnect"
         time.sleep(0.05)
     assert address_of(h1, "y1") == "10.85.0.5/24"
+
+
+def test_containers_started_at_once_get_distinct_addresses(
+        site: tuple[Lab, DockerHost, DockerHost]) -> None:
+    lab, h1, h2 = site
+    for host in (h1, h2):
+        assert create(host, "olive", "10.86.0.0/28").returncode == 0
+    names = [f"p{n}" for n in range(4)]
+    with ThreadPoolExecutor(len(names) + 1) as pool:
+        runs = [pool.submit(run_container, h1, name, "olive") for name in names]
+        runs.append(pool.submit(run_container, h2, "q0", "olive"))
+        assert all(run.result().returncode == 0 for run in runs), [
+            run.result().stderr for run in runs]
+    found = {name: address_of(h1, name).split("/")[0] for name in names}
+    found["q0"] = address_of(h2, "q0").split("/")[0]
+    assert len(set(found.values())) == len(found), found
+    assert {e["ip"] for e in endpoints(lab, "h3", "olive")} == set(found.values())
+    for name in names:
+        assert wait_ping(h2, "q0", found[name])
+    h1.docker("rm", "-f", *names)
+    h2.docker("rm", "-f", "q0")
+    assert endpoints(lab, "h1", "olive") == []

@@ -15,6 +15,7 @@ import pytest
 
 from netd import config
 from netd.errors import InvalidInput
+from netd.runtimes.client import ApiError
 from netd.runtimes.docker import DockerPlugin
 from netd.runtimes.local import LocalNetd
 from netd.runtimes.state import PluginState
@@ -160,3 +161,30 @@ def test_a_restarted_netd_finishes_an_attach_it_never_did(service: Service) -> N
     assert p2.recover() == 1
     assert ips(service) == {"web.h1": "10.1.0.7"}
     assert plugin(service, engine).recover() == 0  # attached already: nothing to do
+
+
+def test_an_automatic_address_taken_meanwhile_gives_way(service: Service) -> None:
+    service.create_network({"name": "blue", "subnet": "10.1.0.0/24"})
+    engine = Engine()
+    p = plugin(service, engine)
+    p.handle("/NetworkDriver.CreateNetwork", {
+        "NetworkID": NID, "IPv4Data": [{"Pool": "10.1.0.0/24", "Gateway": "10.1.0.1/24"}],
+        "Options": {"com.docker.network.generic": {"network": "blue"}}})
+    handed = p.handle("/IpamDriver.RequestAddress", {"PoolID": "netd:10.1.0.0/24",
+                                                     "Address": ""})["Address"]
+    ip = handed.split("/")[0]
+    service.attach({"container": "other", "network": "blue", "ip": ip})  # another host
+    p.handle("/NetworkDriver.CreateEndpoint", {
+        "NetworkID": NID, "EndpointID": "e1", "Interface": {"Address": handed}})
+    engine.containers["e1"] = "web"
+    attached = p._attach(NID, "e1", SANDBOX + "e1")
+    assert attached["ip"] != ip and ips(service) == {"other": ip, "web.h1": attached["ip"]}
+    record = p.state.endpoint("e1")
+    assert record is not None and record["ip"] == attached["ip"]
+    # a fixed address (--ip) is not replaced: the attach is refused
+    p.handle("/NetworkDriver.CreateEndpoint", {
+        "NetworkID": NID, "EndpointID": "e2", "Interface": {"Address": "10.1.0.50/24"}})
+    service.attach({"container": "third", "network": "blue", "ip": "10.1.0.50"})
+    engine.containers["e2"] = "db"
+    with pytest.raises(ApiError, match="in use"):
+        p._attach(NID, "e2", SANDBOX + "e2")
