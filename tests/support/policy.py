@@ -43,9 +43,9 @@ class Net:
 
 
 def make_net(lab: Lab, name: str, prefix: str, tenant: str = "default",
-             *driver_args: str) -> Net:
-    """A /24 network `<prefix>.0/24`; `driver_args` e.g. "--driver", "openflow"."""
-    lab.netctl("h1", "network", "create", name, "--subnet", f"{prefix}.0/24",
+             *driver_args: str, subnet: str | None = None) -> Net:
+    """A network `<prefix>.0/24` (or `subnet`); `driver_args` e.g. "--driver", "openflow"."""
+    lab.netctl("h1", "network", "create", name, "--subnet", subnet or f"{prefix}.0/24",
                "--tenant", tenant, *driver_args)
     return Net(name, prefix)
 
