@@ -24,6 +24,7 @@ tables the pipeline reserved.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping
 
@@ -195,8 +196,18 @@ def security_group_flows(vni: int, port: LocalPort, policy: PortPolicy,
 
 def port_flows(vni: int, port: LocalPort, policy: PortPolicy | None,
                members: Mapping[str, frozenset[str]]) -> list[Flow]:
-    """Everything of one port's policy; `policy` None: not computed yet, closed."""
+    """Everything of one port's policy; `policy` None: not computed yet, closed.
+    Cached by the port, its policy and its remote groups' members: an apply recomputes
+    only the ports whose policy or groups changed."""
     if policy is None:
         return []
-    return [*port_security_flows(vni, port, policy),
-            *security_group_flows(vni, port, policy, members)]
+    used = sorted({r.group for r in (*policy.ingress, *policy.egress) if r.group})
+    return list(_port_flows(vni, port, policy,
+                            tuple((k, members.get(k, frozenset())) for k in used)))
+
+
+@functools.lru_cache(maxsize=16384)
+def _port_flows(vni: int, port: LocalPort, policy: PortPolicy,
+                members: tuple[tuple[str, frozenset[str]], ...]) -> tuple[Flow, ...]:
+    return (*port_security_flows(vni, port, policy),
+            *security_group_flows(vni, port, policy, dict(members)))

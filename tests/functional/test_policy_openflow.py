@@ -55,9 +55,10 @@ def flows(lab: OvsLab, host: str, table: int | None = None) -> list[str]:
     return sorted(line.strip() for line in out.splitlines() if "cookie=" in line)
 
 
-def rule_sources(lab: OvsLab, host: str) -> set[str]:
-    """Every remote address named by an ingress rule flow on `host`."""
+def rule_sources(lab: OvsLab, host: str, port: int) -> set[str]:
+    """Every remote address an ingress rule flow for TCP `port` on `host` names."""
     return {m for line in flows(lab, host, INGRESS_RULES)
+            if re.search(rf"\b(tp|tcp)_dst={port}\b", line)
             for m in re.findall(r"nw_src=([\d.]+)(?:[,\s]|$)", line)}
 
 
@@ -112,15 +113,18 @@ def test_stateful_groups_on_openflow(lab: OvsLab, procs: list[subprocess.Popen[s
     assert probe(a, ip["s"], 9090) is None
     # membership: B joins web (on h1) -> S's host h2 has its flows within 1 s of the
     # change (measured from the command's return, as in test_policy.py)
+    assert ip["a"] in rule_sources(lab, "h2", 8080)
+    assert ip["b"] not in rule_sources(lab, "h2", 8080)
     lab.netctl("h1", "endpoint", "update", b, "--network", net.name, "--sg", "sofs-web")
     started = time.monotonic()
-    assert wait_until(lambda: probe(b, ip["s"], 8080, timeout=0.2) == "S", 3)
+    assert wait_until(lambda: ip["b"] in rule_sources(lab, "h2", 8080), 3)
     joined = time.monotonic() - started
     assert joined < 1.0, (f"membership reached the other host after {joined:.2f} s\n"
                           + log_tail(lab, "h2"))
+    assert wait_until(lambda: probe(b, ip["s"], 8080) == "S", 3)
     lab.netctl("h1", "endpoint", "update", b, "--network", net.name)
     started = time.monotonic()
-    assert wait_until(lambda: probe(b, ip["s"], 8080, timeout=0.2) is None, 3)
+    assert wait_until(lambda: ip["b"] not in rule_sources(lab, "h2", 8080), 3)
     left = time.monotonic() - started
     assert left < 1.0, f"leaving took {left:.2f} s"
     assert probe(b, ip["s"], 8080) is None
