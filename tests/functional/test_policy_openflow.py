@@ -68,7 +68,8 @@ def ofport(lab: OvsLab, host: str, net: Net, short: str) -> int:
 
 
 # --- stateful groups -----------------------------------------------------------------------
-def test_stateful_groups_on_openflow(lab: OvsLab, procs: list[subprocess.Popen[str]]) -> None:
+def test_stateful_groups_on_openflow(lab: OvsLab, tmp_path: Path,
+                                     procs: list[subprocess.Popen[str]]) -> None:
     """S (h2) and A (h1) in web, whose only rule lets web members reach tcp/8080; B (h1)
     and C (h2) in no group."""
     net = make_net(lab, "sofstate", "10.71.0", "default", *OPENFLOW)
@@ -94,6 +95,14 @@ def test_stateful_groups_on_openflow(lab: OvsLab, procs: list[subprocess.Popen[s
     assert pings(lab, s, ip["b"])
     assert probe(s, ip["b"], 8081) == "B"
     assert not pings(lab, s, ip["a"])  # A is a member: its ingress is closed to ICMP
+    # an IPv4 broadcast reaches the open C, never the member S (floods skip its port)
+    caps = {n: start_capture(n, tmp_path / f"{n}.pcap", "udp port 7777") for n in (s, c)}
+    procs.extend(caps.values())
+    send_frames(b, [{"kind": "udp", "src_mac": net.macs["b"], "src_ip": ip["b"],
+                     "dst_mac": "ff:ff:ff:ff:ff:ff", "dst_ip": f"{net.prefix}.255",
+                     "port": 7777, "payload": "b-broadcast"}])
+    seen = {n: payloads(w, tmp_path / f"{n}.pcap") for n, w in caps.items()}
+    assert "b-broadcast" in seen[c] and "b-broadcast" not in seen[s], seen
     # the userspace datapath runs the connection through conntrack in S's zone
     zone = ofport(lab, "h2", net, "s")
     traced = lab.ovs["h2"].appctl(
