@@ -16,6 +16,10 @@ cookies are never touched. The switch keeps its flows while netd is away (fail_m
 secure), so a restarted netd finds every cookie in place and changes nothing. A switch
 that (re)connects, or a canary flow that vanished (ovs-vswitchd restarted, someone
 deleted flows), asks for a verify apply, which re-reads the table and rebuilds it.
+
+Policy: the computed policy of this driver's ports arrives in `HostState.policy` and is
+rendered in the same apply (plugins.openflow.security: anti-spoofing, stateful security
+groups with OVS conntrack); a port the policy does not list gets no hook flows (closed).
 """
 
 from __future__ import annotations
