@@ -182,14 +182,34 @@ def render(policy: HostPolicy, drivers: Iterable[str]) -> Rendered:
                  for a in bridges for b in bridges if tenant_of[a] == tenant_of[b]}
     used = {r.group for p in ports for r in (*p.ingress, *p.egress) if r.group}
     return Rendered(
-        skeleton=_skeleton(veth_prefixes(drivers)),
+        skeleton=_skeleton(veth_prefixes(drivers), _tenant_rules(ports)),
         ports={p.link or "": _port_unit(p) for p in ports},
         sets={set_name(k): frozenset(v) for k, v in policy.members.items() if k in used},
         bridge_elements=frozenset(elements),
     )
 
 
-def _skeleton(prefixes: list[str]) -> str:
+def _tenant_rules(ports: list[PortPolicy]) -> tuple[str, ...]:
+    """Routed traffic (flannel: a host forwards between every network it serves, through
+    the bridges, its vxlan devices or the underlay) never goes from a bridge to another
+    tenant's subnet, nor into a bridge from one: per bridge, addresses of other tenants'
+    networks on this host that are not also its own tenant's. Only with two tenants here."""
+    tenant_of = {p.bridge: p.tenant for p in ports if p.bridge}
+    subnets: dict[str, set[str]] = {}
+    for p in ports:
+        subnets.setdefault(p.tenant, set()).add(p.subnet)
+    rules: list[str] = []
+    for bridge, tenant in sorted(tenant_of.items()):
+        foreign = {n for t, nets in subnets.items() if t != tenant for n in nets}
+        if not foreign:
+            continue
+        own, other = _elements(subnets[tenant]), _elements(foreign)
+        rules += [f"iifname {_q(bridge)} ip daddr != {{ {own} }} ip daddr {{ {other} }} drop",
+                  f"oifname {_q(bridge)} ip saddr != {{ {own} }} ip saddr {{ {other} }} drop"]
+    return tuple(rules)
+
+
+def _skeleton(prefixes: list[str], tenant_rules: tuple[str, ...] = ()) -> str:
     drop_in = "".join(f"    iifname {_q(prefix + '*')} drop\n" for prefix in prefixes)
     drop_out = "".join(f"    oifname {_q(prefix + '*')} drop\n" for prefix in prefixes)
     hooks = "".join(
@@ -224,6 +244,7 @@ def _skeleton(prefixes: list[str]) -> str:
         "  chain decide {\n"
         f"    ct state established,related meta mark set meta mark | {PASS:#x} accept\n"
         "    ct state invalid drop\n"
+        + "".join(f"    {rule}\n" for rule in tenant_rules) +
         "    iifname @bridges oifname @bridges iifname . oifname != @same_tenant drop\n"
         "    iifname . ip saddr vmap @egress\n"
         "    oifname . ip daddr vmap @ingress\n"

@@ -32,6 +32,8 @@ class Kind(enum.IntEnum):
     REMOTE = 5  # a remote endpoint; owner: hash of "<network>/<endpoint>"
     TUNNEL = 6  # owner: hash of the tunnel port name
     MAC2MAC = 7  # owner: VNI
+    PORT_SECURITY = 8  # a local port's anti-spoofing and hooks; owner: as ENDPOINT
+    SECURITY_GROUP = 9  # a local port's stateful rules; owner: as ENDPOINT
 
 
 def stable_id(key: str) -> int:

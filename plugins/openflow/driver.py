@@ -16,6 +16,10 @@ cookies are never touched. The switch keeps its flows while netd is away (fail_m
 secure), so a restarted netd finds every cookie in place and changes nothing. A switch
 that (re)connects, or a canary flow that vanished (ovs-vswitchd restarted, someone
 deleted flows), asks for a verify apply, which re-reads the table and rebuilds it.
+
+Policy: the computed policy of this driver's ports arrives in `HostState.policy` and is
+rendered in the same apply (plugins.openflow.security: anti-spoofing, stateful security
+groups with OVS conntrack); a port the policy does not list gets no hook flows (closed).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from netd.plugin import (
     remote_endpoints,
 )
 from netd.plumbing import ContainerPort, PlugFailed, plug, unplug
+from netd.policy.model import PortPolicy
 from plugins.openflow.names import (
     INTEGRATION_BRIDGE,
     PATCH_INT,
@@ -68,6 +73,7 @@ from plugins.openflow.pipeline import (
     remote_flows,
     tunnel_flows,
 )
+from plugins.openflow.security import open_policy, port_flows
 
 log = logging.getLogger(__name__)
 
@@ -375,8 +381,12 @@ class OpenFlowDriver:
         if self._patch_ofport is not None and self._segment is not None:
             add(mac2mac_port_flows(self._patch_ofport), "driver:openflow")
         tunnels_done: set[str] = set()
+        policy = desired.policy
+        policies = ({(p.network, p.endpoint): p for p in policy.ports}
+                    if policy is not None else None)
+        members = policy.members if policy is not None else {}
         for ns in sorted(desired.networks.values(), key=lambda n: n.network.vni):
-            view = self._view(ns, host, desired, ports, report)
+            view = self._view(ns, host, desired, ports, report, policies)
             if view is None:
                 continue
             net_item = network_id(ns.network)
@@ -389,6 +399,8 @@ class OpenFlowDriver:
             add(network_flows(view), net_item)
             for port in view.local:
                 add(endpoint_flows(view.vni, port), f"endpoint:{port.key}")
+                add(port_flows(view.vni, port, _port_policy(policies, ns.network.name, port),
+                               members), f"endpoint:{port.key}")
                 if view.mac2mac_port is not None:
                     add(mac2mac_endpoint_flows(view.vni, port, view.mac2mac_port),
                         f"endpoint:{port.key}")
@@ -397,9 +409,11 @@ class OpenFlowDriver:
         return flows
 
     def _view(self, ns: NetworkState, host: Host, desired: HostState,
-              ports: dict[str, PortInfo], report: ApplyReport) -> NetworkView | None:
+              ports: dict[str, PortInfo], report: ApplyReport,
+              policies: dict[tuple[str, str], PortPolicy] | None = None) -> NetworkView | None:
         net = ns.network
         local: list[LocalPort] = []
+        closed: list[int] = []
         for ep in ns.local:
             info = ports.get(host_veth_name(net.name, ep.name))
             if info is None or info.ofport <= 0:
@@ -408,6 +422,9 @@ class OpenFlowDriver:
                                 + (f": {info.error}" if info is not None and info.error else ""))
                 continue
             local.append(LocalPort(f"{net.name}/{ep.name}", ep.mac, ep.ip, info.ofport))
+            mine = _port_policy(policies, net.name, local[-1])
+            if mine is None or mine.restricted_ingress:
+                closed.append(info.ofport)
         tunnels: dict[str, int] = {}
         for peer in other_peers(ns, host):
             info = ports.get(tunnel_port_name(net.backend, peer.underlay_ip))
@@ -428,7 +445,8 @@ class OpenFlowDriver:
             remote.append(RemoteMac(f"{net.name}/{ep.name}", ep.mac, ep.ip, ofport,
                                     mac2mac=same_segment))
         return NetworkView(net.vni, tuple(local), tuple(remote), tuple(tunnels.values()),
-                           mac2mac_port=self._patch_ofport if mac2mac else None)
+                           mac2mac_port=self._patch_ofport if mac2mac else None,
+                           closed=tuple(sorted(closed)))
 
     def _push(self, flows: dict[int, tuple[Flow, str]], *, sweep: bool, verify: bool,
               report: ApplyReport) -> None:
@@ -468,3 +486,11 @@ class OpenFlowDriver:
         if sweep and not failed:
             self._synced = True
 
+
+def _port_policy(policies: dict[tuple[str, str], PortPolicy] | None, network: str,
+                 port: LocalPort) -> PortPolicy | None:
+    """A local port's computed policy; no policy at all (a caller without one): only
+    anti-spoofing; a policy that lacks the port: None (closed until it has one)."""
+    if policies is None:
+        return open_policy(network, port)
+    return policies.get((network, port.key.split("/", 1)[1]))

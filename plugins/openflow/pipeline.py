@@ -12,13 +12,20 @@ came from a tunnel):
   4   MAC2MAC_SRC     its source MAC names (VNI, remote endpoint) -> real MAC, 30
   5   TUNNEL_INGRESS  tunnel port + tunnel key (VNI) of a network this host serves ->
                       metadata=VNI|FROM_TUNNEL, 30
-  10  EGRESS_HOOK     where the security-group issue puts egress policy; now -> 20
+  10  EGRESS_HOOK     anti-spoofing per local port (its ARP and IPv4 source only); a
+                      port in a security group -> conntrack in its zone -> 11, others
+                      -> 20; anything else dropped (plugins.openflow.security)
+  11  EGRESS_RULES    established/related -> 20, new connections the port's egress
+                      rules allow -> committed, 20; else dropped
   20  ARP_RESPONDER   ARP requests for known endpoints of the network answered by flows
                       (out the port they came in); others -> 30
   30  L2_LOOKUP       destination MAC of a local endpoint -> 40; of a remote endpoint
                       (frames not from a tunnel) -> tunnel key = VNI, out its host's
                       tunnel port; broadcast and unknown -> 60
-  40  INGRESS_HOOK    where ingress policy will go; now -> 50
+  40  INGRESS_HOOK    frames to a local port: ARP and IPv4 to a port in a group ->
+                      conntrack in its zone -> 41; to others -> 50; else dropped
+  41  INGRESS_RULES   established/related -> 50, new connections the port's ingress
+                      rules allow -> committed, 50; else dropped
   50  LOCAL_OUTPUT    destination MAC -> the endpoint's port
   60  FLOOD           frames from local ports: every local port of the network and the
                       tunnel of every peer host with the network; frames from a tunnel:
@@ -47,9 +54,11 @@ MAC2MAC_IN = 3
 MAC2MAC_SRC = 4
 TUNNEL_INGRESS = 5
 EGRESS_HOOK = 10
+EGRESS_RULES = 11
 ARP_RESPONDER = 20
 L2_LOOKUP = 30
 INGRESS_HOOK = 40
+INGRESS_RULES = 41
 LOCAL_OUTPUT = 50
 FLOOD = 60
 MAC2MAC_OUT = 70
@@ -57,6 +66,7 @@ CANARY = 200
 TABLES = {
     "classifier": CLASSIFIER, "tunnel_ingress": TUNNEL_INGRESS, "egress_hook": EGRESS_HOOK,
     "arp_responder": ARP_RESPONDER, "l2_lookup": L2_LOOKUP, "ingress_hook": INGRESS_HOOK,
+    "egress_rules": EGRESS_RULES, "ingress_rules": INGRESS_RULES,
     "local_output": LOCAL_OUTPUT, "flood": FLOOD, "canary": CANARY,
     "mac2mac_in": MAC2MAC_IN, "mac2mac_src": MAC2MAC_SRC, "mac2mac_out": MAC2MAC_OUT,
 }
@@ -66,17 +76,19 @@ PRIO_DEFAULT = 0  # end of a table
 PRIO_FLOOD = 10  # broadcast / unknown unicast within a network
 PRIO_MAC2MAC = 90  # restore a MAC2MAC-rewritten destination
 PRIO_MATCH = 100  # an exact object (port, MAC, IP)
+PRIO_IP_FLOOD = 110  # IPv4 floods that skip ports in a security group
 
 VNI_MASK = 0xFFFFFF
 FROM_TUNNEL = 1 << 32
 NETWORK_MASK = VNI_MASK | FROM_TUNNEL  # the VNI and where the frame came from
 METADATA_ALL = (1 << 64) - 1
 ETH_ARP = 0x0806
+ETH_IP = 0x0800
 ARP_REQUEST = 1
 ARP_REPLY = 2
 
 # one action: ("output", port) | ("in_port",) | ("set_field", name, value)
-#             | ("move", src_field, dst_field, n_bits)
+#             | ("move", src_field, dst_field, n_bits) | ("ct", commit, zone, table or None)
 Action = tuple[Any, ...]
 
 
@@ -144,6 +156,7 @@ class NetworkView:
     remote: tuple[RemoteMac, ...] = ()
     peer_tunnels: tuple[int, ...] = ()  # tunnel ofport of each peer host with the network
     mac2mac_port: int | None = None  # patch port to the underlay bridge (MAC2MAC on)
+    closed: tuple[int, ...] = ()  # local ports in a security group: no IPv4 floods
 
 
 # --- match helpers shared by the install and delete sides ---------------------------------
@@ -172,10 +185,12 @@ def pipeline_flows() -> list[Flow]:
     return [
         Flow(CLASSIFIER, PRIO_DEFAULT, k, o),
         Flow(TUNNEL_INGRESS, PRIO_DEFAULT, k, o),
-        Flow(EGRESS_HOOK, PRIO_DEFAULT, k, o, goto=ARP_RESPONDER),
+        Flow(EGRESS_HOOK, PRIO_DEFAULT, k, o),
+        Flow(EGRESS_RULES, PRIO_DEFAULT, k, o),
         Flow(ARP_RESPONDER, PRIO_DEFAULT, k, o, goto=L2_LOOKUP),
         Flow(L2_LOOKUP, PRIO_DEFAULT, k, o),
-        Flow(INGRESS_HOOK, PRIO_DEFAULT, k, o, goto=LOCAL_OUTPUT),
+        Flow(INGRESS_HOOK, PRIO_DEFAULT, k, o),
+        Flow(INGRESS_RULES, PRIO_DEFAULT, k, o),
         Flow(LOCAL_OUTPUT, PRIO_DEFAULT, k, o),
         Flow(FLOOD, PRIO_DEFAULT, k, o),
         Flow(MAC2MAC_IN, PRIO_DEFAULT, k, o),
@@ -220,6 +235,16 @@ def network_flows(view: NetworkView) -> list[Flow]:
              actions=local_out + to_peers),
         Flow(FLOOD, PRIO_MATCH, k, v, network_match(v, from_tunnel=True), actions=local_out),
     ]
+    if view.closed:  # IPv4 broadcast and multicast never reach a port in a group
+        open_out = tuple(a for a in local_out if a[1] not in view.closed)
+        flows += [
+            Flow(FLOOD, PRIO_IP_FLOOD, k, v, network_match(v, from_tunnel=False,
+                                                           eth_type=ETH_IP),
+                 actions=open_out + to_peers),
+            Flow(FLOOD, PRIO_IP_FLOOD, k, v, network_match(v, from_tunnel=True,
+                                                           eth_type=ETH_IP),
+                 actions=open_out),
+        ]
     for tun in sorted(set(view.peer_tunnels)):
         flows.append(Flow(TUNNEL_INGRESS, PRIO_MATCH, k, v, _match(in_port=tun, tunnel_id=v),
                           write_metadata=(v | FROM_TUNNEL, METADATA_ALL), goto=L2_LOOKUP))
@@ -310,10 +335,13 @@ def desired_flows(networks: Sequence[NetworkView],
     out.add(pipeline_flows())
     for name, ofport in sorted(tunnels):
         out.add(tunnel_flows(name, ofport))
+    from plugins.openflow.security import open_policy, port_flows
+
     for view in sorted(networks, key=lambda n: n.vni):
         out.add(network_flows(view))
         for port in view.local:
             out.add(endpoint_flows(view.vni, port))
+            out.add(port_flows(view.vni, port, open_policy("", port), {}))
             if view.mac2mac_port is not None:
                 out.add(mac2mac_endpoint_flows(view.vni, port, view.mac2mac_port))
         for remote in view.remote:

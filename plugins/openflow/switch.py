@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from os_ken.ofproto import nicira_ext
+
 from netd.errors import DatapathError
 from plugins.openflow.app import NetdOFApp
 from plugins.openflow.cookies import MAGIC_MASK, MAGIC_SHIFT, NETD_MAGIC, OWNER_MASK
@@ -57,6 +59,13 @@ class Switch:
                 out.append(parser.OFPActionOutput(ofp.OFPP_IN_PORT, 0))
             elif kind == "set_field":
                 out.append(parser.OFPActionSetField(**{action[1]: action[2]}))
+            elif kind == "ct":
+                _, commit, zone, table = action
+                out.append(parser.NXActionCT(
+                    flags=nicira_ext.NX_CT_F_COMMIT if commit else 0, zone_src="",
+                    zone_ofs_nbits=zone,
+                    recirc_table=nicira_ext.NX_CT_RECIRC_NONE if table is None else table,
+                    alg=0, actions=[]))
             elif kind == "move":
                 out.append(parser.NXActionRegMove(src_field=action[1], dst_field=action[2],
                                                   n_bits=action[3]))

@@ -57,3 +57,13 @@ def make_netns() -> Iterator[Callable[[str], str]]:
     yield make
     for name in made:
         subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes a test starts (servers, probes, captures), killed at its end."""
+    from tests.support.policy import kill_all
+
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    kill_all(started)

@@ -8,18 +8,26 @@ groups, so tests do not depend on each other's state.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import secrets
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from netd.lab import Lab, ns_exec, run
+from tests.support.policy import (
+    attach,
+    log_tail,
+    make_net,
+    netctl_fails,
+    payloads,
+    pings,
+    start_capture,
+    wait_until,
+)
 from tests.support.probes import PROBE_LOOP, PYTHON, probe, send_frames, start_server
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
@@ -31,68 +39,6 @@ def lab() -> Iterator[Lab]:
         yield lab
 
 
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    """Processes a test starts (servers, probes), killed at its end."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-@dataclass
-class Net:
-    name: str
-    prefix: str  # first three octets
-    containers: dict[str, str] = field(default_factory=dict)  # short name -> netns
-    ips: dict[str, str] = field(default_factory=dict)
-    macs: dict[str, str] = field(default_factory=dict)
-
-
-def make_net(lab: Lab, name: str, prefix: str, tenant: str = "default") -> Net:
-    lab.netctl("h1", "network", "create", name, "--subnet", f"{prefix}.0/24",
-               "--tenant", tenant)
-    return Net(name, prefix)
-
-
-def attach(lab: Lab, net: Net, host: str, short: str, last: int, *groups: str) -> str:
-    netns = lab.add_container(host, f"{net.name}-{short}")
-    args = ["attach", netns, "--network", net.name, "--ip", f"{net.prefix}.{last}"]
-    for group in groups:
-        args += ["--sg", group]
-    ep = json.loads(lab.netctl(host, "--json", *args).stdout)
-    net.containers[short], net.ips[short], net.macs[short] = netns, ep["ip"], ep["mac"]
-    return netns
-
-
-def pings(lab: Lab, netns: str, ip: str) -> bool:
-    return lab.ping(netns, ip, wait=0.5).returncode == 0
-
-
-def netctl_fails(lab: Lab, host: str, *args: str) -> str:
-    r = lab.netctl(host, *args, check=False)
-    assert r.returncode != 0, f"netctl {' '.join(args)} should fail: {r.stdout}"
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    return lines[0]
-
-
-def log_tail(lab: Lab, host: str, lines: int = 15) -> str:
-    return "\n".join(lab.hosts[host].log.read_text().splitlines()[-lines:])
-
-
 def member_sets(lab: Lab, host: str) -> set[str]:
     """Every address in a member set of netd's inet table on `host`."""
     out = run(ns_exec(lab.hosts[host].netns, "nft", "-j", "list", "table", "ip", "netd"),
@@ -102,30 +48,6 @@ def member_sets(lab: Lab, host: str) -> set[str]:
         for element in item.get("set", {}).get("elem", []):
             found.add(element if isinstance(element, str) else json.dumps(element))
     return found
-
-
-def start_capture(netns: str, pcap: Path, bpf: str) -> subprocess.Popen[str]:
-    dump = subprocess.Popen(ns_exec(netns, "tcpdump", "--immediate-mode", "-U", "-n", "-i",
-                                    "eth0", "-w", str(pcap), bpf),
-                            stderr=subprocess.PIPE, text=True)
-    assert dump.stderr is not None and "listening" in dump.stderr.readline()
-    return dump
-
-
-def payloads(dump: subprocess.Popen[str], pcap: Path) -> str:
-    """Stop a capture; the text of its frames' payloads and ARP senders, one per line."""
-    time.sleep(0.5)
-    dump.terminate()
-    dump.wait(5)
-    fields = run(["tshark", "-r", str(pcap), "-T", "fields", "-e", "data.text", "-e",
-                  "arp.src.proto_ipv4", "-e", "arp.src.hw_mac", "-e", "udp.payload", "-o",
-                  "data.show_as_text:TRUE"], check=False).stdout
-    decoded = []  # UDP payloads as text too (DHCP ports are not shown as data.text)
-    for line in fields.splitlines():
-        for cell in line.split("\t"):
-            with contextlib.suppress(ValueError):
-                decoded.append(bytes.fromhex(cell.replace(":", "")).decode("ascii", "replace"))
-    return fields + "\n".join(decoded)
 
 
 def nft_tables(lab: Lab, host: str) -> list[tuple[str, str]]:
