@@ -85,6 +85,7 @@ class SyncStatus:
     syncs: int = 0
     store_ok: bool = False
     store_error: str = ""
+    store_down_since: float = 0.0  # wall clock the store was last found away (0: it is not)
     seen_revision: int = 0  # store revision the local copy reflects
     workers: dict[str, WorkerStatus] = field(default_factory=dict)
 
@@ -273,6 +274,7 @@ class Reconciler:
         self._seen = 0  # root revision every worker has been offered
         self._store_ok = False
         self._store_error = ""
+        self._store_down_since = 0.0
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._kick = threading.Event()
@@ -332,6 +334,7 @@ class Reconciler:
         workers = self.workers()
         with self._cond:
             status = SyncStatus(store_ok=self._store_ok, store_error=self._store_error,
+                                store_down_since=self._store_down_since,
                                 seen_revision=self._seen, workers=workers)
         if workers:
             status.revision = min(w.revision for w in workers.values())
@@ -342,6 +345,14 @@ class Reconciler:
         else:
             status.revision = status.seen_revision
         return status
+
+    def store_down(self) -> tuple[float, str] | None:
+        """(since when, why) while this host's watch is broken; None while it follows the
+        store (or has not listed it yet)."""
+        with self._cond:
+            if not self._store_down_since:
+                return None
+            return self._store_down_since, self._store_error
 
     def snapshot(self) -> Snapshot:
         with self._cond:
@@ -520,6 +531,10 @@ class Reconciler:
         with self._cond:
             self._store_ok = ok
             self._store_error = error
+            if ok:
+                self._store_down_since = 0.0
+            elif not self._store_down_since:
+                self._store_down_since = time.time()
 
 
 class _Watches:

@@ -13,13 +13,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ipam.pool import AddressPool
 from ipam.scope import AddressRange
+from netd.calc import Snapshot
 from netd.container import ContainerRef
-from netd.errors import InvalidInput, NetdError, NotFound
+from netd.errors import InvalidInput, NetdError, NotFound, StoreUnavailable
 from netd.hosts import HostRegistration
 from netd.model import Endpoint, Host, Network, check_name
 from netd.plugin import DriverSpec, NetworkHooks
@@ -112,10 +114,36 @@ class Context:
                 self._pools[(network.name, scope)] = cached
             return cached[1]
 
+    def store_down(self) -> str | None:
+        """"store unavailable since <time> (<why>)" while this host's watch of the store
+        is broken, else None."""
+        down = self.reconciler.store_down()
+        if down is None:
+            return None
+        since, why = down
+        why = " ".join(why.split())  # one line, whatever the store said
+        return f"store unavailable since {utc(since)}" + (f" ({why})" if why else "")
+
+    def refuse_while_store_down(self, what: str) -> None:
+        """Writes fail at once, sending nothing, while the store is known to be away."""
+        down = self.store_down()
+        if down is not None:
+            raise StoreUnavailable(f"{what}: {down}; nothing was changed, try again once "
+                                   "netctl status says the store is reachable")
+
+    def last_known(self) -> Snapshot | None:
+        """The reconciler's copy of the store while the store is away (reads answer
+        from it), else None (read the store)."""
+        return self.reconciler.snapshot() if self.reconciler.store_down() else None
+
     def await_apply(self, revision: int, item: str | None) -> str | None:
         if not self.reconciler.wait_applied(revision, item, APPLY_TIMEOUT):
             return f"this host did not apply the change within {APPLY_TIMEOUT:.0f} s"
         return None if item is None else self.reconciler.item_error(item)
+
+
+def utc(when: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
 
 
 def address_range(network: Network) -> AddressRange:

@@ -79,6 +79,10 @@ class Status:
                 "reachable": reachable and sync.store_ok, "revision": revision,
                 "error": error or sync.store_error,
                 "watch": "ok" if sync.store_ok else (sync.store_error or "not started"),
+                # wall clock since when this host's watch has been broken (0: it is not)
+                "unavailable_since": sync.store_down_since,
+                "state": ("reachable" if reachable and sync.store_ok else ctx.store_down()
+                          or f"store unavailable ({error or 'not listed yet'})"),
             },
             "networks": len(snapshot.networks),
             "endpoints": len(local),
