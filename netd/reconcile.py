@@ -247,10 +247,14 @@ class Reconciler:
         host_grace: float = 0.0,
         policy: PolicyWorker | None = None,
         flow_policy_drivers: frozenset[str] = frozenset(),
+        still_there: Callable[[Host], bool] = lambda host: False,
     ) -> None:
         """`policy`: the nftables policy worker (None: no kernel policy here);
         `flow_policy_drivers`: drivers that enforce policy themselves and get the
-        computed policy in `HostState.policy` (openflow)."""
+        computed policy in `HostState.policy` (openflow); `still_there(host)`: whether a
+        host whose registry key vanished still answers on the underlay (it is kept
+        then, beyond the grace; netd.liveness)."""
+        self._still_there = still_there
         self._policy = policy
         self._flow_policy_drivers = flow_policy_drivers
         self._host_policy: HostPolicy | None = None
@@ -419,13 +423,22 @@ class Reconciler:
         unreachable (or paused) longer than the TTL, and every lease lapsed at once.
         Live daemons re-register within one keepalive interval of the store coming
         back; tearing their tunnels down meanwhile would cut traffic between healthy
-        hosts. A host that does not come back within the grace is dropped."""
-        now = time.monotonic()
+        hosts. A host that does not come back within the grace is dropped, unless it
+        still answers on the underlay: then only its link to the store is cut (a
+        partition longer than the TTL) and its containers still forward."""
         for name in [n for n in self._departed if n in live]:
             del self._departed[name]
-        for name in [n for n, (_, t) in self._departed.items() if now - t >= self._host_grace]:
+        for name in self._gone_for_good():
+            log.info("host %s left the registry %.1f s ago and does not answer on the "
+                     "underlay: dropping it", name, time.monotonic() - self._departed[name][1])
             del self._departed[name]
         return {name: host for name, (host, _) in self._departed.items()}
+
+    def _gone_for_good(self) -> list[str]:
+        """Departed hosts past the grace that do not answer on the underlay."""
+        now = time.monotonic()
+        return [name for name, (host, t) in self._departed.items()
+                if not self._still_there(host) and now - t >= self._host_grace]
 
     def _note_departures(self, before: Mapping[str, Host], after: Mapping[str, Host]) -> None:
         if self._host_grace <= 0:
@@ -483,9 +496,7 @@ class Reconciler:
                             if self._state.delete(ev.key) and before:
                                 self._note_departures(before, self._state.hosts())
                 due = time.monotonic() >= next_resync
-                grace_over = any(
-                    time.monotonic() - t >= self._host_grace for _, t in self._departed.values()
-                )
+                grace_over = bool(self._departed) and bool(self._gone_for_good())
                 if batch or due or grace_over or self._kick.is_set():
                     self._kick.clear()
                     self._offer(revision, verify=due)
