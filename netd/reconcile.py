@@ -32,6 +32,7 @@ from typing import Any
 from netd import metrics
 from netd.calc import DesiredState, Snapshot
 from netd.errors import Compacted, NetdError, StoreUnavailable
+from netd.faults import crash_point
 from netd.model import Host
 from netd.plugin import ApplyReport, Driver, HostState, network_of_item
 from netd.policy.compute import host_policy
@@ -190,7 +191,9 @@ class DriverWorker:
                 return
             desired, revision, verify = work
             started = time.monotonic()
+            crash_point("apply.before")
             report = self._apply(desired, sweep=self._status.syncs > 0, verify=verify)
+            crash_point("apply.after")
             self._finish(desired, revision, report, time.monotonic() - started)
 
     def _apply(self, desired: HostState, *, sweep: bool, verify: bool) -> ApplyReport:

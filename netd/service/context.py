@@ -19,6 +19,7 @@ from typing import Any
 
 from ipam.pool import AddressPool
 from ipam.scope import AddressRange
+from netd import faults
 from netd.calc import Snapshot
 from netd.container import ContainerRef
 from netd.errors import InvalidInput, NetdError, NotFound, StoreUnavailable
@@ -125,7 +126,9 @@ class Context:
         return f"store unavailable since {utc(since)}" + (f" ({why})" if why else "")
 
     def refuse_while_store_down(self, what: str) -> None:
-        """Writes fail at once, sending nothing, while the store is known to be away."""
+        """Writes fail at once, sending nothing, while the store is known to be away.
+        (Every write request starts here: crash points count from the first one.)"""
+        faults.arm()
         down = self.store_down()
         if down is not None:
             raise StoreUnavailable(f"{what}: {down}; nothing was changed, try again once "

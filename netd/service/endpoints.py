@@ -21,6 +21,7 @@ from ipam import macs
 from ipam.pool import AddressPool, Plan
 from netd.container import ContainerRef, endpoint_name
 from netd.errors import Conflict, DatapathError, Exhausted, InvalidInput, NotFound
+from netd.faults import crash_point
 from netd.model import (
     Endpoint,
     Network,
@@ -127,10 +128,12 @@ class Endpoints:
                                              groups if asked_groups else None)
             endpoint = planned.endpoint
             ctx.local.add(endpoint)
+            crash_point("attach.committed")
             error = ctx.await_apply(revision, endpoint_id(endpoint))
             if error is not None:
                 self._rollback_attach(planned, revision, pool)
                 raise DatapathError(f"attach of {ref.name} to {network.name} failed: {error}")
+            crash_point("attach.applied")
         log.info("attached %s to %s as %s", ref.name, network.name, endpoint.ip)
         return endpoint
 
@@ -368,7 +371,9 @@ class Endpoints:
             revision = self._commit_detach(endpoint, pool)
             if revision is None:
                 raise NotFound(f"{name} is not attached to network {network.name}")
+            crash_point("detach.committed")
             error = ctx.await_apply(revision, endpoint_id(endpoint))
+            crash_point("detach.applied")
         if error is not None:
             raise DatapathError(
                 f"{name} is detached from {network.name} in the store, but {error}; "

@@ -18,6 +18,7 @@ from netd.errors import (
     StoreUnavailable,
     Unsupported,
 )
+from netd.faults import crash_point
 from netd.model import Endpoint, Network, check_name, subnets_overlap, validate_network
 from netd.plugin import BackendSpec, DriverSpec, PreparedNetwork
 from netd.service import transaction
@@ -186,6 +187,7 @@ class Networks:
             )
             assert begun is not None
             revision = begun[1]
+            crash_point("rm.marked")
             self._refuse_if_attached(name)
             pool = ctx.pool(network, kv.create_revision, whole=True)
 
@@ -214,6 +216,7 @@ class Networks:
                 store.revoke_lease(lease)
             except NetdError as exc:
                 log.warning("network rm %s: marker stays until its lease expires: %s", name, exc)
+        crash_point("rm.committed")
         ctx.saw_network(None, name)
         ctx.local.forget_network(name)
         log.info("network %s removed", name)

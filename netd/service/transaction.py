@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from netd.errors import Contention
+from netd.faults import crash_point
 from netd.store.base import Condition, KeyValue, Operation, Store
 
 ATTEMPTS = 32  # commits lost to concurrent writers before giving up
@@ -94,8 +95,10 @@ def commit(
         planned = plan()
         if planned is None:
             return None
+        crash_point("commit.before")
         result = store.commit(planned.conditions, planned.operations)
         if result.succeeded:
+            crash_point("commit.after")
             return planned, result.revision
         on_failure(planned, Diagnosis(store, planned.conditions))
         if attempt + 1 >= BACKOFF_AFTER:
