@@ -4,7 +4,8 @@
 first imported) makes the n-th pass (default: the first) through `crash_point(<point>)`
 after the first write request (`arm`: start-up and its first sync pass the same points
 and do not count) end the process at once with `os._exit(CRASH_EXIT)`: no cleanup, no
-flush, no reply to the client, as a kill -9 or a power cut would. Unset, a crash point costs one comparison.
+flush, no reply to the client, as a kill -9 or a power cut would. Unset, a crash point
+costs one comparison.
 
 The points sit between the steps whose interleaving with a crash matters (POINTS); the
 crash tests (tests/functional/test_crash_points.py) run every one of them and check that
