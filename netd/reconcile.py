@@ -11,7 +11,7 @@ Each driver has its own worker thread with its own dirty flag, retry with backof
 sync, errors), so a slow driver never stalls another's attaches. A worker offered the
 very same HostState object it already applied counts the new revision as applied
 without calling the driver. Sweeping owned leftovers starts only after a worker's first
-complete sync.
+complete sync, right after it (a second, sweeping pass follows the first sync at once).
 
 The API waits on `wait_applied(revision, item)`: first until the local copy has seen
 the revision, then on the worker of the driver that owns the item (the driver of the
@@ -234,6 +234,10 @@ class DriverWorker:
             self._status.last_duration = took
             metrics.APPLY_SECONDS.labels(self.name).observe(took)
             self._status.syncs += 1
+            if self._status.syncs == 1 and not report.errors:
+                # the first full sync adopted what exists; sweep what it left over at once
+                # (a verify pass with sweep), not at the next change or resync
+                self._dirty = self._verify = True
             self._status.applying_since = 0.0
             self._cond.notify_all()
 

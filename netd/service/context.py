@@ -33,6 +33,7 @@ from netd.store.keys import Keys
 log = logging.getLogger(__name__)
 
 APPLY_TIMEOUT = 15.0
+WRITE_WAITS_FOR_STORE = 3.0  # a write waits this long for a broken watch before refusing
 
 
 class Context:
@@ -129,6 +130,9 @@ class Context:
         """Writes fail at once, sending nothing, while the store is known to be away.
         (Every write request starts here: crash points count from the first one.)"""
         faults.arm()
+        deadline = time.monotonic() + WRITE_WAITS_FOR_STORE
+        while self.reconciler.store_down() is not None and time.monotonic() < deadline:
+            time.sleep(0.1)  # a watch failing over to another member is back within this
         down = self.store_down()
         if down is not None:
             raise StoreUnavailable(f"{what}: {down}; nothing was changed, try again once "

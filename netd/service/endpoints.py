@@ -407,6 +407,11 @@ class Endpoints:
             what=f"detaching {endpoint.name} from {endpoint.network}",
         )
         ctx.local.remove(endpoint)
+        if result is None and released:
+            # planned once, gone now: an attempt whose answer was lost (a failing-over
+            # store) was applied, or a concurrent detach did it; either way it is done
+            pool.released(released[0])
+            return ctx.store.revision()
         if result is None:
             return None
         pool.released(released[0])

@@ -10,17 +10,27 @@ that lost races is never reported as anything else (not "pool exhausted").
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from netd.errors import Contention
+from netd.errors import Contention, StoreUnavailable
 from netd.faults import crash_point
 from netd.store.base import Condition, KeyValue, Operation, Store
 
+log = logging.getLogger(__name__)
+
 ATTEMPTS = 32  # commits lost to concurrent writers before giving up
+# a commit (or a read planning it) that failed quickly because the store was unreachable
+# or broke off is planned again for this long: a failing-over etcd cluster answers again
+# within it. A commit whose first attempt was applied after all fails its conditions the
+# second time and is diagnosed as such (never applied twice).
+FAILOVER_FOR = 8.0
+FAST_FAILURE = 2.5  # seconds: an attempt that took longer (a timeout) is not repeated
+FAILOVER_PAUSE = 0.25
 BACKOFF_AFTER = 2  # failed attempts before waiting a little (random, growing)
 BACKOFF_MAX = 0.05  # seconds
 
@@ -91,12 +101,26 @@ def commit(
     `on_failure(plan, diagnosis)` raises to refuse the request or returns to retry.
     Returns the committed plan and the revision it was committed at."""
     jitter = rng or random
+    failing_since: float | None = None
     for attempt in range(attempts):
-        planned = plan()
-        if planned is None:
-            return None
-        crash_point("commit.before")
-        result = store.commit(planned.conditions, planned.operations)
+        started = time.monotonic()
+        try:
+            planned = plan()
+            if planned is None:
+                return None
+            crash_point("commit.before")
+            result = store.commit(planned.conditions, planned.operations)
+        except StoreUnavailable as exc:
+            # a member died or an election runs (etcd cluster): another member answers
+            # within a second or two. A store that is away for good, or answers nothing
+            # (a timeout), fails the request as it is.
+            now = time.monotonic()
+            failing_since = failing_since or started
+            if now - started > FAST_FAILURE or now - failing_since > FAILOVER_FOR:
+                raise
+            log.info("%s: %s; planning again", what, exc)
+            time.sleep(FAILOVER_PAUSE)
+            continue
         if result.succeeded:
             crash_point("commit.after")
             return planned, result.revision

@@ -31,7 +31,7 @@ from netd.errors import (
 )
 from netd.model import Host, Network, mac_from_ip
 from netd.reconcile import SyncStatus
-from netd.service import Service, transaction
+from netd.service import Service, context, transaction
 from netd.service.transaction import Diagnosis, Txn
 from netd.store.base import CommitResult, Condition, DeletePrefix, KeyValue, Operation, Put
 from netd.store.embedded import EmbeddedStore
@@ -642,8 +642,9 @@ def test_transaction_refusal_from_the_diagnosis_stops_at_once(store: HookedStore
 
 # --- the store away: writes refused at once, reads from the last known state ----------------
 def test_writes_are_refused_at_once_while_the_store_is_away(
-    svc: Service, store: HookedStore
+    svc: Service, store: HookedStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(context, "WRITE_WAITS_FOR_STORE", 0.2)
     attach(svc, "c1")
     before = contents(store)
     reconciler = svc.reconciler
