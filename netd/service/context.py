@@ -27,6 +27,7 @@ from netd.hosts import HostRegistration
 from netd.model import Endpoint, Host, Network, check_name
 from netd.plugin import DriverSpec, NetworkHooks
 from netd.reconcile import Reconciler
+from netd.service import transaction
 from netd.store.base import KeyValue, Store
 from netd.store.keys import Keys
 
@@ -61,6 +62,7 @@ class Context:
         # and waiting for the datapath must not interleave with another of its attaches
         self.netns_locks = KeyedLocks()
         self.local = LocalEndpoints(store, keys, lambda: self.host.name)
+        transaction.follow_health(store, lambda: self.reconciler.store_down() is not None)
         self._networks: dict[str, KeyValue] = {}
         # keyed by the network record's create_revision, so a network recreated under
         # the same name gets a new pool; one pool per range (a driver may scope per host)

@@ -29,7 +29,8 @@ ATTEMPTS = 32  # commits lost to concurrent writers before giving up
 # within it. A commit whose first attempt was applied after all fails its conditions the
 # second time and is diagnosed as such (never applied twice).
 FAILOVER_FOR = 8.0
-FAST_FAILURE = 2.5  # seconds: an attempt that took longer (a timeout) is not repeated
+FAST_FAILURE = 2.5  # seconds: an attempt that took longer (a timeout) is repeated only
+# while the store is not known to be away (see follow_health)
 FAILOVER_PAUSE = 0.25
 BACKOFF_AFTER = 2  # failed attempts before waiting a little (random, growing)
 BACKOFF_MAX = 0.05  # seconds
@@ -112,11 +113,12 @@ def commit(
             result = store.commit(planned.conditions, planned.operations)
         except StoreUnavailable as exc:
             # a member died or an election runs (etcd cluster): another member answers
-            # within a second or two. A store that is away for good, or answers nothing
-            # (a timeout), fails the request as it is.
+            # within a second or two. A store this host knows to be away (its watch is
+            # broken too) fails the request as it is.
             now = time.monotonic()
             failing_since = failing_since or started
-            if now - started > FAST_FAILURE or now - failing_since > FAILOVER_FOR:
+            slow = now - started > FAST_FAILURE
+            if now - failing_since > FAILOVER_FOR or (slow and _known_down(store)):
                 raise
             log.info("%s: %s; planning again", what, exc)
             time.sleep(FAILOVER_PAUSE)
@@ -128,6 +130,20 @@ def commit(
         if attempt + 1 >= BACKOFF_AFTER:
             time.sleep(jitter.uniform(0, min(BACKOFF_MAX, 0.002 * 2**attempt)))
     raise Contention(f"{what} lost to concurrent changes {attempts} times in a row; try again")
+
+
+_health: dict[int, Callable[[], bool]] = {}
+
+
+def follow_health(store: Store, known_down: Callable[[], bool]) -> None:
+    """Tell commit() how to know that `store` is away (this host's watch of it broke):
+    a write that timed out then is not planned again."""
+    _health[id(store)] = known_down
+
+
+def _known_down(store: Store) -> bool:
+    known_down = _health.get(id(store))
+    return known_down is None or known_down()
 
 
 def retry_on_any_failure(planned: Planned, diagnosis: Diagnosis) -> None:

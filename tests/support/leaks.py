@@ -23,9 +23,10 @@ def store_records(lab: Lab, member: str = "m1", prefix: str = ROOT) -> dict[str,
             for kv in kvs}
 
 
-def store_problems(records: dict[str, str]) -> list[str]:
+def store_problems(records: dict[str, str], markers: bool = True) -> list[str]:
     """What does not add up in netd's records: an address reservation or MAC claim
-    without its endpoint, an endpoint without both, a leftover removal marker."""
+    without its endpoint, an endpoint without both, and (with `markers`) a removal
+    marker (a crashed `network rm` leaves one under a 10 s lease: it expires)."""
     endpoints: dict[tuple[str, str], dict[str, str]] = {}
     addresses: dict[tuple[str, str], str] = {}  # (network, ip) -> owner
     claims: dict[tuple[str, str], str] = {}  # (network, mac) -> owner
@@ -38,7 +39,7 @@ def store_problems(records: dict[str, str]) -> list[str]:
             addresses[(parts[1], parts[3])] = json.loads(value)["owner"]
         elif parts[0] == "ipam" and len(parts) == 4 and parts[2] == "mac":
             claims[(parts[1], parts[3])] = json.loads(value)["owner"]
-        elif parts[0] in ("removing", "sg-removing"):
+        elif parts[0] in ("removing", "sg-removing") and markers:
             problems.append(f"removal marker left: {key}")
     for (network, name), ep in endpoints.items():
         if addresses.get((network, ep["ip"])) != name:
