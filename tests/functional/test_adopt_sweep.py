@@ -1,10 +1,10 @@
 """Adopt and sweep (issue 12, build item 4): while h1's netd is stopped, objects netd would
 own but the store does not want are planted in h1's namespace - links with netd's names,
-FDB and neighbour entries on netd's VXLAN device, a route of netd's protocol on netd's
-bridge, elements and a chain in netd's nft table - beside foreign objects of the same
-kinds (other link names, other route protocols, another nft table, entries on a foreign
-bridge). After netd's first full sync the owned leftovers are gone, every foreign object
-is exactly as planted, and the wanted datapath still forwards.
+FDB and neighbour entries on netd's VXLAN device, a route of netd's protocol on a
+leftover bridge of netd's, elements and a chain in netd's nft table - beside foreign
+objects of the same kinds (other link names, other route protocols, another nft table,
+entries on a foreign bridge). After netd's first full sync the owned leftovers are gone,
+every foreign object is exactly as planted, and the wanted datapath still forwards.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def test_first_sync_sweeps_owned_leftovers_and_leaves_foreign_objects() -> None:
         lab.netctl("h2", "attach", c2, "--network", "sweep", "--ip", "10.78.0.20")
         assert lab.wait_ping(c1, "10.78.0.20", timeout=5)
         netns = lab.hosts["h1"].netns
-        bridge, vxlan = bridge_name(vni), vxlan_name(vni)
+        vxlan = vxlan_name(vni)
         ghost_vni = vni + 1000
 
         def sh(*cmd: str) -> str:
@@ -58,7 +58,10 @@ def test_first_sync_sweeps_owned_leftovers_and_leaves_foreign_objects() -> None:
             ["bridge", "fdb", "add", GHOST_MAC, "dev", vxlan, "dst", "10.250.0.99"],
             ["ip", "neigh", "add", "10.78.0.200", "lladdr", GHOST_MAC, "dev", vxlan,
              "nud", "permanent"],
-            ["ip", "route", "add", "10.99.0.0/24", "dev", bridge, "proto", "91"],
+            ["ip", "link", "set", bridge_name(ghost_vni), "up"],
+            # a route of netd's protocol on a link of netd's that nothing wants (routes
+            # of netd's protocol on links netd still uses belong to the link's driver)
+            ["ip", "route", "add", "10.99.0.0/24", "dev", bridge_name(ghost_vni), "proto", "91"],
             ["nft", "add", "chain", "bridge", "netd", "p_ndhdeadbeef"],
             ["nft", "add", "element", "bridge", "netd", "from_ports",
              '{ "ndhdeadbeef" : drop }'],
