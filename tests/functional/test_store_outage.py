@@ -170,7 +170,8 @@ def test_store_away_forwarding_reads_writes_and_convergence(lab: Lab, fault: str
                      ("network", "create", "other", "--subnet", "10.73.0.0/24"),
                      ("network", "rm", "out")):
             line, took = refused_write(lab, "h1", *args)
-            assert took < 4.0, f"{args[0]} took {took:.1f} s"
+            # a write waits up to 3 s for a watch that may be failing over, then refuses
+            assert took < 6.0, f"{args[0]} took {took:.1f} s"
             assert "store unavailable since" in line and "nothing was changed" in line, line
         if fault == "partitioned":
             # h1's lease lapses while it is cut off; h2 keeps forwarding to it beyond the
