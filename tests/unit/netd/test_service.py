@@ -33,7 +33,15 @@ from netd.model import Host, Network, mac_from_ip
 from netd.reconcile import SyncStatus
 from netd.service import Service, context, transaction
 from netd.service.transaction import Diagnosis, Txn
-from netd.store.base import CommitResult, Condition, DeletePrefix, KeyValue, Operation, Put
+from netd.store.base import (
+    CommitResult,
+    Condition,
+    DeletePrefix,
+    KeyValue,
+    Operation,
+    OutcomeUnknown,
+    Put,
+)
 from netd.store.embedded import EmbeddedStore
 from netd.store.keys import Keys
 from tests.support.drivers import WEAVE_SPECS
@@ -696,3 +704,59 @@ def test_reads_answer_from_the_last_known_state_while_the_store_is_away(
     assert svc.inspect_network("blue") == known["inspect"]
     with pytest.raises(NotFound):
         svc.inspect_network("red")
+
+
+# --- a failing-over store: writes are planned again, never applied twice ---------------------
+class LosingStore(HookedStore):
+    """Applies the `lose`-th commit, then says its outcome is unknown (an etcd member that
+    died after it proposed the change); `refuse` commits fail before reaching it."""
+
+    lose = 0
+    refuse = 0
+    commits = 0
+
+    def commit(self, conditions: Sequence[Condition],
+               operations: Sequence[Operation]) -> CommitResult:
+        self.commits += 1
+        if self.refuse:
+            self.refuse -= 1
+            raise StoreUnavailable("etcd unreachable at http://192.0.2.9:2379 (no leader)")
+        result = super().commit(conditions, operations)
+        if self.commits == self.lose:
+            raise OutcomeUnknown("etcd at http://192.0.2.9:2379 broke off txn; the change "
+                                 "may or may not have been applied")
+        return result
+
+
+@pytest.mark.parametrize("lost", ["attach", "detach"])
+def test_a_write_whose_answer_was_lost_is_done_once(tmp_path: Path, lost: str) -> None:
+    store = LosingStore(tmp_path / "netd.db")
+    try:
+        svc = make_service(store)
+        svc.create_network({"name": "blue", "subnet": "10.1.0.0/24"})
+        if lost == "detach":
+            attach(svc, "c1")
+        store.lose = store.commits + 1
+        store.refuse = 0
+        if lost == "attach":
+            ep = attach(svc, "c1")
+            assert [e.ip for e in svc.list_endpoints("blue")] == [ep["ip"]]
+        else:
+            svc.detach({"container": "c1", "network": "blue"})
+            assert svc.list_endpoints("blue") == []
+        kinds = sorted(k.split("/")[4] for k in contents(store) if "/ipam/blue/" in k)
+        assert kinds == (["addr", "mac", "names"] if lost == "attach" else ["names"])
+    finally:
+        store.close()
+
+
+def test_a_write_meeting_an_election_is_planned_again(tmp_path: Path) -> None:
+    store = LosingStore(tmp_path / "netd.db")
+    try:
+        svc = make_service(store)
+        svc.create_network({"name": "blue", "subnet": "10.1.0.0/24"})
+        store.refuse = 3
+        assert attach(svc, "c1")["name"] == "c1"
+        assert len(svc.list_endpoints("blue")) == 1
+    finally:
+        store.close()
