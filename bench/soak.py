@@ -142,14 +142,26 @@ def main() -> None:
                 stdout=subprocess.PIPE, text=True)
             for a, b in pairs
         }
+        samples: list[tuple[float, int, int, int]] = []  # (s, cycles, h1 fds, h1 RSS MB)
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not sampling.wait(15.0):
+                now = counts(lab, "h1")
+                samples.append((round(time.monotonic() - started), sum(c.cycles for c in churns),
+                                now["netd fds"], now["netd RSS MB"]))
+
         budget = threading.Semaphore(args.containers)
         churns = [Churn(lab, h, clients[h], budget, started + args.seconds) for h in HOSTS]
         threads = [threading.Thread(target=c.run, daemon=True) for c in churns]
-        for thread in threads:
+        sampler = threading.Thread(target=sample, daemon=True)
+        for thread in [*threads, sampler]:
             thread.start()
         for thread in threads:
             thread.join()
         churned = time.monotonic() - started
+        sampling.set()
+        sampler.join()
         time.sleep(2.0)
         results = {}
         for pair, pinger in pingers.items():
@@ -175,6 +187,7 @@ def main() -> None:
         "pairs": {f"{a}->{b}": {"sent": s, "received": r,
                                 "loss %": round(100 * (s - r) / s, 3) if s else None}
                   for (a, b), (s, r) in results.items()},
+        "h1 over time (s, churned, fds, RSS MB)": samples,
         "hosts": {h: {k: [before[h][k], after[h][k]] for k in before[h]} for h in HOSTS},
     }
     if args.json:
@@ -189,6 +202,8 @@ def main() -> None:
     print(table([[pair, str(v["sent"]), str(v["received"]), f"{v['loss %']} %"]
                  for pair, v in report["pairs"].items()],
                 ["long-lived pair", "sent", "received", "loss"]))
+    print("h1's netd during the churn (s: containers churned, fds, RSS MB): "
+          + ", ".join(f"{t} s: {n}, {fds}, {rss}" for t, n, fds, rss in samples))
     keys = list(before["h1"])
     print(table([[k, *(f"{before[h][k]} → {after[h][k]}" for h in HOSTS)] for k in keys],
                 ["per host (before → after)", *HOSTS]))
