@@ -365,3 +365,21 @@ def test_wait_applied_for_an_item_of_no_loaded_driver_does_not_wait(
         assert rec.owner_of(endpoint_id(endpoint("x", "e"))) is None
     finally:
         slow.gate.set()
+
+
+def test_the_prober_hears_a_host_that_answers() -> None:
+    """(Silence is proved by the functional dead-host test: probes go to loopback only
+    here.)"""
+    import socket
+
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close()
+    except PermissionError:
+        pytest.skip("raw ICMP sockets need CAP_NET_RAW")
+    prober = liveness.UnderlayProber(interval=0.2)
+    prober.start()
+    try:
+        assert not prober.answering("127.0.0.1")  # asked first: probing starts now
+        eventually(lambda: prober.answering("127.0.0.1"))
+    finally:
+        prober.stop()
