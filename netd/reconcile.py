@@ -357,6 +357,12 @@ class Reconciler:
             status.revision = status.seen_revision
         return status
 
+    def kept_hosts(self) -> set[str]:
+        """Hosts whose registry key vanished that this host's datapath still serves (in
+        their grace, or answering on the underlay)."""
+        with self._cond:
+            return set(self._departed)
+
     def store_down(self) -> tuple[float, str] | None:
         """(since when, why) while this host's watch is broken; None while it follows the
         store (or has not listed it yet)."""

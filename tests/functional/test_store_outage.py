@@ -180,6 +180,9 @@ def test_store_away_forwarding_reads_writes_and_convergence(lab: Lab, fault: str
                 return any(h["alive"] for h in lab.netctl_json("h2", "host", "ls")
                            if h["name"] == "h1")
             assert wait_until(lambda: not h1_alive_for_h2(), timeout=SHORT_TTL + 6)
+            time.sleep(SHORT_TTL)  # beyond the grace: kept only because h1 answers
+            h1_row = next(h for h in lab.netctl_json("h2", "host", "ls") if h["name"] == "h1")
+            assert h1_row["tunnel"] == "kept", h1_row
         time.sleep(max(0.0, OUTAGE - (time.time() - began)))  # beyond every host's TTL
         assert scene.has_neighbour("h2", scene.ips[scene.c1]), "h2 dropped h1's endpoint"
     finally:

@@ -80,6 +80,9 @@ class FakeReconciler:
     def store_down(self) -> tuple[float, str] | None:
         return (self.down_since, self.watch_error) if self.down_since else None
 
+    def kept_hosts(self) -> set[str]:
+        return set()
+
     def snapshot(self) -> Snapshot:
         return self.known
 
