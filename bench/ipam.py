@@ -57,6 +57,9 @@ class _AppliedAtOnce:
     def item_error(self, item: str) -> str | None:
         return None
 
+    def store_down(self) -> tuple[float, str] | None:
+        return None
+
 
 def _container(ref: str) -> Any:
     from netd.container import ContainerRef

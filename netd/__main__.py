@@ -28,6 +28,7 @@ from netd.api import ApiServer, ensure_socket_free
 from netd.errors import Conflict, InvalidInput, NetdError
 from netd.hosts import HostRegistration
 from netd.leases import LeaseKeeper
+from netd.liveness import UnderlayProber
 from netd.model import Host
 from netd.plugin import DriverContext, load_drivers, network_hooks, specs_of
 from netd.policy.nft import NftApplier
@@ -165,12 +166,17 @@ def run(cfg: config_mod.Config) -> None:
     registration.start()
     leases.start()
     policy = policy_worker(drivers)
+    prober = UnderlayProber()
+    prober.start()
     reconciler = Reconciler(
         store, keys, drivers, lambda: registration.host, resync_interval=cfg.resync_interval,
         # a live host re-registers within one keepalive interval (ttl/3) of the store
         # coming back; only a host silent beyond that is torn down
         host_grace=max(cfg.host_ttl / 3, 1.0) + 1.0,
         policy=policy, flow_policy_drivers=FLOW_POLICY_DRIVERS & drivers.keys(),
+        # a host whose lease lapsed but that still answers on the underlay was only cut
+        # off from the store: keep forwarding to it (netd.liveness)
+        still_there=lambda departed: prober.answering(departed.underlay_ip),
     )
     reconciler.start()
     service = Service(store, keys, registration, reconciler, specs_of(drivers),
@@ -205,6 +211,7 @@ def run(cfg: config_mod.Config) -> None:
         docker_plugin.close()
     server.stop()
     idle = reconciler.stop()
+    prober.stop()
     leases.stop()
     if idle:
         for driver in drivers.values():

@@ -212,6 +212,7 @@ def _print_status(s: dict[str, Any]) -> str:
         f"host: {s['host']['name']} ({s['host']['underlay_ip']}, underlay mtu "
         f"{s['host']['underlay_mtu']})",
         (f"store: reachable (revision {store['revision']})" if store["reachable"]
+         else f"store: UNREACHABLE, {store['state']}" if store.get("state")
          else f"store: UNREACHABLE {store['error']}"),
         f"networks: {s['networks']}  local endpoints: {s['endpoints']}",
         f"last sync: {_ago(s.get('last_sync'))}, applied revision {s['applied_revision']}, "

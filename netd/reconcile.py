@@ -11,7 +11,7 @@ Each driver has its own worker thread with its own dirty flag, retry with backof
 sync, errors), so a slow driver never stalls another's attaches. A worker offered the
 very same HostState object it already applied counts the new revision as applied
 without calling the driver. Sweeping owned leftovers starts only after a worker's first
-complete sync.
+complete sync, right after it (a second, sweeping pass follows the first sync at once).
 
 The API waits on `wait_applied(revision, item)`: first until the local copy has seen
 the revision, then on the worker of the driver that owns the item (the driver of the
@@ -32,6 +32,7 @@ from typing import Any
 from netd import metrics
 from netd.calc import DesiredState, Snapshot
 from netd.errors import Compacted, NetdError, StoreUnavailable
+from netd.faults import crash_point
 from netd.model import Host
 from netd.plugin import ApplyReport, Driver, HostState, network_of_item
 from netd.policy.compute import host_policy
@@ -85,6 +86,7 @@ class SyncStatus:
     syncs: int = 0
     store_ok: bool = False
     store_error: str = ""
+    store_down_since: float = 0.0  # wall clock the store was last found away (0: it is not)
     seen_revision: int = 0  # store revision the local copy reflects
     workers: dict[str, WorkerStatus] = field(default_factory=dict)
 
@@ -189,7 +191,9 @@ class DriverWorker:
                 return
             desired, revision, verify = work
             started = time.monotonic()
+            crash_point("apply.before")
             report = self._apply(desired, sweep=self._status.syncs > 0, verify=verify)
+            crash_point("apply.after")
             self._finish(desired, revision, report, time.monotonic() - started)
 
     def _apply(self, desired: HostState, *, sweep: bool, verify: bool) -> ApplyReport:
@@ -230,6 +234,10 @@ class DriverWorker:
             self._status.last_duration = took
             metrics.APPLY_SECONDS.labels(self.name).observe(took)
             self._status.syncs += 1
+            if self._status.syncs == 1 and not report.errors:
+                # the first full sync adopted what exists; sweep what it left over at once
+                # (a verify pass with sweep), not at the next change or resync
+                self._dirty = self._verify = True
             self._status.applying_since = 0.0
             self._cond.notify_all()
 
@@ -246,10 +254,14 @@ class Reconciler:
         host_grace: float = 0.0,
         policy: PolicyWorker | None = None,
         flow_policy_drivers: frozenset[str] = frozenset(),
+        still_there: Callable[[Host], bool] = lambda host: False,
     ) -> None:
         """`policy`: the nftables policy worker (None: no kernel policy here);
         `flow_policy_drivers`: drivers that enforce policy themselves and get the
-        computed policy in `HostState.policy` (openflow)."""
+        computed policy in `HostState.policy` (openflow); `still_there(host)`: whether a
+        host whose registry key vanished still answers on the underlay (it is kept
+        then, beyond the grace; netd.liveness)."""
+        self._still_there = still_there
         self._policy = policy
         self._flow_policy_drivers = flow_policy_drivers
         self._host_policy: HostPolicy | None = None
@@ -273,6 +285,7 @@ class Reconciler:
         self._seen = 0  # root revision every worker has been offered
         self._store_ok = False
         self._store_error = ""
+        self._store_down_since = 0.0
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._kick = threading.Event()
@@ -332,6 +345,7 @@ class Reconciler:
         workers = self.workers()
         with self._cond:
             status = SyncStatus(store_ok=self._store_ok, store_error=self._store_error,
+                                store_down_since=self._store_down_since,
                                 seen_revision=self._seen, workers=workers)
         if workers:
             status.revision = min(w.revision for w in workers.values())
@@ -342,6 +356,20 @@ class Reconciler:
         else:
             status.revision = status.seen_revision
         return status
+
+    def kept_hosts(self) -> set[str]:
+        """Hosts whose registry key vanished that this host's datapath still serves (in
+        their grace, or answering on the underlay)."""
+        with self._cond:
+            return set(self._departed)
+
+    def store_down(self) -> tuple[float, str] | None:
+        """(since when, why) while this host's watch is broken; None while it follows the
+        store (or has not listed it yet)."""
+        with self._cond:
+            if not self._store_down_since:
+                return None
+            return self._store_down_since, self._store_error
 
     def snapshot(self) -> Snapshot:
         with self._cond:
@@ -408,13 +436,22 @@ class Reconciler:
         unreachable (or paused) longer than the TTL, and every lease lapsed at once.
         Live daemons re-register within one keepalive interval of the store coming
         back; tearing their tunnels down meanwhile would cut traffic between healthy
-        hosts. A host that does not come back within the grace is dropped."""
-        now = time.monotonic()
+        hosts. A host that does not come back within the grace is dropped, unless it
+        still answers on the underlay: then only its link to the store is cut (a
+        partition longer than the TTL) and its containers still forward."""
         for name in [n for n in self._departed if n in live]:
             del self._departed[name]
-        for name in [n for n, (_, t) in self._departed.items() if now - t >= self._host_grace]:
+        for name in self._gone_for_good():
+            log.info("host %s left the registry %.1f s ago and does not answer on the "
+                     "underlay: dropping it", name, time.monotonic() - self._departed[name][1])
             del self._departed[name]
         return {name: host for name, (host, _) in self._departed.items()}
+
+    def _gone_for_good(self) -> list[str]:
+        """Departed hosts past the grace that do not answer on the underlay."""
+        now = time.monotonic()
+        return [name for name, (host, t) in self._departed.items()
+                if not self._still_there(host) and now - t >= self._host_grace]
 
     def _note_departures(self, before: Mapping[str, Host], after: Mapping[str, Host]) -> None:
         if self._host_grace <= 0:
@@ -472,9 +509,7 @@ class Reconciler:
                             if self._state.delete(ev.key) and before:
                                 self._note_departures(before, self._state.hosts())
                 due = time.monotonic() >= next_resync
-                grace_over = any(
-                    time.monotonic() - t >= self._host_grace for _, t in self._departed.values()
-                )
+                grace_over = bool(self._departed) and bool(self._gone_for_good())
                 if batch or due or grace_over or self._kick.is_set():
                     self._kick.clear()
                     self._offer(revision, verify=due)
@@ -520,6 +555,10 @@ class Reconciler:
         with self._cond:
             self._store_ok = ok
             self._store_error = error
+            if ok:
+                self._store_down_since = 0.0
+            elif not self._store_down_since:
+                self._store_down_since = time.time()
 
 
 class _Watches:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from netd.errors import DatapathError
+from netd.faults import crash_point
 from netd.netlink import ADDRGENMODE_NONE, Link, Netlink, NetnsNotFound
 
 ARP_RETRANS_MS = 100  # container ARP retry: see Netlink.ensure_arp_retrans
@@ -77,6 +78,7 @@ def plug(
         )
         changed += pair.changed
         peer = pair.peer
+        crash_point("plug.veth")
         # a peer this call created has the kernel's defaults: nothing to read first
         changed += nl.ensure_arp_retrans(peer, port.arp_retrans_ms, port.netns,
                                          fresh=pair.created)

@@ -87,6 +87,7 @@ class Service:
 
     # networks
     def create_network(self, request: dict[str, Any]) -> Network:
+        self.ctx.refuse_while_store_down("network create")
         return self.networks.create_network(request)
 
     def get_network(self, name: str) -> Network:
@@ -99,6 +100,7 @@ class Service:
         return self.networks.inspect_network(name)
 
     def remove_network(self, name: str) -> None:
+        self.ctx.refuse_while_store_down("network rm")
         self.networks.remove_network(name)
 
     # endpoints
@@ -106,16 +108,20 @@ class Service:
         return self.networks.list_endpoints(network)
 
     def attach(self, request: dict[str, Any]) -> Endpoint:
+        self.ctx.refuse_while_store_down("attach")
         return self.endpoints.attach(request)
 
     def detach(self, request: dict[str, Any], wait: bool = True) -> Endpoint:
+        self.ctx.refuse_while_store_down("detach")
         return self.endpoints.detach(request, wait)
 
     def update_endpoint(self, request: dict[str, Any]) -> Endpoint:
+        self.ctx.refuse_while_store_down("endpoint update")
         return self.endpoints.update(request)
 
     # security groups
     def create_group(self, request: dict[str, Any]) -> SecurityGroup:
+        self.ctx.refuse_while_store_down("sg create")
         return self.groups.create_group(request)
 
     def list_groups(self, tenant: str | None = None) -> list[SecurityGroup]:
@@ -125,12 +131,15 @@ class Service:
         return self.groups.inspect_group(tenant, name)
 
     def remove_group(self, tenant: str | None, name: str) -> None:
+        self.ctx.refuse_while_store_down("sg rm")
         self.groups.remove_group(tenant, name)
 
     def add_rule(self, tenant: str | None, name: str, request: dict[str, Any]) -> dict[str, Any]:
+        self.ctx.refuse_while_store_down("sg rule add")
         return self.groups.add_rule(tenant, name, request)
 
     def remove_rule(self, tenant: str | None, name: str, rule_id: str) -> dict[str, Any]:
+        self.ctx.refuse_while_store_down("sg rule rm")
         return self.groups.remove_rule(tenant, name, rule_id)
 
     # hosts and status

@@ -13,23 +13,28 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ipam.pool import AddressPool
 from ipam.scope import AddressRange
+from netd import faults
+from netd.calc import Snapshot
 from netd.container import ContainerRef
-from netd.errors import InvalidInput, NetdError, NotFound
+from netd.errors import InvalidInput, NetdError, NotFound, StoreUnavailable
 from netd.hosts import HostRegistration
 from netd.model import Endpoint, Host, Network, check_name
 from netd.plugin import DriverSpec, NetworkHooks
 from netd.reconcile import Reconciler
+from netd.service import transaction
 from netd.store.base import KeyValue, Store
 from netd.store.keys import Keys
 
 log = logging.getLogger(__name__)
 
 APPLY_TIMEOUT = 15.0
+WRITE_WAITS_FOR_STORE = 3.0  # a write waits this long for a broken watch before refusing
 
 
 class Context:
@@ -57,6 +62,7 @@ class Context:
         # and waiting for the datapath must not interleave with another of its attaches
         self.netns_locks = KeyedLocks()
         self.local = LocalEndpoints(store, keys, lambda: self.host.name)
+        transaction.follow_health(store, lambda: self.reconciler.store_down() is not None)
         self._networks: dict[str, KeyValue] = {}
         # keyed by the network record's create_revision, so a network recreated under
         # the same name gets a new pool; one pool per range (a driver may scope per host)
@@ -112,10 +118,41 @@ class Context:
                 self._pools[(network.name, scope)] = cached
             return cached[1]
 
+    def store_down(self) -> str | None:
+        """"store unavailable since <time> (<why>)" while this host's watch of the store
+        is broken, else None."""
+        down = self.reconciler.store_down()
+        if down is None:
+            return None
+        since, why = down
+        why = " ".join(why.split())  # one line, whatever the store said
+        return f"store unavailable since {utc(since)}" + (f" ({why})" if why else "")
+
+    def refuse_while_store_down(self, what: str) -> None:
+        """Writes fail at once, sending nothing, while the store is known to be away.
+        (Every write request starts here: crash points count from the first one.)"""
+        faults.arm()
+        deadline = time.monotonic() + WRITE_WAITS_FOR_STORE
+        while self.reconciler.store_down() is not None and time.monotonic() < deadline:
+            time.sleep(0.1)  # a watch failing over to another member is back within this
+        down = self.store_down()
+        if down is not None:
+            raise StoreUnavailable(f"{what}: {down}; nothing was changed, try again once "
+                                   "netctl status says the store is reachable")
+
+    def last_known(self) -> Snapshot | None:
+        """The reconciler's copy of the store while the store is away (reads answer
+        from it), else None (read the store)."""
+        return self.reconciler.snapshot() if self.reconciler.store_down() else None
+
     def await_apply(self, revision: int, item: str | None) -> str | None:
         if not self.reconciler.wait_applied(revision, item, APPLY_TIMEOUT):
             return f"this host did not apply the change within {APPLY_TIMEOUT:.0f} s"
         return None if item is None else self.reconciler.item_error(item)
+
+
+def utc(when: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
 
 
 def address_range(network: Network) -> AddressRange:

@@ -21,6 +21,7 @@ from ipam import macs
 from ipam.pool import AddressPool, Plan
 from netd.container import ContainerRef, endpoint_name
 from netd.errors import Conflict, DatapathError, Exhausted, InvalidInput, NotFound
+from netd.faults import crash_point
 from netd.model import (
     Endpoint,
     Network,
@@ -127,10 +128,12 @@ class Endpoints:
                                              groups if asked_groups else None)
             endpoint = planned.endpoint
             ctx.local.add(endpoint)
+            crash_point("attach.committed")
             error = ctx.await_apply(revision, endpoint_id(endpoint))
             if error is not None:
                 self._rollback_attach(planned, revision, pool)
                 raise DatapathError(f"attach of {ref.name} to {network.name} failed: {error}")
+            crash_point("attach.applied")
         log.info("attached %s to %s as %s", ref.name, network.name, endpoint.ip)
         return endpoint
 
@@ -370,7 +373,9 @@ class Endpoints:
             revision = self._commit_detach(endpoint, pool)
             if revision is None:
                 raise NotFound(f"{name} is not attached to network {network.name}")
+            crash_point("detach.committed")
             error = ctx.await_apply(revision, endpoint_id(endpoint)) if wait else None
+            crash_point("detach.applied")
         if error is not None:
             raise DatapathError(
                 f"{name} is detached from {network.name} in the store, but {error}; "
@@ -404,6 +409,11 @@ class Endpoints:
             what=f"detaching {endpoint.name} from {endpoint.network}",
         )
         ctx.local.remove(endpoint)
+        if result is None and released:
+            # planned once, gone now: an attempt whose answer was lost (a failing-over
+            # store) was applied, or a concurrent detach did it; either way it is done
+            pool.released(released[0])
+            return ctx.store.revision()
         if result is None:
             return None
         pool.released(released[0])

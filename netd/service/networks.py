@@ -10,7 +10,15 @@ from dataclasses import replace
 from typing import Any
 
 from ipam import ids
-from netd.errors import Conflict, InvalidInput, NetdError, NotFound, Unsupported
+from netd.errors import (
+    Conflict,
+    InvalidInput,
+    NetdError,
+    NotFound,
+    StoreUnavailable,
+    Unsupported,
+)
+from netd.faults import crash_point
 from netd.model import Endpoint, Network, check_name, subnets_overlap, validate_network
 from netd.plugin import BackendSpec, DriverSpec, PreparedNetwork
 from netd.service import transaction
@@ -102,18 +110,42 @@ class Networks:
         log.info("network %s created (%s)", candidate.name, candidate.subnet)
         return candidate
 
+    # reads answer from the store, or from this host's last known copy of it while the
+    # store is away (known to be, or found to be by this very read)
     def get_network(self, name: str) -> Network:
-        return self.ctx.network(name, fresh=True)[1]
+        check_name(name, "network name")
+        known = self.ctx.last_known()
+        if known is None:
+            try:
+                return self.ctx.network(name, fresh=True)[1]
+            except StoreUnavailable:
+                known = self.ctx.reconciler.snapshot()
+        if name not in known.networks:
+            raise NotFound(f"network {name!r} not found")
+        return known.networks[name]
 
     def list_networks(self) -> list[Network]:
-        items, _ = self.ctx.store.list(self.ctx.keys.networks())
-        return [Network.from_json(kv.value) for kv in items]
+        known = self.ctx.last_known()
+        if known is None:
+            try:
+                items, _ = self.ctx.store.list(self.ctx.keys.networks())
+                return [Network.from_json(kv.value) for kv in items]
+            except StoreUnavailable:
+                known = self.ctx.reconciler.snapshot()
+        return [known.networks[name] for name in sorted(known.networks)]
 
     def list_endpoints(self, network: str | None = None) -> list[Endpoint]:
         if network is not None:
             self.get_network(network)
-        items, _ = self.ctx.store.list(self.ctx.keys.endpoints(network))
-        return [Endpoint.from_json(kv.value) for kv in items]
+        known = self.ctx.last_known()
+        if known is None:
+            try:
+                items, _ = self.ctx.store.list(self.ctx.keys.endpoints(network))
+                return [Endpoint.from_json(kv.value) for kv in items]
+            except StoreUnavailable:
+                known = self.ctx.reconciler.snapshot()
+        return [ep for key, ep in sorted(known.endpoints.items())
+                if network is None or ep.network == network]
 
     def inspect_network(self, name: str) -> dict[str, Any]:
         network = self.get_network(name)
@@ -155,6 +187,7 @@ class Networks:
             )
             assert begun is not None
             revision = begun[1]
+            crash_point("rm.marked")
             self._refuse_if_attached(name)
             pool = ctx.pool(network, kv.create_revision, whole=True)
 
@@ -183,6 +216,7 @@ class Networks:
                 store.revoke_lease(lease)
             except NetdError as exc:
                 log.warning("network rm %s: marker stays until its lease expires: %s", name, exc)
+        crash_point("rm.committed")
         ctx.saw_network(None, name)
         ctx.local.forget_network(name)
         log.info("network %s removed", name)

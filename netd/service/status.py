@@ -23,7 +23,9 @@ class Status:
     def list_hosts(self) -> list[dict[str, Any]]:
         """Every host that is alive or still has endpoints, with the tunnel state seen
         from this host: the networks both have endpoints on, and whether this host's
-        datapath towards it is programmed ("up"), failing ("error") or gone ("down")."""
+        datapath towards it is programmed ("up"), failing ("error"), gone ("down") or
+        still programmed for a host without a lease ("kept": in its grace, or it still
+        answers on the underlay)."""
         ctx = self.ctx
         items, _ = ctx.store.list(ctx.keys.hosts())
         alive = {h.name: h for h in (Host.from_json(kv.value) for kv in items)}
@@ -33,6 +35,7 @@ class Status:
             networks_of.setdefault(ep.host, set()).add(ep.network)
         mine = networks_of.get(ctx.host.name, set())
         errors = ctx.reconciler.status().errors
+        kept = ctx.reconciler.kept_hosts()
         rows = []
         for name in sorted(set(alive) | set(networks_of)):
             host = alive.get(name)
@@ -41,6 +44,8 @@ class Status:
                 tunnel, shared = "self", []
             elif not shared:
                 tunnel = "-"
+            elif host is None and name in kept:
+                tunnel = "kept"  # no lease (cut off from the store?) but still served
             elif host is None:
                 tunnel = "down"
             elif any(f"network:{n}" in errors for n in shared):
@@ -79,6 +84,10 @@ class Status:
                 "reachable": reachable and sync.store_ok, "revision": revision,
                 "error": error or sync.store_error,
                 "watch": "ok" if sync.store_ok else (sync.store_error or "not started"),
+                # wall clock since when this host's watch has been broken (0: it is not)
+                "unavailable_since": sync.store_down_since,
+                "state": ("reachable" if reachable and sync.store_ok else ctx.store_down()
+                          or f"store unavailable ({error or 'not listed yet'})"),
             },
             "networks": len(snapshot.networks),
             "endpoints": len(local),

@@ -20,6 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
+from netd.errors import StoreUnavailable
+
+
+class OutcomeUnknown(StoreUnavailable):
+    """A write reached the store (or may have) and no answer came: it may or may not have
+    been applied. The store never re-sends it; a caller whose writes are conditional
+    may plan again, and its conditions tell whether the first attempt was applied."""
+
 
 @dataclass(frozen=True)
 class KeyValue:

@@ -54,6 +54,7 @@ from netd.store.base import (
     DeletePrefix,
     KeyValue,
     Operation,
+    OutcomeUnknown,
     Put,
     WatchEvent,
 )
@@ -381,7 +382,7 @@ class EtcdStore(ConditionalWrites):
             except _Unreached as exc:
                 self.mark_down(index)
                 if write and exc.maybe_sent:
-                    raise StoreUnavailable(
+                    raise OutcomeUnknown(
                         f"etcd at {self._name(index)} broke off {what} ({exc}); the change "
                         "may or may not have been applied"
                     ) from exc
@@ -392,7 +393,7 @@ class EtcdStore(ConditionalWrites):
                 if not write:
                     failures.append(f"{self._name(index)} (no answer within {deadline} s)")
                     continue
-                raise StoreUnavailable(
+                raise OutcomeUnknown(
                     f"etcd at {self._name(index)} did not answer {what} within "
                     f"{deadline} s; the change may or may not have been applied"
                 ) from exc

@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
+from netd import liveness
 from netd.errors import DatapathError
+from netd.liveness import echo_reply_from, echo_request
 from netd.model import Endpoint, Host, Network
 from netd.plugin import ApplyReport, BackendSpec, DriverSpec, HostState, endpoint_id
 from netd.reconcile import Reconciler
@@ -309,6 +311,44 @@ def test_a_vanished_host_stays_for_the_grace_then_goes(
     eventually(lambda: drv.last().networks["n"].remote == ())
 
 
+def test_a_vanished_host_that_still_answers_stays_until_it_falls_silent(
+    store: WatchableMemStore, running: list[Reconciler]
+) -> None:
+    """Its lease lapsed because it lost the store, not because it died: kept while it
+    answers on the underlay, dropped after the grace once it does not."""
+    drv = FakeDriver("d")
+    answers = threading.Event()
+    answers.set()
+    asked: list[str] = []
+
+    def still_there(host: Host) -> bool:
+        asked.append(host.name)
+        return answers.is_set()
+
+    store.put(KEYS.network("n"), network("n", "d").to_json())
+    store.put(KEYS.host("h2"), H2.to_json())
+    add_endpoint(store, endpoint("n", "a"))
+    add_endpoint(store, endpoint("n", "b", host="h2"))
+    rec = start(store, drv, host_grace=0.3, still_there=still_there)
+    running.append(rec)
+    assert rec.wait_applied(store.revision(), None, WAIT)
+    store.delete(KEYS.host("h2"))
+    time.sleep(1.0)  # well past the grace
+    assert [e.name for e in drv.last().networks["n"].remote] == ["b"]
+    assert "h2" in asked
+    answers.clear()
+    eventually(lambda: drv.last().networks["n"].remote == ())
+
+
+def test_echo_request_and_reply_parsing() -> None:
+    request = echo_request(0x1234, 7)
+    assert liveness._checksum(request) == 0
+    reply = bytes([0x45]) + bytes(19) + bytes([0, 0]) + request[2:4] + request[4:]
+    assert echo_reply_from(reply, 0x1234)
+    assert not echo_reply_from(reply, 0x4321)
+    assert not echo_reply_from(bytes([0x45]) + bytes(19) + request, 0x1234)  # a request
+
+
 def test_wait_applied_for_an_item_of_no_loaded_driver_does_not_wait(
     store: WatchableMemStore, running: list[Reconciler]
 ) -> None:
@@ -325,3 +365,21 @@ def test_wait_applied_for_an_item_of_no_loaded_driver_does_not_wait(
         assert rec.owner_of(endpoint_id(endpoint("x", "e"))) is None
     finally:
         slow.gate.set()
+
+
+def test_the_prober_hears_a_host_that_answers() -> None:
+    """(Silence is proved by the functional dead-host test: probes go to loopback only
+    here.)"""
+    import socket
+
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close()
+    except PermissionError:
+        pytest.skip("raw ICMP sockets need CAP_NET_RAW")
+    prober = liveness.UnderlayProber(interval=0.2)
+    prober.start()
+    try:
+        assert not prober.answering("127.0.0.1")  # asked first: probing starts now
+        eventually(lambda: prober.answering("127.0.0.1"))
+    finally:
+        prober.stop()

@@ -31,9 +31,17 @@ from netd.errors import (
 )
 from netd.model import Host, Network, mac_from_ip
 from netd.reconcile import SyncStatus
-from netd.service import Service, transaction
+from netd.service import Service, context, transaction
 from netd.service.transaction import Diagnosis, Txn
-from netd.store.base import CommitResult, Condition, DeletePrefix, KeyValue, Operation, Put
+from netd.store.base import (
+    CommitResult,
+    Condition,
+    DeletePrefix,
+    KeyValue,
+    Operation,
+    OutcomeUnknown,
+    Put,
+)
 from netd.store.embedded import EmbeddedStore
 from netd.store.keys import Keys
 from tests.support.drivers import WEAVE_SPECS
@@ -54,6 +62,8 @@ class FakeReconciler:
         self.applies = True
         self.waited: list[int] = []
         self.watch_error = ""  # the store watch's failure; "" while it is live
+        self.down_since = 0.0  # wall clock the watch broke (0: it follows the store)
+        self.known = Snapshot()  # the local copy reads fall back to
 
     def wait_applied(self, revision: int, item: str | None, timeout: float) -> bool:
         self.waited.append(revision)
@@ -64,10 +74,17 @@ class FakeReconciler:
 
     def status(self) -> SyncStatus:
         return SyncStatus(revision=7, last_sync=1.0, syncs=3,
-                          store_ok=not self.watch_error, store_error=self.watch_error)
+                          store_ok=not self.watch_error, store_error=self.watch_error,
+                          store_down_since=self.down_since)
+
+    def store_down(self) -> tuple[float, str] | None:
+        return (self.down_since, self.watch_error) if self.down_since else None
+
+    def kept_hosts(self) -> set[str]:
+        return set()
 
     def snapshot(self) -> Snapshot:
-        return Snapshot()
+        return self.known
 
     def observe(self) -> dict[str, Any]:
         return {"weave": {"links": {"nwb1": "bridge"}, "networks": {}, "ports": 0}}
@@ -469,13 +486,15 @@ def test_status_is_not_reachable_while_the_watch_is_dead(svc: Service) -> None:
     assert "presumed dead" in status["store"]["watch"]
     reconciler.watch_error = ""
     assert svc.status()["store"] | {"revision": 0} == {
-        "reachable": True, "revision": 0, "error": "", "watch": "ok"}
+        "reachable": True, "revision": 0, "error": "", "watch": "ok", "state": "reachable",
+        "unavailable_since": 0.0}
 
 
 def test_status_probes_a_live_store(svc: Service, store: HookedStore) -> None:
     status = svc.status()
     assert status["store"] == {
-        "reachable": True, "revision": store.revision(), "error": "", "watch": "ok"}
+        "reachable": True, "revision": store.revision(), "error": "", "watch": "ok",
+        "state": "reachable", "unavailable_since": 0.0}
 
 
 
@@ -630,3 +649,117 @@ def test_transaction_refusal_from_the_diagnosis_stops_at_once(store: HookedStore
         transaction.commit(store, lambda: Txn((Condition(KEYS.network("a"), 0),), ()),
                            refuse, what="x")
     assert calls == [1]
+
+
+# --- the store away: writes refused at once, reads from the last known state ----------------
+def test_writes_are_refused_at_once_while_the_store_is_away(
+    svc: Service, store: HookedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(context, "WRITE_WAITS_FOR_STORE", 0.2)
+    attach(svc, "c1")
+    before = contents(store)
+    reconciler = svc.reconciler
+    assert isinstance(reconciler, FakeReconciler)
+    reconciler.watch_error = "watch on etcd at http://192.0.2.9:2379 presumed dead"
+    reconciler.down_since = 1_800_000_000.0
+    sent: list[str] = []
+    store.before_commit = lambda ops: sent.append("commit")
+    for write in (lambda: attach(svc, "c2"),
+                  lambda: svc.detach({"container": "c1", "network": "blue"}),
+                  lambda: svc.create_network({"name": "red", "subnet": "10.2.0.0/24"}),
+                  lambda: svc.remove_network("blue"),
+                  lambda: svc.create_group({"name": "web"})):
+        with pytest.raises(StoreUnavailable) as refused:
+            write()
+        message = str(refused.value)
+        assert "store unavailable since 2027-01-15 08:00:00 UTC" in message, message
+        assert "presumed dead" in message and "nothing was changed" in message
+        assert "\n" not in message
+    assert sent == [] and contents(store) == before
+    status = svc.status()["store"]
+    assert status["unavailable_since"] == 1_800_000_000.0
+    assert status["state"].startswith("store unavailable since 2027-01-15 08:00:00 UTC")
+
+
+def test_reads_answer_from_the_last_known_state_while_the_store_is_away(
+    svc: Service, store: HookedStore
+) -> None:
+    attach(svc, "c1")
+    known = {"networks": svc.list_networks(), "endpoints": svc.list_endpoints(),
+             "inspect": svc.inspect_network("blue")}
+    reconciler = svc.reconciler
+    assert isinstance(reconciler, FakeReconciler)
+    reconciler.known = Snapshot(
+        networks={n.name: n for n in known["networks"]},  # type: ignore[union-attr]
+        endpoints={(e.network, e.name): e for e in known["endpoints"]},  # type: ignore[union-attr]
+    )
+
+    def unreachable(_: object) -> None:
+        raise StoreUnavailable("etcd unreachable")
+
+    store.before_list = unreachable  # a read that finds the store away falls back too
+    assert svc.list_networks() == known["networks"]
+    assert svc.list_endpoints("blue") == known["endpoints"]
+    reconciler.down_since, reconciler.watch_error = 1.0, "gone"
+    store.before_list = lambda prefix: pytest.fail(f"listed {prefix} with the store away")
+    assert svc.list_networks() == known["networks"]
+    assert svc.list_endpoints() == known["endpoints"]
+    assert svc.inspect_network("blue") == known["inspect"]
+    with pytest.raises(NotFound):
+        svc.inspect_network("red")
+
+
+# --- a failing-over store: writes are planned again, never applied twice ---------------------
+class LosingStore(HookedStore):
+    """Applies the `lose`-th commit, then says its outcome is unknown (an etcd member that
+    died after it proposed the change); `refuse` commits fail before reaching it."""
+
+    lose = 0
+    refuse = 0
+    commits = 0
+
+    def commit(self, conditions: Sequence[Condition],
+               operations: Sequence[Operation]) -> CommitResult:
+        self.commits += 1
+        if self.refuse:
+            self.refuse -= 1
+            raise StoreUnavailable("etcd unreachable at http://192.0.2.9:2379 (no leader)")
+        result = super().commit(conditions, operations)
+        if self.commits == self.lose:
+            raise OutcomeUnknown("etcd at http://192.0.2.9:2379 broke off txn; the change "
+                                 "may or may not have been applied")
+        return result
+
+
+@pytest.mark.parametrize("lost", ["attach", "detach"])
+def test_a_write_whose_answer_was_lost_is_done_once(tmp_path: Path, lost: str) -> None:
+    store = LosingStore(tmp_path / "netd.db")
+    try:
+        svc = make_service(store)
+        svc.create_network({"name": "blue", "subnet": "10.1.0.0/24"})
+        if lost == "detach":
+            attach(svc, "c1")
+        store.lose = store.commits + 1
+        store.refuse = 0
+        if lost == "attach":
+            ep = attach(svc, "c1")
+            assert [e.ip for e in svc.list_endpoints("blue")] == [ep["ip"]]
+        else:
+            svc.detach({"container": "c1", "network": "blue"})
+            assert svc.list_endpoints("blue") == []
+        kinds = sorted(k.split("/")[4] for k in contents(store) if "/ipam/blue/" in k)
+        assert kinds == (["addr", "mac", "names"] if lost == "attach" else ["names"])
+    finally:
+        store.close()
+
+
+def test_a_write_meeting_an_election_is_planned_again(tmp_path: Path) -> None:
+    store = LosingStore(tmp_path / "netd.db")
+    try:
+        svc = make_service(store)
+        svc.create_network({"name": "blue", "subnet": "10.1.0.0/24"})
+        store.refuse = 3
+        assert attach(svc, "c1")["name"] == "c1"
+        assert len(svc.list_endpoints("blue")) == 1
+    finally:
+        store.close()
