@@ -25,10 +25,11 @@ from netd import config as config_mod
 from netd import metrics, netlink
 from netd.api import ApiServer, ensure_socket_free
 from netd.errors import Conflict, InvalidInput, NetdError
+from netd.health import HealthProber
 from netd.hosts import HostRegistration
 from netd.leases import LeaseKeeper
-from netd.model import Host
-from netd.plugin import DriverContext, load_drivers, network_hooks, specs_of
+from netd.model import Host, Network
+from netd.plugin import DriverContext, DriverSpec, load_drivers, network_hooks, specs_of
 from netd.policy.nft import NftApplier
 from netd.policy.worker import PolicyWorker
 from netd.reconcile import Reconciler
@@ -112,6 +113,16 @@ def policy_worker(drivers: Mapping[str, object]) -> PolicyWorker | None:
     return PolicyWorker(applier)
 
 
+def overhead_of(specs: Mapping[str, DriverSpec], network: Network) -> int:
+    """Bytes a network's encapsulation adds (its backend's declared overhead)."""
+    spec = specs.get(network.driver)
+    backend = spec.backend(network.backend) if spec else None
+    if backend is None:
+        return 0
+    extra = backend.encryption_overhead if network.encrypt else 0
+    return backend.overhead + extra
+
+
 def run(cfg: config_mod.Config) -> None:
     for directory, what, mode in (
         (cfg.state_dir, "state dir", 0o700),
@@ -172,11 +183,15 @@ def run(cfg: config_mod.Config) -> None:
         policy=policy, flow_policy_drivers=FLOW_POLICY_DRIVERS & drivers.keys(),
     )
     reconciler.start()
+    specs = specs_of(drivers)
+    health = HealthProber(lambda: registration.host, reconciler.snapshot, cfg.host_ttl,
+                          overhead=lambda net: overhead_of(specs, net))
+    health.start()
     service = Service(store, keys, registration, reconciler, specs_of(drivers),
                       links=lambda netns: netlink.link_names(netns, shared_netlink),
-                      hooks=network_hooks(drivers))
+                      hooks=network_hooks(drivers), health=health)
     if cfg.metrics:
-        metrics.serve(cfg.metrics, reconciler, lambda: registration.host.name)
+        metrics.serve(cfg.metrics, reconciler, lambda: registration.host.name, health=health)
     try:
         server = ApiServer(cfg.socket, service, config_mod.socket_gid(cfg))
     except OSError as exc:
@@ -194,6 +209,7 @@ def run(cfg: config_mod.Config) -> None:
         pass
     log.info("stopping; the datapath stays in place")
     server.stop()
+    health.stop()
     idle = reconciler.stop()
     leases.stop()
     if idle:

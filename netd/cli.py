@@ -178,12 +178,51 @@ def _print_endpoint(e: dict[str, Any]) -> str:
 
 
 def _print_hosts(value: list[dict[str, Any]]) -> str:
-    return table(
+    text = table(
         [(h["name"], h.get("underlay_ip") or "?", "alive" if h.get("alive") else "dead",
-          h.get("tunnel", ""), ",".join(h.get("shared_networks") or ()))
+          h.get("health", ""), _ms(h.get("rtt_ms")), _percent(h.get("loss")),
+          _path_mtus(h.get("paths") or {}), _ago(h.get("last_seen")) if h.get("last_seen")
+          else "-", h.get("tunnel", ""), ",".join(h.get("shared_networks") or ()))
          for h in value],
-        ["HOST", "UNDERLAY", "STATE", "TUNNEL", "SHARED NETWORKS"],
+        ["HOST", "UNDERLAY", "STATE", "HEALTH", "RTT", "LOSS", "PATH MTU", "LAST SEEN",
+         "TUNNEL", "SHARED NETWORKS"],
     )
+    flags = [f"! {h['name']}: {flag}" for h in value for flag in h.get("flags") or ()]
+    return "\n".join([text, *flags])
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
+def _percent(value: Any) -> str:
+    return "-" if value is None else f"{value * 100:.0f}%"
+
+
+def _path_mtus(paths: dict[str, Any]) -> str:
+    """The smallest measured path MTU, marked `!` when a path carries less than it must."""
+    measured = [(p["path_mtu"], p.get("mtu_ok")) for p in paths.values()
+                if p.get("path_mtu") is not None]
+    if not measured:
+        return "-"
+    smallest = min(m for m, _ in measured)
+    return f"{smallest}{'!' if any(ok is False for _, ok in measured) else ''}"
+
+
+def _peer_lines(peers: dict[str, Any]) -> list[str]:
+    """One line per peer with its probe results; its flags below it."""
+    if not peers:
+        return ["peers: none probed"]
+    lines = ["peers:"]
+    for name, p in sorted(peers.items()):
+        lease = p.get("lease_expires_by")
+        expiry = (f", lease lapses by {max(0.0, lease - time.time()):.0f} s from now if gone"
+                  if lease else "")
+        lines.append(f"  {name}: {p.get('health')}, rtt {_ms(p.get('rtt_ms'))}, loss "
+                     f"{_percent(p.get('loss'))}, path mtu {_path_mtus(p.get('paths') or {})}, "
+                     f"last seen {_ago(p.get('last_seen'))}{expiry}")
+        lines += [f"    ! {flag}" for flag in p.get("flags") or ()]
+    return lines
 
 
 def _print_drivers(value: list[dict[str, Any]]) -> str:
@@ -226,6 +265,8 @@ def _print_status(s: dict[str, Any]) -> str:
     else:
         lines.append("errors: none")
     lines += _datapath_lines(s.get("datapath") or {})
+    if "peers" in s:
+        lines += _peer_lines(s["peers"] or {})
     return "\n".join(lines)
 
 
