@@ -320,6 +320,45 @@ def _datapath_lines(datapath: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _hop_text(h: dict[str, Any]) -> str:
+    if h["hop"] == "endpoint":
+        return f"{h['name']} {h['ip']} ({h['ifname']}) on host {h['host']}, network {h['network']}"
+    if h["hop"] == "port":
+        return f"host {h['host']}: port {h.get('link') or '-'} on bridge {h.get('bridge') or '-'}"
+    crypto = ", encrypted" if h.get("encrypted") else ""
+    state = "" if h.get("peer_alive") else " (peer NOT alive)"
+    return (f"tunnel: {h['driver']}/{h['backend']} vni {h['vni']}{crypto}, "
+            f"{h.get('from') or '?'} -> {h.get('to') or '?'} (host {h['peer']}){state}")
+
+
+def _print_trace(t: dict[str, Any]) -> str:
+    src, dst, flow = t["src"], t["dst"], t["flow"]
+    port = f" port {flow['port']}" if flow.get("port") else ""
+    lines = [f"trace {src['name']} ({src['ip']}) -> {dst['name']} ({dst['ip']}) "
+             f"{flow['protocol']}{port}"]
+    if t.get("path"):
+        lines.append("path:")
+        lines += [f"  {_hop_text(h)}" for h in t["path"]]
+    lines.append(f"verdict: {t['verdict'].upper()}: {t['reason']}")
+    kernel = t.get("kernel") or {}
+    for c in kernel.get("checks") or ():
+        mark = "ok" if c["ok"] else "MISMATCH"
+        lines.append(f"  kernel on {kernel['host']}: {mark} {c['what']}: desired {c['desired']}, "
+                     f"actual {c['actual']}")
+    lines += [f"  not checked: {u}" for u in kernel.get("unchecked") or ()]
+    if kernel.get("mismatch"):
+        lines.append(f"MISMATCH: desired state says {t['verdict']}, the kernel on "
+                     f"{kernel['host']} says {kernel.get('kernel_verdict')}; netd repairs "
+                     "its table at the next resync (resync-interval), or restart netd")
+    return "\n".join(lines)
+
+
+def cmd_trace(c: Client, a: argparse.Namespace) -> tuple[Any, Callable[[Any], str]]:
+    query = {k: v for k, v in {"src": a.src, "dst": a.dst, "proto": a.proto,
+                               "port": a.port}.items() if v is not None}
+    return c.request("GET", f"/v1/trace?{urlencode(query)}"), _print_trace
+
+
 # --- commands -----------------------------------------------------------------------
 def _parse_opts(values: list[str] | None) -> dict[str, str]:
     opts: dict[str, str] = {}
@@ -537,6 +576,14 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = driver.add_subparsers(dest="action", required=True, metavar="ACTION")
     dls = dsub.add_parser("ls", help="drivers, their backends (MTU overhead) and -o options")
     dls.set_defaults(run=lambda c, a: (c.request("GET", "/v1/drivers"), _print_drivers))
+
+    tr = sub.add_parser("trace", help="the path between two endpoints and the verdict "
+                        "(deciding rule or tenant boundary), checked against the kernel")
+    tr.add_argument("src", help="source endpoint: name or address")
+    tr.add_argument("dst", help="destination endpoint: name or address")
+    tr.add_argument("--proto", choices=("tcp", "udp", "icmp"), help="default icmp")
+    tr.add_argument("--port", type=int, help="destination port (tcp, udp)")
+    tr.set_defaults(run=cmd_trace)
 
     status = sub.add_parser("status", help="this daemon: store, networks, endpoints, last sync")
     status.set_defaults(run=lambda c, a: (c.request("GET", "/v1/status"), _print_status))
