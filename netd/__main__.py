@@ -25,6 +25,7 @@ from netd import config as config_mod
 from netd import metrics, netlink
 from netd.api import ApiServer, ensure_socket_free
 from netd.errors import Conflict, InvalidInput, NetdError
+from netd.events import EventBus, EventWatcher
 from netd.health import HealthProber
 from netd.hosts import HostRegistration
 from netd.leases import LeaseKeeper
@@ -186,10 +187,14 @@ def run(cfg: config_mod.Config) -> None:
     specs = specs_of(drivers)
     health = HealthProber(lambda: registration.host, reconciler.snapshot, cfg.host_ttl,
                           overhead=lambda net: overhead_of(specs, net))
+    bus = EventBus()
+    watcher = EventWatcher(bus, reconciler, lambda: registration.host.name)
+    health.on_change = watcher.peer_changed
     health.start()
+    watcher.start()
     service = Service(store, keys, registration, reconciler, specs_of(drivers),
                       links=lambda netns: netlink.link_names(netns, shared_netlink),
-                      hooks=network_hooks(drivers), health=health)
+                      hooks=network_hooks(drivers), health=health, events=bus)
     if cfg.metrics:
         metrics.serve(cfg.metrics, reconciler, lambda: registration.host.name, health=health)
     try:
@@ -210,6 +215,7 @@ def run(cfg: config_mod.Config) -> None:
     log.info("stopping; the datapath stays in place")
     server.stop()
     health.stop()
+    watcher.stop()
     idle = reconciler.stop()
     leases.stop()
     if idle:

@@ -359,6 +359,34 @@ def cmd_trace(c: Client, a: argparse.Namespace) -> tuple[Any, Callable[[Any], st
     return c.request("GET", f"/v1/trace?{urlencode(query)}"), _print_trace
 
 
+EVENTS_WAIT = 5.0  # seconds one long poll waits (below READ_TIMEOUT)
+
+
+def _event_line(e: dict[str, Any]) -> str:
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.get("time") or 0))
+    return f"{when} {e.get('kind', '?'):<16} {e.get('message', '')}"
+
+
+def follow_events(c: Client, a: argparse.Namespace) -> int:
+    """Print the daemon's buffered events, then new ones as they happen (until
+    interrupted; `--once`: only what is buffered). One JSON object a line with --json."""
+    since = a.since
+    try:
+        while True:
+            wait = 0 if a.once else EVENTS_WAIT
+            answer = c.request("GET", f"/v1/events?{urlencode({'since': since, 'wait': wait})}")
+            if answer.get("missed") and not a.json:
+                print(f"({answer['missed']} events dropped from the daemon's buffer)")
+            for event in answer.get("events") or ():
+                print(json.dumps(event, sort_keys=True) if a.json else _event_line(event),
+                      flush=True)
+            since = max(since, int(answer.get("next") or 0))
+            if a.once:
+                return 0
+    except KeyboardInterrupt:
+        return 0
+
+
 # --- commands -----------------------------------------------------------------------
 def _parse_opts(values: list[str] | None) -> dict[str, str]:
     opts: dict[str, str] = {}
@@ -577,6 +605,13 @@ def build_parser() -> argparse.ArgumentParser:
     dls = dsub.add_parser("ls", help="drivers, their backends (MTU overhead) and -o options")
     dls.set_defaults(run=lambda c, a: (c.request("GET", "/v1/drivers"), _print_drivers))
 
+    ev = sub.add_parser("events", help="follow what the daemon does: endpoints applied, "
+                        "peers up/down, failures (JSON lines with --json)")
+    ev.add_argument("--since", type=int, default=0,
+                    help="only events numbered above N (default: all the daemon keeps)")
+    ev.add_argument("--once", action="store_true", help="print what is buffered and exit")
+    ev.set_defaults(run=None)
+
     tr = sub.add_parser("trace", help="the path between two endpoints and the verdict "
                         "(deciding rule or tenant boundary), checked against the kernel")
     tr.add_argument("src", help="source endpoint: name or address")
@@ -630,6 +665,11 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(demo.down())
         sys.exit(demo.run_demo(keep=args.keep, hosts=args.hosts, as_json=args.json))
     client = Client(args.socket)
+    if args.command == "events":
+        try:
+            sys.exit(follow_events(client, args))
+        except CliError as exc:
+            _fail(str(exc), exc.exit_code, args.json)
     try:
         value, render = args.run(client, args)
     except CliError as exc:
