@@ -49,8 +49,18 @@ def run_benchmark(name: str, args: str, out: Path) -> Path:
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"bench.{name} failed ({result.returncode}): {result.stderr[-800:]}")
-    target.write_text(result.stdout)
+    target.write_text(json.dumps(json_of(result.stdout), indent=2))
     return target
+
+
+def json_of(stdout: str) -> Any:
+    """The JSON document a benchmark printed, after any progress lines it printed first
+    (the document starts at the first line beginning with `{` or `[`)."""
+    lines = stdout.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(("{", "["))), None)
+    if start is None:
+        raise SystemExit("the benchmark printed no JSON")
+    return json.loads("\n".join(lines[start:]))
 
 
 def load(directory: Path) -> dict[str, Any]:

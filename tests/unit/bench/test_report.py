@@ -62,3 +62,8 @@ def test_missing_benchmarks_are_listed_as_not_run(tmp_path: Path) -> None:
     text = path.read_text()
     assert "## Not run" in text and "- datapath" in text and "- attach" in text
     assert not (out / "throughput.png").exists() and (out / "convergence.png").exists()
+
+
+def test_progress_lines_before_the_json_are_skipped() -> None:
+    printed = "  round 1/1 underlay: {'mbit_s': 2867}\n" + json.dumps(DATAPATH, indent=2)
+    assert report.json_of(printed) == DATAPATH
