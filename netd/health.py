@@ -3,14 +3,15 @@ overlay both hosts have endpoints on, and keeps RTT, loss, path MTU and last see
 
 Why inside the overlay: a peer's underlay address can answer while its tunnel is a
 black hole (an MTU smaller than the network's somewhere on the path, a missing fdb
-entry, a dead sleeve engine). So for every network with a kernel bridge on this host
-(the driver's "bridge" name role, e.g. weave's `ndb<vni>`, whichever backend carries
-it) the prober sends an Ethernet frame of its own EtherType into the bridge; the
-driver carries it like any broadcast (fastdp: the peers' all-zero fdb entries; sleeve:
+entry, a dead sleeve engine). So for every network that is one L2 segment on a
+kernel bridge of its own (netd.policy.compute's L2_DRIVERS: weave's `ndb<vni>`, whichever
+backend carries it) the prober sends an Ethernet frame of its own EtherType into the
+bridge; the driver carries it like any broadcast (fastdp: the peers' all-zero fdb entries; sleeve:
 its flood list) to the bridges of the peers that have endpoints on the network, where
 their netd answers the same way. The frames never reach a container (netd's bridge
 filter passes only IPv4 and ARP to ports). Over the underlay, the probe is a UDP
-datagram to the peer's netd (port UNDERLAY_PORT) with DF set.
+datagram to the peer's netd (port UNDERLAY_PORT) with DF set; networks of other drivers
+(openflow, flannel) are judged by it: the underlay's path MTU less their overhead.
 
 Path MTU: each round also sends one frame as large as the path should carry (the
 network's MTU as Ethernet payload; the smaller underlay MTU of both hosts over the
@@ -40,7 +41,7 @@ from typing import Any
 
 from netd.calc import Snapshot
 from netd.model import Host, Network
-from netd.policy.compute import link_of
+from netd.policy.compute import L2_DRIVERS, link_of
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ UNDERLAY_PORT = 6799
 INTERVAL = 1.0
 WINDOW = 10  # probes that make up loss and RTT
 UNHEALTHY_AFTER = 3.5  # seconds without any answer
+GRACE = 3.0  # seconds a new path has to come up before its lost probes count
 MIN_SIZE = 256  # smallest size the MTU search tries
 SEARCH_DONE = 8  # bytes: the search stops when good and bad are this close
 IP_UDP = 28
@@ -69,6 +71,7 @@ class PathState:
     full_ok: bool | None = None  # the last probe at target_mtu was answered
     search: tuple[int, int] | None = None  # (largest answered, smallest lost)
     error: str = ""
+    created: float = field(default_factory=time.monotonic)
 
     def to_dict(self) -> dict[str, Any]:
         answered = [r for r in self.results if r is not None]
@@ -192,6 +195,13 @@ class HealthProber:
             if name == "underlay" or p["path_mtu"] is None or p["mtu_ok"]:
                 continue
             flags.append(advice(peer, name, p["mtu"], p["path_mtu"]))
+        for name, p in paths.items():
+            if p["loss"] == 1 and any(q["loss"] is not None and q["loss"] < 1
+                                      for q in paths.values()):
+                where = "over the underlay" if name == "underlay" else f"inside network {name}"
+                flags.append(f"no answers {where} from {peer} while other paths answer: check "
+                             f"`netctl status` on both hosts for errors on it and a firewall "
+                             "on the underlay for the backend's port")
         measured = underlay.get("path_mtu")
         for name, net in sorted(snapshot.networks.items()):
             if name in paths or measured is None or underlay.get("mtu_ok"):
@@ -267,8 +277,10 @@ class HealthProber:
                 hosts = on.get(net_name, set())
                 if me.name not in hosts or name not in hosts:
                     continue
+                # a bridge per network that floods to the peers (weave); other drivers'
+                # networks are judged by the underlay path less their overhead
                 _, bridge = link_of(net.driver, net, "")
-                if bridge is not None:
+                if bridge is not None and net.driver in L2_DRIVERS:
                     out[(name, net_name)] = (net.mtu, bridge)
         return out
 
@@ -309,7 +321,8 @@ class HealthProber:
             if state is None:
                 continue
             if sent.kind == "ping":
-                state.results.append(None)
+                if sent.at - state.created >= GRACE or state.last_seen:
+                    state.results.append(None)
             elif sent.kind == "full":
                 state.full_ok = False
                 stale = state.path_mtu is None or state.path_mtu >= sent.size

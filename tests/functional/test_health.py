@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from netd.lab import Lab, ns_exec, run
+from plugins.weave.names import vxlan_name
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
@@ -87,6 +88,26 @@ def test_a_peer_whose_underlay_carries_less_than_the_network_mtu_is_flagged(lab:
     finally:
         run(ns_exec(netns, "ip", "link", "set", "ul0", "mtu", "1500"))
     assert wait_for(lambda: hosts(lab)["h3"]["flags"] == [], 20), hosts(lab)["h3"]
+
+
+def test_a_broken_tunnel_is_seen_while_the_underlay_answers(lab: Lab) -> None:
+    # h1 loses its flood entry towards h2: the underlay still answers, the overlay not
+    vni = lab.netctl_json("h1", "network", "inspect", "hn")["vni"]
+    netns, h2 = lab.hosts["h1"].netns, lab.hosts["h2"].underlay_ip
+    flood = ["00:00:00:00:00:00", "dev", vxlan_name(vni), "dst", h2]
+    run(ns_exec(netns, "bridge", "fdb", "del", *flood))
+    try:
+        def flagged() -> dict[str, Any] | None:
+            row = hosts(lab)["h2"]
+            return row if any("inside network hn" in f for f in row["flags"]) else None
+
+        row = wait_for(flagged, 20)
+        assert row, f"h2 not flagged: {hosts(lab)['h2']}"
+        assert row["health"] == "degraded"
+        assert row["paths"]["hn"]["loss"] == 1 and row["paths"]["underlay"]["loss"] == 0
+    finally:
+        run(ns_exec(netns, "bridge", "fdb", "append", *flood), check=False)
+    assert wait_for(lambda: hosts(lab)["h2"]["health"] == "healthy", 20), hosts(lab)["h2"]
 
 
 def test_a_killed_peer_is_unreachable_within_the_lease_ttl(lab: Lab) -> None:
