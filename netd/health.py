@@ -1,21 +1,24 @@
 """Per-peer health: netd probes every live peer, over the underlay and inside each
 overlay both hosts have endpoints on, and keeps RTT, loss, path MTU and last seen.
 
-Why inside the overlay: a peer's underlay address can answer while its tunnel is a
-black hole (an MTU smaller than the network's somewhere on the path, a missing fdb
-entry, a dead sleeve engine). So for every network that is one L2 segment on a
-kernel bridge of its own (netd.policy.compute's L2_DRIVERS: weave's `ndb<vni>`, whichever
-backend carries it) the prober sends an Ethernet frame of its own EtherType into the
-bridge; the driver carries it like any broadcast (fastdp: the peers' all-zero fdb entries; sleeve:
-its flood list) to the bridges of the peers that have endpoints on the network, where
-their netd answers the same way. The frames never reach a container (netd's bridge
-filter passes only IPv4 and ARP to ports). Over the underlay, the probe is a UDP
-datagram to the peer's netd (port UNDERLAY_PORT) with DF set; networks of other drivers
-(openflow, flannel) are judged by it: the underlay's path MTU less their overhead.
+Why inside the overlay: a peer's underlay address can answer while its tunnel is a black
+hole (an MTU smaller than the network's somewhere on the path, a missing fdb entry, a
+dead sleeve engine). So for every network that is one L2 segment on a kernel bridge of
+its own (netd.policy.compute's L2_DRIVERS: weave's `ndb<vni>`, whichever backend carries
+it) the prober sends an Ethernet frame of its own EtherType into the bridge; the driver
+carries it like any broadcast (fastdp: the peers' all-zero fdb entries; sleeve: its
+flood list) to the bridges of the peers that have endpoints on the network (one frame
+reaches them all; it names each peer's sequence number), whose netd answers over the
+underlay to the sender's probe port (their own probes cross the tunnel the other way).
+The frames never reach a container (netd's bridge filter passes only IPv4 and ARP to
+ports). Over the underlay, the probe is a UDP datagram to the peer's netd (port
+UNDERLAY_PORT) with DF set; networks of other drivers (openflow, flannel) are judged by
+it: the underlay's path MTU less their overhead.
 
-Path MTU: each round also sends one frame as large as the path should carry (the
+Path MTU: a round also sends one frame as large as the path should carry (the
 network's MTU as Ethernet payload; the smaller underlay MTU of both hosts over the
-underlay). While that goes unanswered and small probes are answered, a binary search
+underlay): every round while a peer's path MTU is unknown or short, else every
+FULL_EVERY rounds. While that goes unanswered and small probes are answered, a binary search
 (one probe per round) finds the largest size that is answered; a network whose MTU
 exceeds it is flagged with what to do.
 
@@ -51,6 +54,7 @@ INTERVAL = 1.0
 WINDOW = 10  # probes that make up loss and RTT
 UNHEALTHY_AFTER = 3.5  # seconds without any answer
 GRACE = 3.0  # seconds a new path has to come up before its lost probes count
+FULL_EVERY = 5  # rounds between full-size probes of a path known to carry them
 MIN_SIZE = 256  # smallest size the MTU search tries
 SEARCH_DONE = 8  # bytes: the search stops when good and bad are this close
 IP_UDP = 28
@@ -131,6 +135,7 @@ class HealthProber:
         self._paths: dict[tuple[str, str], PathState] = {}
         self._sent: dict[int, _Sent] = {}
         self._seq = 0
+        self._round = 0
         self._stop = threading.Event()
         self._udp: socket.socket | None = None
         self._raw: socket.socket | None = None
@@ -195,9 +200,15 @@ class HealthProber:
             if name == "underlay" or p["path_mtu"] is None or p["mtu_ok"]:
                 continue
             flags.append(advice(peer, name, p["mtu"], p["path_mtu"]))
+        silent = max(UNHEALTHY_AFTER, 3.5 * self._interval)
+
+        def quiet(p: dict[str, Any]) -> bool:
+            if p["last_seen"] is None:
+                return bool(p["loss"] == 1)  # never answered since its grace
+            return bool(now - p["last_seen"] > silent)
+
         for name, p in paths.items():
-            if p["loss"] == 1 and any(q["loss"] is not None and q["loss"] < 1
-                                      for q in paths.values()):
+            if quiet(p) and not all(quiet(q) for q in paths.values()):
                 where = "over the underlay" if name == "underlay" else f"inside network {name}"
                 flags.append(f"no answers {where} from {peer} while other paths answer: check "
                              f"`netctl status` on both hosts for errors on it and a firewall "
@@ -216,7 +227,7 @@ class HealthProber:
                          "switch port on the path has a smaller MTU; raise it")
         if not seen:
             health = "unknown" if peer in snapshot.hosts else "unreachable"
-        elif now - seen > max(UNHEALTHY_AFTER, 3.5 * self._interval):
+        elif now - seen > silent:
             health = "unreachable"
         elif flags or any((p["loss"] or 0) > 0.2 for p in paths.values()):
             health = "degraded"
@@ -252,14 +263,23 @@ class HealthProber:
                 state = self._paths.get(key)
                 if state is None or state.target_mtu != mtu:
                     self._paths[key] = PathState(target_mtu=mtu)
+        self._round += 1
+        # one frame per network reaches every peer on it (the overlay floods it): probes
+        # are sent per (path, how), naming each peer's sequence number
+        groups: dict[tuple[str, Any, int], list[str]] = {}
         for (peer, path), (mtu, how) in sorted(wanted.items()):
-            state = self._paths[(peer, path)]
-            sizes = [("ping", 0), ("full", mtu)]
-            if state.search is not None:
-                good, bad = state.search
-                sizes.append(("search", (good + bad) // 2))
-            for kind, size in sizes:
-                self._send(me, peer, path, how, kind, size)
+            groups.setdefault((path, how, mtu), []).append(peer)
+        for (path, how, mtu), peers in sorted(groups.items(), key=lambda g: g[0][0]):
+            with self._lock:
+                states = {peer: self._paths[(peer, path)] for peer in peers}
+            self._send(me, peers, path, how, "ping", 0)
+            doubtful = any(s.path_mtu is None or not s.full_ok for s in states.values())
+            if doubtful or self._round % FULL_EVERY == 0:
+                self._send(me, peers, path, how, "full", mtu)
+            for peer, state in states.items():
+                if state.search is not None:
+                    good, bad = state.search
+                    self._send(me, [peer], path, how, "search", (good + bad) // 2)
         self._report_changes()
 
     def _wanted(self, me: Host, snapshot: Snapshot) -> dict[tuple[str, str], tuple[int, Any]]:
@@ -284,12 +304,17 @@ class HealthProber:
                     out[(name, net_name)] = (net.mtu, bridge)
         return out
 
-    def _send(self, me: Host, peer: str, path: str, how: Any, kind: str, size: int) -> None:
+    def _send(self, me: Host, peers: list[str], path: str, how: Any, kind: str,
+              size: int) -> None:
+        """One probe to `peers` (answered over the underlay, to this host's probe port)."""
+        seqs: dict[str, int] = {}
         with self._lock:
-            self._seq += 1
-            seq = self._seq
-            self._sent[seq] = _Sent(peer, path, size, time.monotonic(), kind)
-        message = {"t": "req", "from": me.name, "to": peer, "net": path, "seq": seq}
+            for peer in peers:
+                self._seq += 1
+                seqs[peer] = self._seq
+                self._sent[self._seq] = _Sent(peer, path, size, time.monotonic(), kind)
+        message = {"t": "req", "from": me.name, "ip": me.underlay_ip, "net": path,
+                   "seqs": seqs}
         try:
             if path == "underlay":
                 if self._udp is None:
@@ -306,10 +331,12 @@ class HealthProber:
             error = exc.strerror or str(exc)
             if kind != "ping":  # too big to leave this host: not the peer's fault
                 error = ""
-        with self._lock:
-            state = self._paths.get((peer, path))
-            if state is not None and kind == "ping":
-                state.error = error
+        if kind == "ping":
+            with self._lock:
+                for peer in peers:
+                    state = self._paths.get((peer, path))
+                    if state is not None:
+                        state.error = error
 
     def _expire(self, now: float) -> None:
         """Probes unanswered for a round are lost (called with the lock held)."""
@@ -397,19 +424,24 @@ class HealthProber:
             message = decode(data[ETH_HEADER:])
         else:
             message = decode(data)
-        if message is None or message.get("to") != me.name or message.get("from") == me.name:
+        if message is None or message.get("from") == me.name:
             return
-        sender, seq = message.get("from"), message.get("seq")
-        if not isinstance(sender, str) or not isinstance(seq, int):
+        sender = message.get("from")
+        if not isinstance(sender, str):
             return
         if message.get("t") == "rep":
-            self._answered(seq, sender)
+            seq = message.get("seq")
+            if message.get("to") == me.name and isinstance(seq, int):
+                self._answered(seq, sender)
             return
-        if message.get("t") != "req":
+        seqs = message.get("seqs")
+        seq = seqs.get(me.name) if isinstance(seqs, dict) else None
+        if message.get("t") != "req" or not isinstance(seq, int) or self._udp is None:
             return
-        reply = {"t": "rep", "from": me.name, "to": sender, "net": message.get("net"),
-                 "seq": seq}
-        if sock is self._raw:
-            sock.sendto(frame(probe_mac(me.name), reply, 0), (address[0], ETHERTYPE))
+        reply = json.dumps({"t": "rep", "from": me.name, "to": sender, "seq": seq}).encode()
+        if sock is self._raw:  # inside the overlay: answer to the sender's probe port
+            ip = message.get("ip")
+            if isinstance(ip, str):
+                self._udp.sendto(reply, (ip, UNDERLAY_PORT))
         else:
-            sock.sendto(json.dumps(reply).encode(), address)
+            self._udp.sendto(reply, address)

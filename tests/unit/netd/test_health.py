@@ -35,15 +35,17 @@ class FakeNetwork:
         self.mtu = mtu
         self.sent: list[tuple[str, str, int]] = []
 
-    def send(self, me: Host, peer: str, path: str, how: Any, kind: str, size: int) -> None:
+    def send(self, me: Host, peers: list[str], path: str, how: Any, kind: str,
+             size: int) -> None:
         prober = self.prober
-        with prober._lock:
-            prober._seq += 1
-            seq = prober._seq
-            prober._sent[seq] = _Sent(peer, path, size, time.monotonic() - 0.001, kind)
-        self.sent.append((path, kind, size))
-        if self.mtu is not None and size <= self.mtu:
-            prober._answered(seq, peer)
+        for peer in peers:
+            with prober._lock:
+                prober._seq += 1
+                seq = prober._seq
+                prober._sent[seq] = _Sent(peer, path, size, time.monotonic() - 0.001, kind)
+            self.sent.append((path, kind, size))
+            if self.mtu is not None and size <= self.mtu:
+                prober._answered(seq, peer)
 
 
 def prober_with(mtu: int | None) -> tuple[HealthProber, FakeNetwork]:
