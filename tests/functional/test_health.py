@@ -13,6 +13,7 @@ import pytest
 
 from netd.lab import Lab, ns_exec, run
 from plugins.weave.names import vxlan_name
+from tests.functional.test_metrics import ADDRESS, scrape, value
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
@@ -21,10 +22,15 @@ HOST_TTL = 8
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    with Lab(hosts=3, store="etcd", host_ttl=HOST_TTL) as lab:
+    with Lab(hosts=0, store="etcd", host_ttl=HOST_TTL) as lab:
+        for name in ("h1", "h2", "h3"):
+            lab.add_host(name)
+        lab.hosts["h1"].extra_args = ["--metrics", ADDRESS]
+        for name in ("h1", "h2", "h3"):
+            lab.start_netd(name)
         lab.netctl("h1", "network", "create", "hn", "--subnet", "10.91.0.0/24")
         for host in ("h1", "h2", "h3"):
-            lab.netctl("h1" if host == "h1" else host, "attach",
+            lab.netctl(host, "attach",
                        lab.add_container(host, f"c{host}"), "--network", "hn")
         yield lab
 
@@ -64,6 +70,11 @@ def test_healthy_peers_show_rtt_and_path_mtu(lab: Lab) -> None:
     assert "healthy" in text and "1450" in text and "ms" in text
     status = lab.netctl_json("h1", "status")
     assert set(status["peers"]) == {"h2", "h3"}
+    samples = scrape(lab)  # per-peer metrics: RTT, loss, path MTU, up
+    assert value(samples, "netd_peer_rtt_seconds", peer="h2", path="hn") > 0
+    assert value(samples, "netd_peer_path_mtu_bytes", peer="h3", path="hn") == 1450
+    assert value(samples, "netd_peer_mtu_bytes", peer="h3", path="underlay") == 1500
+    assert value(samples, "netd_peer_up", peer="h2") == 1
     assert "peers:" in lab.netctl("h1", "status").stdout
 
 
