@@ -120,17 +120,22 @@ class EventWatcher:
 
     def step(self) -> None:
         status = self._reconciler.status()
-        snapshot = self._reconciler.snapshot()
-        me = self._host()
-        view = {
-            "networks": set(snapshot.networks),
-            "hosts": set(snapshot.hosts),
-            "endpoints": {endpoint_id(ep): ep for ep in snapshot.endpoints.values()
-                          if ep.host == me},
-            "errors": dict(status.errors),
-            "store_ok": status.store_ok,
-        }
         old = self._view
+        if old is not None and old["seen"] == status.seen_revision:
+            view = {**old, "errors": dict(status.errors), "store_ok": status.store_ok}
+        else:  # the local copy moved: a copy of it (not every look: it costs a copy)
+            snapshot = self._reconciler.snapshot()
+            me = self._host()
+            view = {
+                "seen": status.seen_revision,
+                "networks": set(snapshot.networks),
+                "hosts": set(snapshot.hosts),
+                "endpoints": {endpoint_id(ep): ep for ep in snapshot.endpoints.values()
+                              if ep.host == me},
+                "errors": dict(status.errors),
+                "store_ok": status.store_ok,
+            }
+        me = self._host()
         self._view = view
         if old is None:
             self._pending = {item: 0 for item in view["endpoints"]}

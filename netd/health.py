@@ -214,13 +214,12 @@ class HealthProber:
                              f"`netctl status` on both hosts for errors on it and a firewall "
                              "on the underlay for the backend's port")
         measured = underlay.get("path_mtu")
-        for name, net in sorted(snapshot.networks.items()):
-            if name in paths or measured is None or underlay.get("mtu_ok"):
-                continue
-            carried = measured - self._overhead(net)
-            if any(ep.network == name and ep.host == peer for ep in snapshot.endpoints.values()
-                   ) and carried < net.mtu:
-                flags.append(advice(peer, name, net.mtu, carried))
+        if measured is not None and not underlay.get("mtu_ok"):
+            shared = {ep.network for ep in snapshot.endpoints.values() if ep.host == peer}
+            for name, net in sorted(snapshot.networks.items()):
+                carried = measured - self._overhead(net)
+                if name not in paths and name in shared and carried < net.mtu:
+                    flags.append(advice(peer, name, net.mtu, carried))
         if underlay.get("path_mtu") is not None and not underlay.get("mtu_ok"):
             flags.append(f"the underlay carries only {underlay['path_mtu']} bytes to {peer} "
                          f"(both hosts' underlay MTU is {underlay['mtu']}): an interface or "
