@@ -26,11 +26,13 @@ from netd import config as config_mod
 from netd import metrics, netlink
 from netd.api import ApiServer, ensure_socket_free
 from netd.errors import Conflict, InvalidInput, NetdError
+from netd.events import EventBus, EventWatcher
+from netd.health import HealthProber
 from netd.hosts import HostRegistration
 from netd.leases import LeaseKeeper
 from netd.liveness import UnderlayProber
-from netd.model import Host
-from netd.plugin import DriverContext, load_drivers, network_hooks, specs_of
+from netd.model import Host, Network
+from netd.plugin import DriverContext, DriverSpec, load_drivers, network_hooks, specs_of
 from netd.policy.nft import NftApplier
 from netd.policy.worker import PolicyWorker
 from netd.reconcile import Reconciler
@@ -114,6 +116,16 @@ def policy_worker(drivers: Mapping[str, object]) -> PolicyWorker | None:
     return PolicyWorker(applier)
 
 
+def overhead_of(specs: Mapping[str, DriverSpec], network: Network) -> int:
+    """Bytes a network's encapsulation adds (its backend's declared overhead)."""
+    spec = specs.get(network.driver)
+    backend = spec.backend(network.backend) if spec else None
+    if backend is None:
+        return 0
+    extra = backend.encryption_overhead if network.encrypt else 0
+    return backend.overhead + extra
+
+
 def run(cfg: config_mod.Config) -> None:
     for directory, what, mode in (
         (cfg.state_dir, "state dir", 0o700),
@@ -179,11 +191,19 @@ def run(cfg: config_mod.Config) -> None:
         still_there=lambda departed: prober.answering(departed.underlay_ip),
     )
     reconciler.start()
+    specs = specs_of(drivers)
+    health = HealthProber(lambda: registration.host, reconciler.snapshot, cfg.host_ttl,
+                          overhead=lambda net: overhead_of(specs, net))
+    bus = EventBus()
+    watcher = EventWatcher(bus, reconciler, lambda: registration.host.name)
+    health.on_change = watcher.peer_changed
+    health.start()
+    watcher.start()
     service = Service(store, keys, registration, reconciler, specs_of(drivers),
                       links=lambda netns: netlink.link_names(netns, shared_netlink),
-                      hooks=network_hooks(drivers))
+                      hooks=network_hooks(drivers), health=health, events=bus)
     if cfg.metrics:
-        metrics.serve(cfg.metrics, reconciler, lambda: registration.host.name)
+        metrics.serve(cfg.metrics, reconciler, lambda: registration.host.name, health=health)
     try:
         server = ApiServer(cfg.socket, service, config_mod.socket_gid(cfg))
     except OSError as exc:
@@ -210,6 +230,8 @@ def run(cfg: config_mod.Config) -> None:
     if docker_plugin is not None:
         docker_plugin.close()
     server.stop()
+    health.stop()
+    watcher.stop()
     idle = reconciler.stop()
     prober.stop()
     leases.stop()

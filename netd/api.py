@@ -37,7 +37,9 @@ from netd.errors import (
     StoreUnavailable,
     Unsupported,
 )
+from netd.events import read_query
 from netd.service import Service
+from netd.service.tracing import trace_flow
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("DELETE", r"/v1/sg/(?P<name>[^/]+)/rules/(?P<rule>[^/]+)",
      lambda s, p, b, q: (200, s.remove_rule(q.get("tenant"), p["name"], p["rule"]))),
     ("GET", r"/v1/hosts", lambda s, p, b, q: (200, s.list_hosts())),
+    ("GET", r"/v1/events", lambda s, p, b, q: (200, read_query(s.events, q))),
+    ("GET", r"/v1/trace", lambda s, p, b, q: (200, trace_flow(s, q))),
     ("GET", r"/v1/drivers",
      lambda s, p, b, q: (200, [spec.to_dict() for _, spec in sorted(s.specs.items())])),
 ]

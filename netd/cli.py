@@ -178,12 +178,51 @@ def _print_endpoint(e: dict[str, Any]) -> str:
 
 
 def _print_hosts(value: list[dict[str, Any]]) -> str:
-    return table(
+    text = table(
         [(h["name"], h.get("underlay_ip") or "?", "alive" if h.get("alive") else "dead",
-          h.get("tunnel", ""), ",".join(h.get("shared_networks") or ()))
+          h.get("health", ""), _ms(h.get("rtt_ms")), _percent(h.get("loss")),
+          _path_mtus(h.get("paths") or {}), _ago(h.get("last_seen")) if h.get("last_seen")
+          else "-", h.get("tunnel", ""), ",".join(h.get("shared_networks") or ()))
          for h in value],
-        ["HOST", "UNDERLAY", "STATE", "TUNNEL", "SHARED NETWORKS"],
+        ["HOST", "UNDERLAY", "STATE", "HEALTH", "RTT", "LOSS", "PATH MTU", "LAST SEEN",
+         "TUNNEL", "SHARED NETWORKS"],
     )
+    flags = [f"! {h['name']}: {flag}" for h in value for flag in h.get("flags") or ()]
+    return "\n".join([text, *flags])
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
+def _percent(value: Any) -> str:
+    return "-" if value is None else f"{value * 100:.0f}%"
+
+
+def _path_mtus(paths: dict[str, Any]) -> str:
+    """The smallest measured path MTU, marked `!` when a path carries less than it must."""
+    measured = [(p["path_mtu"], p.get("mtu_ok")) for p in paths.values()
+                if p.get("path_mtu") is not None]
+    if not measured:
+        return "-"
+    smallest = min(m for m, _ in measured)
+    return f"{smallest}{'!' if any(ok is False for _, ok in measured) else ''}"
+
+
+def _peer_lines(peers: dict[str, Any]) -> list[str]:
+    """One line per peer with its probe results; its flags below it."""
+    if not peers:
+        return ["peers: none probed"]
+    lines = ["peers:"]
+    for name, p in sorted(peers.items()):
+        lease = p.get("lease_expires_by")
+        expiry = (f", lease lapses by {max(0.0, lease - time.time()):.0f} s from now if gone"
+                  if lease else "")
+        lines.append(f"  {name}: {p.get('health')}, rtt {_ms(p.get('rtt_ms'))}, loss "
+                     f"{_percent(p.get('loss'))}, path mtu {_path_mtus(p.get('paths') or {})}, "
+                     f"last seen {_ago(p.get('last_seen'))}{expiry}")
+        lines += [f"    ! {flag}" for flag in p.get("flags") or ()]
+    return lines
 
 
 def _print_drivers(value: list[dict[str, Any]]) -> str:
@@ -227,6 +266,8 @@ def _print_status(s: dict[str, Any]) -> str:
     else:
         lines.append("errors: none")
     lines += _datapath_lines(s.get("datapath") or {})
+    if "peers" in s:
+        lines += _peer_lines(s["peers"] or {})
     return "\n".join(lines)
 
 
@@ -278,6 +319,73 @@ def _datapath_lines(datapath: dict[str, Any]) -> list[str]:
             lines.append(f"    sleeve vni {vni} ({net.get('tap')}): {peers} peers {counters}"
                          f"{error}".rstrip())
     return lines
+
+
+def _hop_text(h: dict[str, Any]) -> str:
+    if h["hop"] == "endpoint":
+        return f"{h['name']} {h['ip']} ({h['ifname']}) on host {h['host']}, network {h['network']}"
+    if h["hop"] == "port":
+        return f"host {h['host']}: port {h.get('link') or '-'} on bridge {h.get('bridge') or '-'}"
+    crypto = ", encrypted" if h.get("encrypted") else ""
+    state = "" if h.get("peer_alive") else " (peer NOT alive)"
+    return (f"tunnel: {h['driver']}/{h['backend']} vni {h['vni']}{crypto}, "
+            f"{h.get('from') or '?'} -> {h.get('to') or '?'} (host {h['peer']}){state}")
+
+
+def _print_trace(t: dict[str, Any]) -> str:
+    src, dst, flow = t["src"], t["dst"], t["flow"]
+    port = f" port {flow['port']}" if flow.get("port") else ""
+    lines = [f"trace {src['name']} ({src['ip']}) -> {dst['name']} ({dst['ip']}) "
+             f"{flow['protocol']}{port}"]
+    if t.get("path"):
+        lines.append("path:")
+        lines += [f"  {_hop_text(h)}" for h in t["path"]]
+    lines.append(f"verdict: {t['verdict'].upper()}: {t['reason']}")
+    kernel = t.get("kernel") or {}
+    for c in kernel.get("checks") or ():
+        mark = "ok" if c["ok"] else "MISMATCH"
+        lines.append(f"  kernel on {kernel['host']}: {mark} {c['what']}: desired {c['desired']}, "
+                     f"actual {c['actual']}")
+    lines += [f"  not checked: {u}" for u in kernel.get("unchecked") or ()]
+    if kernel.get("mismatch"):
+        lines.append(f"MISMATCH: desired state says {t['verdict']}, the kernel on "
+                     f"{kernel['host']} says {kernel.get('kernel_verdict')}; netd repairs "
+                     "its table at the next resync (resync-interval), or restart netd")
+    return "\n".join(lines)
+
+
+def cmd_trace(c: Client, a: argparse.Namespace) -> tuple[Any, Callable[[Any], str]]:
+    query = {k: v for k, v in {"src": a.src, "dst": a.dst, "proto": a.proto,
+                               "port": a.port}.items() if v is not None}
+    return c.request("GET", f"/v1/trace?{urlencode(query)}"), _print_trace
+
+
+EVENTS_WAIT = 5.0  # seconds one long poll waits (below READ_TIMEOUT)
+
+
+def _event_line(e: dict[str, Any]) -> str:
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.get("time") or 0))
+    return f"{when} {e.get('kind', '?'):<16} {e.get('message', '')}"
+
+
+def follow_events(c: Client, a: argparse.Namespace) -> int:
+    """Print the daemon's buffered events, then new ones as they happen (until
+    interrupted; `--once`: only what is buffered). One JSON object a line with --json."""
+    since = a.since
+    try:
+        while True:
+            wait = 0 if a.once else EVENTS_WAIT
+            answer = c.request("GET", f"/v1/events?{urlencode({'since': since, 'wait': wait})}")
+            if answer.get("missed") and not a.json:
+                print(f"({answer['missed']} events dropped from the daemon's buffer)")
+            for event in answer.get("events") or ():
+                print(json.dumps(event, sort_keys=True) if a.json else _event_line(event),
+                      flush=True)
+            since = max(since, int(answer.get("next") or 0))
+            if a.once:
+                return 0
+    except KeyboardInterrupt:
+        return 0
 
 
 # --- commands -----------------------------------------------------------------------
@@ -498,6 +606,21 @@ def build_parser() -> argparse.ArgumentParser:
     dls = dsub.add_parser("ls", help="drivers, their backends (MTU overhead) and -o options")
     dls.set_defaults(run=lambda c, a: (c.request("GET", "/v1/drivers"), _print_drivers))
 
+    ev = sub.add_parser("events", help="follow what the daemon does: endpoints applied, "
+                        "peers up/down, failures (JSON lines with --json)")
+    ev.add_argument("--since", type=int, default=0,
+                    help="only events numbered above N (default: all the daemon keeps)")
+    ev.add_argument("--once", action="store_true", help="print what is buffered and exit")
+    ev.set_defaults(run=None)
+
+    tr = sub.add_parser("trace", help="the path between two endpoints and the verdict "
+                        "(deciding rule or tenant boundary), checked against the kernel")
+    tr.add_argument("src", help="source endpoint: name or address")
+    tr.add_argument("dst", help="destination endpoint: name or address")
+    tr.add_argument("--proto", choices=("tcp", "udp", "icmp"), help="default icmp")
+    tr.add_argument("--port", type=int, help="destination port (tcp, udp)")
+    tr.set_defaults(run=cmd_trace)
+
     status = sub.add_parser("status", help="this daemon: store, networks, endpoints, last sync")
     status.set_defaults(run=lambda c, a: (c.request("GET", "/v1/status"), _print_status))
 
@@ -543,6 +666,11 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(demo.down())
         sys.exit(demo.run_demo(keep=args.keep, hosts=args.hosts, as_json=args.json))
     client = Client(args.socket)
+    if args.command == "events":
+        try:
+            sys.exit(follow_events(client, args))
+        except CliError as exc:
+            _fail(str(exc), exc.exit_code, args.json)
     try:
         value, render = args.run(client, args)
     except CliError as exc:

@@ -94,9 +94,10 @@ def instrument(store: Store) -> Store:
 class DaemonCollector(Collector):
     """Values read from the reconciler when scraped."""
 
-    def __init__(self, reconciler: Any, host: Callable[[], str]) -> None:
+    def __init__(self, reconciler: Any, host: Callable[[], str], health: Any = None) -> None:
         self._reconciler = reconciler
         self._host = host
+        self._health = health
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         sync = self._reconciler.status()
@@ -136,6 +137,32 @@ class DaemonCollector(Collector):
             local.add_metric([name], counts[name][1])
             size.add_metric([name], AddressRange.of(network).size())
         yield from (local, used, size)
+        if self._health is not None:
+            yield from peer_metrics(self._health.peers())
+
+
+def peer_metrics(peers: dict[str, dict[str, Any]]) -> Iterator[GaugeMetricFamily]:
+    """Per peer and path (\"underlay\" or a network): RTT, loss, path MTU, health."""
+    rtt = GaugeMetricFamily("netd_peer_rtt_seconds", "Mean probe round trip to a peer",
+                            labels=["peer", "path"])
+    loss = GaugeMetricFamily("netd_peer_loss_ratio", "Share of recent probes unanswered",
+                             labels=["peer", "path"])
+    mtu = GaugeMetricFamily("netd_peer_path_mtu_bytes", "Largest probe a path carried",
+                            labels=["peer", "path"])
+    wanted = GaugeMetricFamily("netd_peer_mtu_bytes", "Size the path must carry",
+                               labels=["peer", "path"])
+    up = GaugeMetricFamily("netd_peer_up", "1 while a peer answers probes", labels=["peer"])
+    for peer, entry in sorted(peers.items()):
+        up.add_metric([peer], 1 if entry.get("health") in ("healthy", "degraded") else 0)
+        for path, p in sorted((entry.get("paths") or {}).items()):
+            if p.get("rtt_ms") is not None:
+                rtt.add_metric([peer, path], p["rtt_ms"] / 1000)
+            if p.get("loss") is not None:
+                loss.add_metric([peer, path], p["loss"])
+            if p.get("path_mtu") is not None:
+                mtu.add_metric([peer, path], p["path_mtu"])
+            wanted.add_metric([peer, path], p["mtu"])
+    yield from (rtt, loss, mtu, wanted, up)
 
 
 def parse_address(value: str) -> tuple[str, int]:
@@ -147,10 +174,10 @@ def parse_address(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def serve(address: str, reconciler: Any, host: Callable[[], str]) -> None:
+def serve(address: str, reconciler: Any, host: Callable[[], str], health: Any = None) -> None:
     """Start the scrape endpoint (its own thread) at `address`."""
     bind, port = parse_address(address)
-    REGISTRY.register(DaemonCollector(reconciler, host))
+    REGISTRY.register(DaemonCollector(reconciler, host, health))
     try:
         start_http_server(port, addr=bind, registry=REGISTRY)
     except OSError as exc:

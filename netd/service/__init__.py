@@ -18,6 +18,7 @@ from typing import Any
 
 from netd import netlink
 from netd.container import ContainerRef, resolve
+from netd.events import EventBus
 from netd.hosts import HostRegistration
 from netd.model import Endpoint, Host, Network, SecurityGroup
 from netd.plugin import DriverSpec, NetworkHooks
@@ -26,7 +27,7 @@ from netd.service.context import Context
 from netd.service.endpoints import Endpoints
 from netd.service.groups import Groups
 from netd.service.networks import Networks
-from netd.service.status import Status
+from netd.service.status import PeerHealth, Status
 from netd.store.base import Store
 from netd.store.keys import Keys
 
@@ -45,16 +46,21 @@ class Service:
         containers: Callable[[str], ContainerRef] = resolve,
         links: Callable[[str], set[str]] = netlink.link_names,
         hooks: Mapping[str, NetworkHooks] | None = None,
+        health: PeerHealth | None = None,
+        events: EventBus | None = None,
     ) -> None:
         """`drivers`: the specs of the drivers this daemon loaded, by name (networks of
         other drivers are refused). `containers` and `links` resolve references and read a
         netns's interface names (tests fake them). `hooks`: drivers implementing
-        NetworkHooks (per-host address ranges, foreign network configs)."""
+        NetworkHooks (per-host address ranges, foreign network configs). `health`: the
+        per-peer prober (netd.health), whose view `host ls` and `status` show. `events`:
+        the daemon's event bus (netd.events), read by `netctl events`."""
         self.ctx = Context(store, keys, registration, reconciler, drivers, containers, links,
                            hooks)
         self.networks = Networks(self.ctx)
         self.endpoints = Endpoints(self.ctx)
-        self.statuses = Status(self.ctx)
+        self.statuses = Status(self.ctx, health)
+        self.events = events or EventBus()
         self.groups = Groups(self.ctx)
 
     @property

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 from netd.model import Endpoint, Host
 from netd.service.context import Context
@@ -16,9 +16,28 @@ log = logging.getLogger(__name__)
 STORE_PROBE_TIMEOUT = 2.0  # `status` answers within this even when the store hangs
 
 
+class PeerHealth(Protocol):
+    """What netd.health's prober answers: per peer, its health and paths."""
+
+    def peers(self) -> dict[str, dict[str, Any]]: ...
+
+
+HEALTH_FIELDS = ("health", "rtt_ms", "loss", "last_seen", "lease_expires_by", "paths", "flags")
+
+
 class Status:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, health: PeerHealth | None = None) -> None:
         self.ctx = ctx
+        self.health = health
+
+    def peer_health(self) -> dict[str, dict[str, Any]]:
+        if self.health is None:
+            return {}
+        try:
+            return self.health.peers()
+        except Exception as exc:  # a status must answer whatever the prober does
+            log.warning("peer health failed: %s", exc)
+            return {}
 
     def list_hosts(self) -> list[dict[str, Any]]:
         """Every host that is alive or still has endpoints, with the tunnel state seen
@@ -36,6 +55,7 @@ class Status:
         mine = networks_of.get(ctx.host.name, set())
         errors = ctx.reconciler.status().errors
         kept = ctx.reconciler.kept_hosts()
+        health = self.peer_health()
         rows = []
         for name in sorted(set(alive) | set(networks_of)):
             host = alive.get(name)
@@ -59,8 +79,20 @@ class Status:
                 "alive": host is not None,
                 "tunnel": tunnel,
                 "shared_networks": shared,
+                **self._health_of(name, host is not None, health),
             })
         return rows
+
+    def _health_of(self, name: str, alive: bool,
+                   health: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """A host's probe results (this host: "self"; a peer never probed: its liveness)."""
+        empty: dict[str, Any] = {k: None for k in HEALTH_FIELDS} | {"paths": {}, "flags": []}
+        if name == self.ctx.host.name:
+            return empty | {"health": "self"}
+        entry = health.get(name)
+        if entry is None:
+            return empty | {"health": "unknown" if alive else "unreachable"}
+        return empty | {k: entry[k] for k in HEALTH_FIELDS if k in entry}
 
     def status(self) -> dict[str, Any]:
         """What this daemon knows, answered even when the store is down or hangs: the
@@ -97,6 +129,7 @@ class Status:
             "errors": sync.errors,
             "workers": {name: w.to_dict() for name, w in sorted(sync.workers.items())},
             "datapath": datapath,
+            "peers": self.peer_health(),
         }
 
     def _probe_store(self) -> tuple[bool, int, str]:
