@@ -25,6 +25,8 @@ from netd import config as config_mod
 from netd import metrics, netlink
 from netd.api import ApiServer, ensure_socket_free
 from netd.errors import Conflict, InvalidInput, NetdError
+from netd.gateway.apply import GatewayApplier
+from netd.gateway.worker import GatewayWorker
 from netd.hosts import HostRegistration
 from netd.leases import LeaseKeeper
 from netd.model import Host
@@ -164,12 +166,15 @@ def run(cfg: config_mod.Config) -> None:
     registration.start()
     leases.start()
     policy = policy_worker(drivers)
+    gateway = GatewayWorker(GatewayApplier(shared_netlink, cfg.state_dir),
+                            scope=f"{cfg.state_dir.resolve()}/{cfg.host}")
     reconciler = Reconciler(
         store, keys, drivers, lambda: registration.host, resync_interval=cfg.resync_interval,
         # a live host re-registers within one keepalive interval (ttl/3) of the store
         # coming back; only a host silent beyond that is torn down
         host_grace=max(cfg.host_ttl / 3, 1.0) + 1.0,
         policy=policy, flow_policy_drivers=FLOW_POLICY_DRIVERS & drivers.keys(),
+        gateway=gateway,
     )
     reconciler.start()
     service = Service(store, keys, registration, reconciler, specs_of(drivers),

@@ -24,6 +24,7 @@ from netd.plugin import DriverSpec, NetworkHooks
 from netd.reconcile import Reconciler
 from netd.service.context import Context
 from netd.service.endpoints import Endpoints
+from netd.service.gateway import Gateway
 from netd.service.groups import Groups
 from netd.service.networks import Networks
 from netd.service.status import Status
@@ -56,6 +57,7 @@ class Service:
         self.endpoints = Endpoints(self.ctx)
         self.statuses = Status(self.ctx)
         self.groups = Groups(self.ctx)
+        self.gateway = Gateway(self.ctx)
 
     @property
     def store(self) -> Store:
@@ -96,7 +98,11 @@ class Service:
         return self.networks.list_networks()
 
     def inspect_network(self, name: str) -> dict[str, Any]:
-        return self.networks.inspect_network(name)
+        value = self.networks.inspect_network(name)
+        value["exposed_by"] = [
+            {"host": r.host, "masquerade": "no-masquerade" not in r.roles}
+            for r in self.gateway.exposures(name)]
+        return value
 
     def remove_network(self, name: str) -> None:
         self.networks.remove_network(name)
@@ -133,9 +139,48 @@ class Service:
     def remove_rule(self, tenant: str | None, name: str, rule_id: str) -> dict[str, Any]:
         return self.groups.remove_rule(tenant, name, rule_id)
 
+    # gateway: expose/hide, publish/unpublish (netd.service.gateway)
+    def expose(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self.gateway.expose(request)
+
+    def hide(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self.gateway.hide(request)
+
+    def publish(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self.gateway.publish(request)
+
+    def unpublish(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.gateway.unpublish(request)
+
+    def endpoints_with_ports(self, network: str | None = None) -> list[dict[str, Any]]:
+        """`endpoint ls`: each endpoint with the host ports published to it."""
+        ports: dict[tuple[str, str], list[str]] = {}
+        for p in self.gateway.published(network):
+            ports.setdefault((p.network, p.endpoint), []).append(
+                f"{p.host_port}:{p.port}/{p.protocol}")
+        return [{**e.to_dict(), "published": ports.get((e.network, e.name), [])}
+                for e in self.list_endpoints(network)]
+
     # hosts and status
     def list_hosts(self) -> list[dict[str, Any]]:
         return self.statuses.list_hosts()
 
     def status(self) -> dict[str, Any]:
-        return self.statuses.status()
+        value = self.statuses.status()
+        value["gateway"] = self.gateway_status()
+        return value
+
+    def gateway_status(self) -> dict[str, Any]:
+        """What this host exposes and publishes and its routers, as its gateway plans
+        them from the local copy of the store (answered while the store is down)."""
+        worker = getattr(self.reconciler, "gateway", lambda: None)()
+        plan = worker.plan() if worker is not None else None
+        routers = plan.routers if plan is not None else ()
+        exposes = [{"network": p.network, "masquerade": p.masquerade}
+                   for r in routers for p in r.ports if p.exposed]
+        published = [{"host": self.host.name, "protocol": f.protocol, "host_port": f.host_port,
+                      "network": f.network, "endpoint": f.endpoint, "port": f.port}
+                     for r in routers for f in r.forwards]
+        routers_out = [{"tenant": r.tenant, "netns": r.netns, "address": r.router_ip,
+                        "networks": [p.network for p in r.ports]} for r in routers]
+        return {"exposes": exposes, "published": published, "routers": routers_out}
