@@ -21,7 +21,7 @@ from netd.plugin import NetworkState
 
 log = logging.getLogger(__name__)
 
-RETRY_INTERVAL = 1.0
+RETRY_INTERVAL = 0.5
 
 
 class GatewayWorker:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Any
 
 from netd.container import endpoint_name
@@ -32,6 +33,7 @@ from netd.store.base import Condition, Delete, Put
 
 log = logging.getLogger(__name__)
 
+RETRY_GRACE = 10.0  # seconds a failed gateway item gets to succeed on its retries
 _PORT_RE = re.compile(r"([0-9]{1,5}):([0-9]{1,5})(?:/(tcp|udp))?")
 _HOST_PORT_RE = re.compile(r"([0-9]{1,5})(?:/(tcp|udp))?")
 
@@ -211,7 +213,15 @@ class Gateway:
         return [p.to_dict() for _, p in found]
 
     def _await(self, revision: int, network: str, done: str) -> None:
-        error = self.ctx.await_apply(revision, gateway_item(network))
+        """Wait until this host's gateway applied `revision`; an item that failed is
+        given its retries (a network's bridge appears when its driver's worker, which
+        runs beside the gateway's, built it)."""
+        item = gateway_item(network)
+        error = self.ctx.await_apply(revision, item)
+        deadline = time.monotonic() + RETRY_GRACE
+        while error is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            error = self.ctx.reconciler.item_error(item)
         if error is not None:
             raise DatapathError(f"{done}, but {error}; this host follows once it can "
                                 "(see netctl status)")

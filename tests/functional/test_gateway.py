@@ -14,7 +14,15 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from netd.lab import Lab
-from tests.support.gateway import OUTSIDE_IP, add_outside, gateway_lab
+from tests.support.gateway import (
+    OUTSIDE_IP,
+    add_outside,
+    gateway_lab,
+    route_via,
+    start_peer_echo,
+    unroute,
+)
+from tests.support.probes import probe, start_server
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +94,60 @@ def test_egress_reaches_own_host_and_outside_and_can_be_turned_off(
     assert wait_until(lambda: pings(lab, c3, "10.62.0.1"), 10), "gateway does not answer"
     assert not pings(lab, c3, lab.hosts["h1"].underlay_ip)
     assert not pings(lab, c3, OUTSIDE_IP)
+
+
+Reach = dict[str, tuple[bool, str | None, str | None]]
+
+
+def reaches(lab: Lab, outside: str, netns_ip: dict[str, str]) -> Reach:
+    """From the outside host: (ping, TCP answer, UDP answer) per container address."""
+    return {ip: (pings(lab, outside, ip), probe(outside, ip, 8080, "tcp"),
+                 probe(outside, ip, 5353, "udp"))
+            for ip in netns_ip.values()}
+
+
+def test_expose_reaches_containers_on_every_host_and_hide_stops_it(
+        lab: Lab, outside: str, procs: list[subprocess.Popen[str]]) -> None:
+    lab.netctl("h2", "network", "create", "ex", "--subnet", "10.63.0.0/24")
+    c2 = attach(lab, "ex", "h2", "ex2", "10.63.0.12")
+    c3 = attach(lab, "ex", "h3", "ex3", "10.63.0.13")
+    for netns in (c2, c3):
+        procs.append(start_server(netns, netns, "tcp/8080", "udp/5353"))
+    procs.append(start_peer_echo(c3, 7000))
+    route_via(outside, "10.63.0.0/24", lab.hosts["h1"].underlay_ip)
+    try:
+        assert not pings(lab, outside, "10.63.0.12")  # h1 does not expose it yet
+        out = lab.netctl("h1", "expose", "ex").stdout
+        assert "exposed by host h1" in out
+        ips = {c2: "10.63.0.12", c3: "10.63.0.13"}
+        assert wait_until(lambda: pings(lab, outside, "10.63.0.12"), 10)
+        assert reaches(lab, outside, ips) == {
+            "10.63.0.12": (True, c2, c2), "10.63.0.13": (True, c3, c3)}
+        # the outside source keeps its address towards the containers
+        assert probe(outside, "10.63.0.13", 7000, "udp") == OUTSIDE_IP
+        inspect = lab.netctl_json("h1", "network", "inspect", "ex")
+        assert inspect["exposed_by"] == [{"host": "h1", "masquerade": True}]
+        status = lab.netctl_json("h1", "status")
+        assert status["gateway"]["exposes"] == [{"network": "ex", "masquerade": True}]
+        assert "exposed by: h1" in lab.netctl("h2", "network", "inspect", "ex").stdout
+
+        # a second exposing host: both work
+        lab.netctl("h2", "expose", "ex")
+        route_via(outside, "10.63.0.0/24", lab.hosts["h2"].underlay_ip)
+        assert wait_until(lambda: pings(lab, outside, "10.63.0.13"), 10)
+        assert reaches(lab, outside, ips) == {
+            "10.63.0.12": (True, c2, c2), "10.63.0.13": (True, c3, c3)}
+        route_via(outside, "10.63.0.0/24", lab.hosts["h1"].underlay_ip)
+        assert reaches(lab, outside, ips) == {
+            "10.63.0.12": (True, c2, c2), "10.63.0.13": (True, c3, c3)}
+
+        assert "hidden" in lab.netctl("h1", "hide", "ex").stdout
+        assert "not exposed by host h1" in fails(lab, "h1", "hide", "ex")
+        assert reaches(lab, outside, ips) == {
+            "10.63.0.12": (False, None, None), "10.63.0.13": (False, None, None)}
+        lab.netctl("h2", "hide", "ex")
+        route_via(outside, "10.63.0.0/24", lab.hosts["h2"].underlay_ip)
+        assert not pings(lab, outside, "10.63.0.13")
+        assert lab.netctl_json("h1", "network", "inspect", "ex")["exposed_by"] == []
+    finally:
+        unroute(outside, "10.63.0.0/24")

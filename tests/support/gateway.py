@@ -50,3 +50,23 @@ def route_via(netns: str, subnet: str, via: str) -> None:
 
 def unroute(netns: str, subnet: str) -> None:
     run(ns_exec(netns, "ip", "route", "del", subnet), check=False)
+
+
+PEER_ECHO = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", int(sys.argv[1])))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(100); s.sendto(peer[0].encode(), peer)
+"""
+
+
+def start_peer_echo(netns: str, port: int) -> subprocess.Popen[str]:
+    """A UDP server in `netns` answering with the source address it saw."""
+    proc = subprocess.Popen(ns_exec(netns, "/usr/bin/python3", "-c", PEER_ECHO, str(port)),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    if "ready" not in proc.stdout.readline():
+        proc.kill()
+        raise RuntimeError(f"peer echo in {netns} did not start")
+    return proc
