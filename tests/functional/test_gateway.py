@@ -151,3 +151,123 @@ def test_expose_reaches_containers_on_every_host_and_hide_stops_it(
         assert lab.netctl_json("h1", "network", "inspect", "ex")["exposed_by"] == []
     finally:
         unroute(outside, "10.63.0.0/24")
+
+
+def test_publish_tcp_and_udp_from_outside_and_loopback(
+        lab: Lab, outside: str, procs: list[subprocess.Popen[str]]) -> None:
+    lab.netctl("h2", "network", "create", "pub", "--subnet", "10.64.0.0/24")
+    c = attach(lab, "pub", "h2", "pub2", "10.64.0.12")
+    other = attach(lab, "pub", "h2", "pub2b", "10.64.0.13")
+    procs.append(start_server(c, c, "tcp/8080", "udp/5353"))
+    h2 = lab.hosts["h2"]
+    assert probe(outside, h2.underlay_ip, 18080, "tcp") is None
+    out = lab.netctl("h2", "publish", c, "--network", "pub", "--port", "18080:8080/tcp").stdout
+    assert f"18080/tcp on host h2 -> {c}:8080" in out
+    lab.netctl("h2", "publish", c, "--network", "pub", "--port", "15353:5353/udp")
+    assert probe(outside, h2.underlay_ip, 18080, "tcp") == c
+    assert probe(outside, h2.underlay_ip, 15353, "udp") == c
+    assert probe(h2.netns, "127.0.0.1", 18080, "tcp") == c  # loopback on the host
+    rows = {e["name"]: e for e in lab.netctl_json("h2", "endpoint", "ls", "--network", "pub")}
+    assert sorted(rows[c]["published"]) == ["15353:5353/udp", "18080:8080/tcp"]
+    assert "18080:8080/tcp" in lab.netctl("h1", "endpoint", "ls").stdout
+    status = lab.netctl_json("h2", "status")["gateway"]["published"]
+    assert {(p["host_port"], p["protocol"]) for p in status} == {(18080, "tcp"), (15353, "udp")}
+
+    # refusals: one line, nothing changes
+    busy = fails(lab, "h2", "publish", other, "--network", "pub", "--port", "18080:80")
+    assert "host port 18080/tcp is already published on host h2" in busy
+    assert "on host h2" in fails(lab, "h1", "publish", c, "--network", "pub",
+                                 "--port", "18081:8080")
+    assert "HOSTPORT:PORT" in fails(lab, "h2", "publish", c, "--network", "pub",
+                                    "--port", "8080")
+    assert "ports are 1..65535" in fails(lab, "h2", "publish", c, "--network", "pub",
+                                         "--port", "70000:80")
+    assert probe(outside, h2.underlay_ip, 18080, "tcp") == c
+    assert lab.netctl("h2", "publish", c, "--network", "pub",
+                      "--port", "18080:8080/tcp").returncode == 0  # the same again: no change
+
+    lab.netctl("h2", "unpublish", c, "--network", "pub", "--port", "18080/tcp")
+    assert probe(outside, h2.underlay_ip, 18080, "tcp") is None
+    assert probe(outside, h2.underlay_ip, 15353, "udp") == c
+    lab.netctl("h2", "unpublish", c, "--network", "pub")
+    assert probe(outside, h2.underlay_ip, 15353, "udp") is None
+    assert "no published ports" in fails(lab, "h2", "unpublish", c, "--network", "pub")
+
+
+def test_another_tenants_overlapping_network_stays_unreachable(
+        lab: Lab, outside: str, procs: list[subprocess.Popen[str]]) -> None:
+    lab.netctl("h1", "network", "create", "ta", "--subnet", "10.65.0.0/24", "--tenant", "ta")
+    lab.netctl("h1", "network", "create", "tb", "--subnet", "10.65.0.0/24", "--tenant", "tb")
+    a = attach(lab, "ta", "h2", "ta2", "10.65.0.12")
+    b = attach(lab, "tb", "h2", "tb2", "10.65.0.12")  # the same address, another tenant
+    b13 = attach(lab, "tb", "h2", "tb3", "10.65.0.13")
+    b1 = attach(lab, "tb", "h1", "tb1", "10.65.0.14")  # on the exposing host itself
+    for netns in (a, b, b13, b1):
+        procs.append(start_server(netns, netns, "tcp/8080"))
+    lab.netctl("h1", "expose", "ta")
+    refused = fails(lab, "h1", "expose", "tb")
+    assert "already exposes network ta" in refused and "overlaps tb" in refused
+    route_via(outside, "10.65.0.0/24", lab.hosts["h1"].underlay_ip)
+    try:
+        assert wait_until(lambda: probe(outside, "10.65.0.12", 8080) == a, 10)
+        assert probe(outside, "10.65.0.13", 8080) is None
+        assert probe(outside, "10.65.0.14", 8080) is None
+        assert not pings(lab, outside, "10.65.0.13")
+        # both tenants' equal addresses reach the outside at once, each by its router
+        for netns in (a, b):
+            assert wait_until(lambda netns=netns: pings(lab, netns, OUTSIDE_IP), 10)
+            assert pings(lab, netns, "10.65.0.1")
+        assert pings(lab, b, "10.65.0.13") and not pings(lab, a, "10.65.0.13")
+    finally:
+        unroute(outside, "10.65.0.0/24")
+        lab.netctl("h1", "hide", "ta")
+
+
+def test_security_groups_hold_for_exposed_and_published_traffic(
+        lab: Lab, outside: str, procs: list[subprocess.Popen[str]]) -> None:
+    lab.netctl("h1", "network", "create", "sgn", "--subnet", "10.66.0.0/24")
+    lab.netctl("h1", "sg", "create", "web")
+    c = attach(lab, "sgn", "h3", "sg3", "10.66.0.13", "--sg", "web")
+    procs.append(start_server(c, c, "tcp/8080"))
+    lab.netctl("h1", "expose", "sgn")
+    lab.netctl("h3", "publish", c, "--network", "sgn", "--port", "28080:8080")
+    h3 = lab.hosts["h3"].underlay_ip
+    route_via(outside, "10.66.0.0/24", lab.hosts["h1"].underlay_ip)
+    try:
+        assert not pings(lab, outside, "10.66.0.13")
+        assert probe(outside, "10.66.0.13", 8080) is None
+        assert probe(outside, h3, 28080) is None
+        lab.netctl("h1", "sg", "rule", "add", "web", "--ingress", "--proto", "tcp",
+                   "--port", "8080", "--cidr", f"{OUTSIDE_IP}/32")
+        assert wait_until(lambda: probe(outside, "10.66.0.13", 8080) == c, 10)
+        assert wait_until(lambda: probe(outside, h3, 28080) == c, 10)
+        assert not pings(lab, outside, "10.66.0.13")  # the rule admits TCP 8080 only
+    finally:
+        unroute(outside, "10.66.0.0/24")
+        lab.netctl("h1", "hide", "sgn")
+
+
+def test_kill_and_restart_of_the_exposing_netd_loses_no_ping(
+        lab: Lab, outside: str) -> None:
+    lab.netctl("h2", "network", "create", "ka", "--subnet", "10.67.0.0/24")
+    attach(lab, "ka", "h2", "ka2", "10.67.0.12")
+    lab.netctl("h1", "expose", "ka")
+    route_via(outside, "10.67.0.0/24", lab.hosts["h1"].underlay_ip)
+    try:
+        assert wait_until(lambda: pings(lab, outside, "10.67.0.12"), 10)
+        ping = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{outside}", "ping", "-n", "-q", "-i", "0.05",
+             "-W", "1", "-w", "10", "10.67.0.12"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(1.0)
+        lab.stop_netd("h1", kill=True)
+        time.sleep(1.0)
+        lab.start_netd("h1")
+        assert wait_until(lambda: lab.netctl_json("h1", "status")["syncs"] > 0, 20)
+        out, _ = ping.communicate(timeout=30)
+        assert " 0% packet loss" in out, out
+        assert lab.netctl_json("h1", "network", "inspect", "ka")["exposed_by"] == [
+            {"host": "h1", "masquerade": True}]
+        assert pings(lab, outside, "10.67.0.12")
+    finally:
+        unroute(outside, "10.67.0.0/24")
