@@ -85,6 +85,23 @@ def test_egress_reaches_own_host_and_outside_and_can_be_turned_off(
     assert pings(lab, c2, lab.hosts["h2"].underlay_ip)
     assert pings(lab, c1, "10.61.0.12")  # the overlay still carries container traffic
 
+    # no ARP for the gateway leaves a host by the overlay (each host answers its own)
+    vni = lab.netctl_json("h1", "network", "inspect", "eg")["vni"]
+    dump = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{lab.hosts['h1'].netns}", "tcpdump", "-nl", "-i",
+         f"ndv{vni}", "arp"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(1.0)
+        lab.in_container(c1, "ip", "neigh", "flush", "all")
+        assert pings(lab, c1, "10.61.0.1")
+        lab.in_container(c1, "ip", "neigh", "flush", "all")
+        assert pings(lab, c1, "10.61.0.12")  # ARP for a remote container still works
+        time.sleep(0.5)
+    finally:
+        dump.terminate()
+    captured = dump.communicate(timeout=10)[0]
+    assert "10.61.0.1," not in captured and "10.61.0.1 " not in captured, captured
+
     bad = fails(lab, "h1", "network", "create", "eg-bad", "--subnet", "10.62.0.0/24",
                 "-o", "egress=maybe")
     assert "egress" in bad
