@@ -71,9 +71,13 @@ class GatewayApplier:
         wanted = {r.netns for r in plan.routers}
         if not wanted <= known:
             self._remember(known | wanted)
-        if plan.routers:
+        if not plan.empty:
             try:
                 kernel.sysctls(None, HOST_SYSCTLS)
+                for routed in plan.routed:  # published ports asked on 127.0.0.1
+                    if any(f.network == routed.network for f in plan.forwards):
+                        kernel.sysctls(
+                            None, {f"net.ipv4.conf.{routed.bridge}.route_localnet": "1"})
             except NetdError as exc:
                 errors["gateway:host"] = str(exc)
         for router in plan.routers:
@@ -160,7 +164,7 @@ class GatewayApplier:
     def _apply_host(self, plan: GatewayPlan) -> int:
         nl = self._nl
         changed = 0
-        if plan.routers:
+        if not plan.empty:
             text = host_tables(plan)
             if text != self._host_text:
                 kernel.nft(None, text)

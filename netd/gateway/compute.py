@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from netd.gateway import names
-from netd.gateway.model import Forward, GatewayPlan, GatewayPort, Router
+from netd.gateway.model import Forward, GatewayPlan, GatewayPort, RoutedNetwork, Router
 from netd.model import HostRoles, Network, Publish, network_egress
 from netd.plugin import NetworkState
 from netd.plumbing.names import roles_of
@@ -24,6 +24,10 @@ from netd.plumbing.names import roles_of
 # drivers whose networks are one L2 segment on a bridge per network per host: the
 # gateway plugs a veth into that bridge
 GATEWAY_DRIVERS = frozenset({"weave"})
+# drivers whose containers the host routes itself (their bridge holds a gateway of the
+# host's own): no router namespace, the host's table does egress, expose and publish
+ROUTED_DRIVERS = frozenset({"flannel"})
+SERVED_DRIVERS = GATEWAY_DRIVERS | ROUTED_DRIVERS
 EXPOSE = "expose"
 NO_MASQUERADE = "no-masquerade"
 MAX_EXPOSERS = 255
@@ -94,8 +98,23 @@ def gateway_plan(
     by_tenant: dict[str, list[GatewayPort]] = {}
     endpoints: dict[tuple[str, str], str] = {}  # (network, endpoint) -> ip
     tenant_of: dict[str, str] = {}
+    routed: list[RoutedNetwork] = []
     for ns in served:
         net = ns.network
+        if net.driver in ROUTED_DRIVERS:
+            bridge, tunnels, _ = bridge_of(net)
+            mine = roles.get(net.name, {}).get(host)
+            my_roles = mine.roles if mine is not None else ()
+            if bridge is not None:
+                routed.append(RoutedNetwork(
+                    network=net.name, subnet=net.subnet, bridge=bridge,
+                    egress=network_egress(net),
+                    masquerade=not (EXPOSE in my_roles and NO_MASQUERADE in my_roles),
+                    exposed=EXPOSE in my_roles, tunnels=tunnels))
+                tenant_of[net.name] = ""
+                for ep in ns.local:
+                    endpoints[(net.name, ep.name)] = ep.ip
+            continue
         if net.driver not in GATEWAY_DRIVERS:
             continue
         port = gateway_port(ns, host, roles.get(net.name, {}))
@@ -129,4 +148,7 @@ def gateway_plan(
             forwards=tuple(sorted(forwards.get(tenant, []),
                                   key=lambda f: (f.protocol, f.host_port))),
         ))
-    return GatewayPlan(underlay_ip=underlay_ip, routers=tuple(routers))
+    return GatewayPlan(underlay_ip=underlay_ip, routers=tuple(routers),
+                       routed=tuple(sorted(routed, key=lambda r: r.network)),
+                       forwards=tuple(sorted(forwards.get("", []),
+                                             key=lambda f: (f.protocol, f.host_port))))

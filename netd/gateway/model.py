@@ -60,6 +60,26 @@ class Router:
 
 
 @dataclass(frozen=True)
+class RoutedNetwork:
+    """A network whose containers the host itself routes (flannel: its bridge holds this
+    host's lease gateway): egress, expose and publish are rules of the host's table."""
+
+    network: str
+    subnet: str
+    bridge: str
+    egress: bool
+    masquerade: bool
+    exposed: bool
+    tunnels: tuple[str, ...] = ()  # its overlay devices: exposing hosts' traffic comes by them
+
+
+@dataclass(frozen=True)
 class GatewayPlan:
     underlay_ip: str
     routers: tuple[Router, ...] = ()
+    routed: tuple[RoutedNetwork, ...] = ()
+    forwards: tuple[Forward, ...] = ()  # published ports of routed networks' containers
+
+    @property
+    def empty(self) -> bool:
+        return not self.routers and not self.routed

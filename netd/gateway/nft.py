@@ -59,7 +59,26 @@ def host_tables(plan: GatewayPlan) -> str:
             to = f"{f.protocol} dport {f.host_port} dnat to {r.router_ip}:{f.host_port}"
             dnat_in.append(f"ip daddr {plan.underlay_ip} {to}")
             dnat_local.append(f"ip daddr {{ {plan.underlay_ip}, 127.0.0.1 }} {to}")
+    for f in plan.forwards:
+        to = f"{f.protocol} dport {f.host_port} dnat to {f.ip}:{f.port}"
+        dnat_in.append(f"ip daddr {plan.underlay_ip} {to}")
+        dnat_local.append(f"ip daddr {{ {plan.underlay_ip}, 127.0.0.1 }} {to}")
     masq = [f"oifname {uplinks} ip saddr 127.0.0.0/8 masquerade"]
+    routed_forward: list[str] = ["ct status dnat accept"] if plan.routed else []
+    routed_input: list[str] = []
+    for n in plan.routed:
+        bridge = _q(n.bridge)
+        masq.append(f"oifname {bridge} ip saddr 127.0.0.0/8 masquerade")
+        if n.egress and n.masquerade:
+            masq.append(f"ip saddr {n.subnet} ip daddr != {n.subnet} masquerade")
+        if not n.egress:
+            routed_forward.append(f"iifname {bridge} ip daddr != {n.subnet} ct state new drop")
+            routed_input += [f"iifname {bridge} ct state established,related accept",
+                             f"iifname {bridge} ip daddr != {n.subnet} drop"]
+        if not n.exposed:
+            overlay = (f"iifname != {_set([_q(t) for t in n.tunnels])} " if n.tunnels else "")
+            routed_forward.append(f"{overlay}ip saddr != {n.subnet} ip daddr {n.subnet} "
+                                  "ct state new drop")
     sources = [r.router_ip for r in plan.routers]
     if sources:
         masq.append(f"oifname != {uplinks} ip saddr {_set(sources)} masquerade")
@@ -77,6 +96,11 @@ def host_tables(plan: GatewayPlan) -> str:
         + _chain("snat_out", "type nat hook postrouting priority 100; policy accept;", masq)
         + _chain("reply_marks", "type filter hook prerouting priority -150; policy accept;",
                  marks)
+        # routed networks (flannel): outside traffic only where exposed, egress switch
+        + _chain("routed_forward", "type filter hook forward priority 0; policy accept;",
+                 routed_forward)
+        + _chain("routed_input", "type filter hook input priority 0; policy accept;",
+                 routed_input)
     )
     guard: list[str] = []
     tag: list[str] = []

@@ -178,9 +178,13 @@ class Service:
         routers = plan.routers if plan is not None else ()
         exposes = [{"network": p.network, "masquerade": p.masquerade}
                    for r in routers for p in r.ports if p.exposed]
+        exposes += [{"network": n.network, "masquerade": n.masquerade}
+                    for n in (plan.routed if plan is not None else ()) if n.exposed]
+        forwards = [f for r in routers for f in r.forwards]
+        forwards += plan.forwards if plan is not None else ()
         published = [{"host": self.host.name, "protocol": f.protocol, "host_port": f.host_port,
                       "network": f.network, "endpoint": f.endpoint, "port": f.port}
-                     for r in routers for f in r.forwards]
+                     for f in forwards]
         routers_out = [{"tenant": r.tenant, "netns": r.netns, "address": r.router_ip,
                         "networks": [p.network for p in r.ports]} for r in routers]
         return {"exposes": exposes, "published": published, "routers": routers_out}

@@ -17,7 +17,7 @@ from typing import Any
 
 from netd.container import endpoint_name
 from netd.errors import Conflict, DatapathError, InvalidInput, NotFound
-from netd.gateway.compute import EXPOSE, GATEWAY_DRIVERS, NO_MASQUERADE
+from netd.gateway.compute import EXPOSE, NO_MASQUERADE, SERVED_DRIVERS
 from netd.model import (
     Endpoint,
     HostRoles,
@@ -57,9 +57,9 @@ def parse_port(text: Any) -> tuple[str, int, int]:
 
 
 def _check_gateway_driver(network: Network, what: str) -> None:
-    if network.driver not in GATEWAY_DRIVERS:
+    if network.driver not in SERVED_DRIVERS:
         raise InvalidInput(
-            f"{what} serves {', '.join(sorted(GATEWAY_DRIVERS))} networks; network "
+            f"{what} serves {', '.join(sorted(SERVED_DRIVERS))} networks; network "
             f"{network.name} uses driver {network.driver}")
 
 

@@ -11,7 +11,14 @@ from typing import Any
 
 from ipam import ids
 from netd.errors import Conflict, InvalidInput, NetdError, NotFound, Unsupported
-from netd.model import Endpoint, Network, check_name, subnets_overlap, validate_network
+from netd.model import (
+    CORE_OPTIONS,
+    Endpoint,
+    Network,
+    check_name,
+    subnets_overlap,
+    validate_network,
+)
 from netd.plugin import BackendSpec, DriverSpec, PreparedNetwork
 from netd.service import transaction
 from netd.service.context import Context, only
@@ -76,9 +83,15 @@ class Networks:
                         f"({other.subnet}) of tenant {network.tenant!r}"
                     )
             vni = ids.vnis(keys).plan_take(network.name, taken_vnis, network.vni or None)
+            # options every network takes (egress) are netd's, not the driver's: its
+            # hooks plan without them, the stored network keeps them
+            core = {k: v for k, v in network.options.items() if k in CORE_OPTIONS}
+            driver_net = replace(network, options={k: v for k, v in network.options.items()
+                                                   if k not in CORE_OPTIONS})
             prepared = (PreparedNetwork(network) if hooks is None
-                        else hooks.prepare_network(network))
-            candidate = replace(prepared.network, vni=vni.value)
+                        else hooks.prepare_network(driver_net))
+            candidate = replace(prepared.network, vni=vni.value,
+                                options={**prepared.network.options, **core})
             created["network"] = candidate
             ops = [
                 Put(keys.network(candidate.name), candidate.to_json()),

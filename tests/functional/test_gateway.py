@@ -288,3 +288,53 @@ def test_kill_and_restart_of_the_exposing_netd_loses_no_ping(
         assert pings(lab, outside, "10.67.0.12")
     finally:
         unroute(outside, "10.67.0.0/24")
+
+
+def attach_auto(lab: Lab, network: str, host: str, short: str) -> tuple[str, str]:
+    netns = lab.add_container(host, short)
+    ep = lab.netctl_json(host, "attach", netns, "--network", network)
+    return netns, str(ep["ip"])
+
+
+def test_flannel_egress_expose_and_publish(
+        lab: Lab, outside: str, procs: list[subprocess.Popen[str]]) -> None:
+    lab.netctl("h2", "network", "create", "fl", "--subnet", "10.70.0.0/16",
+               "--driver", "flannel")
+    c2, ip2 = attach_auto(lab, "fl", "h2", "fl2")
+    c3, ip3 = attach_auto(lab, "fl", "h3", "fl3")
+    for netns in (c2, c3):
+        procs.append(start_server(netns, netns, "tcp/8080", "udp/5353"))
+    # egress: own host and the outside, masqueraded
+    assert wait_until(lambda: pings(lab, c2, OUTSIDE_IP), 10)
+    assert pings(lab, c2, lab.hosts["h2"].underlay_ip)
+    assert pings(lab, c3, OUTSIDE_IP)
+
+    route_via(outside, "10.70.0.0/16", lab.hosts["h1"].underlay_ip)
+    try:
+        assert not pings(lab, outside, ip2)
+        lab.netctl("h1", "expose", "fl")
+        ips = {c2: ip2, c3: ip3}
+        assert wait_until(lambda: pings(lab, outside, ip2), 15)
+        assert reaches(lab, outside, ips) == {ip2: (True, c2, c2), ip3: (True, c3, c3)}
+        lab.netctl("h1", "hide", "fl")
+        assert wait_until(lambda: not pings(lab, outside, ip2), 10)
+        assert probe(outside, ip3, 8080) is None
+    finally:
+        unroute(outside, "10.70.0.0/16")
+
+    h2 = lab.hosts["h2"].underlay_ip
+    lab.netctl("h2", "publish", c2, "--network", "fl", "--port", "19080:8080/tcp")
+    lab.netctl("h2", "publish", c2, "--network", "fl", "--port", "19053:5353/udp")
+    assert probe(outside, h2, 19080, "tcp") == c2
+    assert probe(outside, h2, 19053, "udp") == c2
+    assert probe(lab.hosts["h2"].netns, "127.0.0.1", 19080, "tcp") == c2
+    lab.netctl("h2", "unpublish", c2, "--network", "fl")
+    assert probe(outside, h2, 19080, "tcp") is None
+
+    lab.netctl("h2", "network", "create", "flno", "--subnet", "10.71.0.0/16",
+               "--driver", "flannel", "-o", "egress=false", "-o", "vni=71")
+    c4, ip4 = attach_auto(lab, "flno", "h2", "flno2")
+    gateway = ip4.rsplit(".", 1)[0] + ".1"
+    assert wait_until(lambda: pings(lab, c4, gateway), 10)
+    assert not pings(lab, c4, OUTSIDE_IP)
+    assert not pings(lab, c4, h2)
