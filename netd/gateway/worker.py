@@ -42,6 +42,11 @@ class GatewayWorker:
         self.last_sync = 0.0
         self.last_duration = 0.0
         self._thread = threading.Thread(target=self._run, name="apply-gateway", daemon=True)
+        # the inputs of the last computed plan: the same NetworkState objects (calc keeps
+        # an untouched network's state as the same object) and equal roles and ports
+        # need no new computation, so a round costs nothing per endpoint of them
+        self._inputs: tuple[object, ...] | None = None
+        self._served_refs: list[NetworkState] = []  # keeps the ids in _inputs unique
 
     def start(self) -> None:
         self._thread.start()
@@ -64,9 +69,18 @@ class GatewayWorker:
         *,
         verify: bool = False,
     ) -> None:
-        plan = gateway_plan(host=host.name, underlay_ip=host.underlay_ip, scope=self.scope,
-                            served=served, roles=roles, published=published)
+        served = list(served)
+        published = tuple(published)
+        inputs = (host, tuple(map(id, served)), roles, published)
         with self._cond:
+            same = self._inputs is not None and self._inputs == inputs
+            plan = self._desired if same else None
+        if plan is None:
+            plan = gateway_plan(host=host.name, underlay_ip=host.underlay_ip, scope=self.scope,
+                                served=served, roles=roles, published=published)
+        with self._cond:
+            self._inputs = inputs
+            self._served_refs = served
             if plan != self._desired:
                 self._desired = plan
                 self._dirty = True
