@@ -185,6 +185,9 @@ class Networks:
                         Delete(keys.network_key(name)),
                         *pool.plan_release_all().operations,
                         DeletePrefix(keys.endpoints(name)),
+                        # hosts' roles (expose): a network made again under the name
+                        # starts unexposed
+                        DeletePrefix(keys.roles(name)),
                     ),
                 ),
                 removal_failed,
