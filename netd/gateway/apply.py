@@ -46,7 +46,12 @@ class GatewayApplier:
         self._known_file = state_dir / "gateway.json"
         self._routers: dict[str, Router] = {}  # netns -> router as applied
         self._host_text: str | None = None
-        self._routes: set[tuple[str, str, str]] = set()  # (subnet, uplink, router ip)
+        # (subnet, uplink, router ip) as applied; None: unknown (start, verify, a failure)
+        self._routes: set[tuple[str, str, str]] | None = None
+        # per router namespace: its sysctls are set, the table text last applied (a
+        # verify pass forgets both); an attach elsewhere then costs the neighbour only
+        self._prepared: set[str] = set()
+        self._router_text: dict[str, str] = {}
 
     # --- the record of router namespaces ---------------------------------------------
     def _known(self) -> set[str]:
@@ -67,6 +72,9 @@ class GatewayApplier:
         changed = 0
         if verify:
             self._host_text = None
+            self._prepared.clear()
+            self._router_text.clear()
+            self._routes = None
         known = self._known()
         wanted = {r.netns for r in plan.routers}
         if not wanted <= known:
@@ -109,8 +117,11 @@ class GatewayApplier:
         path = netns_path(router.netns)
         changed = 0
         try:
-            changed += kernel.create_netns(router.netns)
-            kernel.sysctls(router.netns, ROUTER_SYSCTLS)
+            created = kernel.create_netns(router.netns)
+            changed += created
+            if created or router.netns not in self._prepared:
+                kernel.sysctls(router.netns, ROUTER_SYSCTLS)
+                self._prepared.add(router.netns)
             changed += nl.link_up("lo", path)
             pair = nl.ensure_veth_into_netns(router.uplink, ROUTER_UPLINK, path,
                                              mac=router.uplink_mac, mtu=UPLINK_MTU)
@@ -135,7 +146,12 @@ class GatewayApplier:
             for link in nl.list_links(netns=path):
                 if link.name not in wanted and link.kind == "veth":
                     changed += nl.delete_link(link.name, path)
-            kernel.nft(router.netns, router_table(router))
+            text = router_table(router)
+            if self._router_text.get(router.netns) != text:
+                self._router_text.pop(router.netns, None)
+                kernel.nft(router.netns, text)
+                self._router_text[router.netns] = text
+                changed += 1
         except NetdError as exc:
             for p in router.ports:
                 errors.setdefault(item(p.network), str(exc))
@@ -177,22 +193,23 @@ class GatewayApplier:
                 changed += 1
             self._host_text = ""
         routes: set[tuple[str, str, str]] = {
-            (subnet, r.uplink, r.router_ip) for r in plan.routers
-            if r.netns in self._routers for subnet in r.exposed}
-        if routes != self._routes or not routes:
+            (subnet, r.uplink, r.router_ip) for r in plan.routers for subnet in r.exposed}
+        if routes != self._routes:
             uplinks = {link.index: link.name for link in nl.list_links(UPLINK.prefix)
                        if UPLINK.matches(link.name)}
             keep: set[tuple[str, int]] = set()
+            complete = True
             for subnet, uplink, via in sorted(routes):
                 link = nl.get_link(uplink)
-                if link is None:
+                if link is None:  # its router failed: kept unknown, tried again
+                    complete = False
                     continue
                 changed += nl.ensure_route(Route(subnet, oif=link.index, gateway=via))
                 keep.add((subnet, link.index))
             for route in nl.list_routes(protocol=RTPROT_NETD):
                 if route.oif in uplinks and (route.dst, route.oif) not in keep:
                     changed += nl.delete_route(route)
-            self._routes = routes
+            self._routes = routes if complete else None
         return changed
 
     def _sweep(self, plan: GatewayPlan, known: set[str]) -> int:
@@ -202,6 +219,8 @@ class GatewayApplier:
         for name in sorted(known - wanted):
             changed += kernel.delete_netns(name)
             self._routers.pop(name, None)
+            self._prepared.discard(name)
+            self._router_text.pop(name, None)
         if known - wanted:
             self._remember(wanted)
         ports = {p.host_link for r in plan.routers for p in r.ports}
