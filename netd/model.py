@@ -95,7 +95,8 @@ def check_options(value: Any, spec: DriverSpec) -> dict[str, str]:
     bools as true/false); a JSON number or boolean is accepted for int/bool options."""
     if not isinstance(value, dict):
         raise InvalidInput(f"invalid driver options {value!r}: expected an object of KEY: VALUE")
-    valid = ", ".join([*(o.name for o in spec.options), *CORE_OPTIONS])
+    valid = ", ".join(o.name for o in spec.options)
+    core = f"; every network also takes {', '.join(CORE_OPTIONS)}"
     out: dict[str, str] = {}
     for key, item in value.items():
         option = spec.option(key) if isinstance(key, str) else None
@@ -105,7 +106,7 @@ def check_options(value: Any, spec: DriverSpec) -> dict[str, str]:
         if option is None:
             raise InvalidInput(
                 f"unknown driver option {key!r} for driver {spec.name}: "
-                + (f"valid options are {valid}" if valid else "it takes no options")
+                + (f"valid options are {valid}" if valid else "it takes no options") + core
             )
         out[key] = _option_text(spec.name, key, option.type, item)
     return out

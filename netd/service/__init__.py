@@ -153,13 +153,19 @@ class Service:
         return self.gateway.unpublish(request)
 
     def endpoints_with_ports(self, network: str | None = None) -> list[dict[str, Any]]:
-        """`endpoint ls`: each endpoint with the host ports published to it."""
+        """`endpoint ls`: each endpoint, with the host ports published to it if any (an
+        endpoint without is the plain record)."""
         ports: dict[tuple[str, str], list[str]] = {}
         for p in self.gateway.published(network):
             ports.setdefault((p.network, p.endpoint), []).append(
                 f"{p.host_port}:{p.port}/{p.protocol}")
-        return [{**e.to_dict(), "published": ports.get((e.network, e.name), [])}
-                for e in self.list_endpoints(network)]
+        out = []
+        for e in self.list_endpoints(network):
+            item = e.to_dict()
+            if (e.network, e.name) in ports:
+                item["published"] = ports[(e.network, e.name)]
+            out.append(item)
+        return out
 
     # hosts and status
     def list_hosts(self) -> list[dict[str, Any]]:

@@ -76,8 +76,8 @@ def test_options_are_checked_against_the_driver_declaration() -> None:
     assert n.options == {"prefix": "/x", "port": "8472", "directrouting": "true"}
     assert net(driver="flannel", options={"port": 8472}).options == {"port": "8472"}
     with pytest.raises(InvalidInput, match=r"unknown driver option 'prefx' for driver flannel: "
-                                           r"valid options are prefix, port, directrouting, "
-                                           r"egress"):
+                                           r"valid options are prefix, port, directrouting; "
+                                           r"every network also takes egress"):
         net(driver="flannel", options={"prefx": "/x"})
     with pytest.raises(InvalidInput, match=r"invalid value 'x' for option port of driver "
                                            r"flannel: expected an integer"):
@@ -85,7 +85,8 @@ def test_options_are_checked_against_the_driver_declaration() -> None:
     with pytest.raises(InvalidInput, match="expected true or false"):
         net(driver="flannel", options={"directrouting": "yes"})
     with pytest.raises(InvalidInput, match=r"unknown driver option 'prefix' for driver weave: "
-                                           r"valid options are egress"):
+                                           r"it takes no options; every network also "
+                                           r"takes egress"):
         net(options={"prefix": "/x"})
 
 
