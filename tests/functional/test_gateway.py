@@ -338,3 +338,25 @@ def test_flannel_egress_expose_and_publish(
     assert wait_until(lambda: pings(lab, c4, gateway), 10)
     assert not pings(lab, c4, OUTSIDE_IP)
     assert not pings(lab, c4, h2)
+
+
+def test_no_masquerade_keeps_container_addresses_on_the_way_out(
+        lab: Lab, outside: str, procs: list[subprocess.Popen[str]]) -> None:
+    lab.netctl("h1", "network", "create", "nm", "--subnet", "10.68.0.0/24")
+    c = attach(lab, "nm", "h1", "nm1", "10.68.0.11")
+    procs.append(start_peer_echo(outside, 7001))
+    h1 = lab.hosts["h1"].underlay_ip
+    assert wait_until(lambda: probe(c, OUTSIDE_IP, 7001, "udp") == h1, 10)  # masqueraded
+    route_via(outside, "10.68.0.0/24", h1)
+    try:
+        lab.netctl("h1", "expose", "nm")
+        assert probe(c, OUTSIDE_IP, 7001, "udp") == h1
+        out = lab.netctl("h1", "expose", "nm", "--no-masquerade").stdout
+        assert "(no masquerade)" in out
+        assert wait_until(lambda: probe(c, OUTSIDE_IP, 7001, "udp") == "10.68.0.11", 10)
+        assert "exposed by: h1 (no masquerade)" in lab.netctl(
+            "h2", "network", "inspect", "nm").stdout
+    finally:
+        unroute(outside, "10.68.0.0/24")
+        lab.netctl("h1", "hide", "nm")
+    assert wait_until(lambda: probe(c, OUTSIDE_IP, 7001, "udp") == h1, 10)
