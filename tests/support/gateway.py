@@ -1,10 +1,9 @@
-"""Harness for the gateway tests: a lab whose router namespaces are removed with it,
-and an outside host (a namespace on the underlay running no netd)."""
+"""Harness for the gateway tests: a lab, an outside host (a namespace on the underlay
+running no netd), routes on it, and an echo server that tells the source it saw."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -14,27 +13,11 @@ from netd.lab import UNDERLAY_NET, Lab, ns_exec, run
 OUTSIDE_IP = f"{UNDERLAY_NET}.200"
 
 
-def router_namespaces(lab: Lab) -> set[str]:
-    """The router namespaces the lab's daemons recorded (netd.gateway.apply)."""
-    names: set[str] = set()
-    for host in lab.hosts.values():
-        with contextlib.suppress(OSError, ValueError):
-            names |= set(json.loads((host.state_dir / "gateway.json").read_text())["routers"])
-    return names
-
-
 @contextlib.contextmanager
 def gateway_lab(**kwargs: Any) -> Iterator[Lab]:
-    """A started Lab; on exit its daemons stop, then their router namespaces go."""
-    lab = Lab(**kwargs)
-    try:
-        lab.start()
+    """A started Lab (its close() also removes the daemons' router namespaces)."""
+    with Lab(**kwargs) as lab:
         yield lab
-    finally:
-        names = router_namespaces(lab)
-        lab.close()
-        for name in sorted(names):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
 def add_outside(lab: Lab, name: str = "out", address: str = OUTSIDE_IP) -> str:
