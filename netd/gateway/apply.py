@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 from netd.errors import DatapathError, NetdError
@@ -30,6 +31,7 @@ from netd.netlink import RTPROT_NETD, Netlink, Route
 
 log = logging.getLogger(__name__)
 
+BRIDGE_WAIT = 1.0  # seconds a network's missing bridge is waited for before failing it
 UPLINK_MTU = 65535 - 14  # the uplink carries whatever the networks' MTUs allow
 HOST_SYSCTLS = {"net.ipv4.ip_forward": "1"}
 ROUTER_SYSCTLS = {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "0",
@@ -160,6 +162,10 @@ class GatewayApplier:
     def _apply_port(self, port: GatewayPort, path: str) -> int:
         nl = self._nl
         bridge = nl.get_link(port.bridge)
+        deadline = time.monotonic() + BRIDGE_WAIT
+        while bridge is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the driver's worker builds it beside us (a new network)
+            bridge = nl.get_link(port.bridge)
         if bridge is None:
             raise DatapathError(f"bridge {port.bridge} of network {port.network} does not "
                                 "exist yet")
