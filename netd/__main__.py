@@ -27,6 +27,8 @@ from netd import metrics, netlink
 from netd.api import ApiServer, ensure_socket_free
 from netd.errors import Conflict, InvalidInput, NetdError
 from netd.events import EventBus, EventWatcher
+from netd.gateway.apply import GatewayApplier
+from netd.gateway.worker import GatewayWorker
 from netd.health import HealthProber
 from netd.hosts import HostRegistration
 from netd.leases import LeaseKeeper
@@ -180,6 +182,8 @@ def run(cfg: config_mod.Config) -> None:
     policy = policy_worker(drivers)
     prober = UnderlayProber()
     prober.start()
+    gateway = GatewayWorker(GatewayApplier(shared_netlink, cfg.state_dir),
+                            scope=f"{cfg.state_dir.resolve()}/{cfg.host}")
     reconciler = Reconciler(
         store, keys, drivers, lambda: registration.host, resync_interval=cfg.resync_interval,
         # a live host re-registers within one keepalive interval (ttl/3) of the store
@@ -189,6 +193,7 @@ def run(cfg: config_mod.Config) -> None:
         # a host whose lease lapsed but that still answers on the underlay was only cut
         # off from the store: keep forwarding to it (netd.liveness)
         still_there=lambda departed: prober.answering(departed.underlay_ip),
+        gateway=gateway,
     )
     reconciler.start()
     specs = specs_of(drivers)

@@ -81,7 +81,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("DELETE", r"/v1/networks/(?P<name>[^/]+)",
      lambda s, p, b, q: (200, _remove_network(s, p["name"]))),
     ("GET", r"/v1/endpoints",
-     lambda s, p, b, q: (200, [e.to_dict() for e in s.list_endpoints(q.get("network"))])),
+     lambda s, p, b, q: (200, s.endpoints_with_ports(q.get("network")))),
     ("POST", r"/v1/attach", lambda s, p, b, q: (200, s.attach(b).to_dict())),
     ("POST", r"/v1/detach", lambda s, p, b, q: (200, s.detach(b).to_dict())),
     ("POST", r"/v1/endpoints/update", lambda s, p, b, q: (200, s.update_endpoint(b).to_dict())),
@@ -100,6 +100,11 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", r"/v1/hosts", lambda s, p, b, q: (200, s.list_hosts())),
     ("GET", r"/v1/events", lambda s, p, b, q: (200, read_query(s.events, q))),
     ("GET", r"/v1/trace", lambda s, p, b, q: (200, trace_flow(s, q))),
+    # the gateway: this host exposes networks and publishes ports (netd.service.gateway)
+    ("POST", r"/v1/expose", lambda s, p, b, q: (200, s.expose(b))),
+    ("POST", r"/v1/hide", lambda s, p, b, q: (200, s.hide(b))),
+    ("POST", r"/v1/publish", lambda s, p, b, q: (200, s.publish(b))),
+    ("POST", r"/v1/unpublish", lambda s, p, b, q: (200, s.unpublish(b))),
     ("GET", r"/v1/drivers",
      lambda s, p, b, q: (200, [spec.to_dict() for _, spec in sorted(s.specs.items())])),
 ]

@@ -29,7 +29,7 @@ from operator import attrgetter
 from typing import Any
 
 from netd.errors import NetdError
-from netd.model import Endpoint, Host, HostRoles, Network, SecurityGroup
+from netd.model import Endpoint, Host, HostRoles, Network, Publish, SecurityGroup
 from netd.plugin import HostState, NetworkState
 from netd.store.keys import Keys, Record, RecordKinds
 
@@ -67,6 +67,8 @@ def decode(record: Record, value: str) -> Any:
         return HostRoles.from_json(value)
     if record.family == "sg":
         return SecurityGroup.from_json(value)
+    if record.family == "publish":
+        return Publish.from_json(value)
     return value  # secrets (hex text), drivers' own records (their schema, raw)
 
 
@@ -147,6 +149,8 @@ class DesiredState:
         # security groups by (tenant, name): policy only (netd.policy), no driver's state
         self._groups: dict[tuple[str, str], SecurityGroup] = {}
         self.policy_changed = True  # networks, endpoints or groups changed since read
+        # published host ports by (host, "<proto>-<port>"): the gateway only (netd.gateway)
+        self._publishes: dict[tuple[str, str], Publish] = {}
         # what changed since the last states()
         self._touched: set[str] = set()  # network names
         self._touched_drivers: set[str] = set()  # drivers whose own records changed
@@ -206,6 +210,8 @@ class DesiredState:
             self.policy_changed = True
         if family == "sg":
             self._groups[(parts[0], parts[1])] = obj
+        elif family == "publish":
+            self._publishes[(parts[0], parts[1])] = obj
         elif family == "networks":
             self._networks[parts[0]] = obj
             self._touched.add(parts[0])
@@ -233,6 +239,8 @@ class DesiredState:
             self.policy_changed = True
         if family == "sg":
             self._groups.pop((parts[0], parts[1]), None)
+        elif family == "publish":
+            self._publishes.pop((parts[0], parts[1]), None)
         elif family == "networks":
             if self._networks.pop(parts[0], None) is not None:
                 self._touched.add(parts[0])
@@ -277,6 +285,15 @@ class DesiredState:
         endpoints = [e for m in self._endpoints.values() for eps in m.by_host.values()
                      for e in eps]
         return dict(self._networks), endpoints, dict(self._groups)
+
+    def gateway_inputs(
+        self, host: str
+    ) -> tuple[dict[str, dict[str, HostRoles]], tuple[Publish, ...]]:
+        """What netd.gateway computes from beside the drivers' states: every host's
+        roles by network, and the host ports published on `host`."""
+        roles = {n: dict(r) for n, r in self._roles.items()}
+        published = tuple(p for (h, _), p in sorted(self._publishes.items()) if h == host)
+        return roles, published
 
     def counts(self) -> tuple[int, int]:
         """(networks, endpoints) in the copy, without copying it."""

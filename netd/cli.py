@@ -152,13 +152,16 @@ def _print_networks(value: list[dict[str, Any]]) -> str:
 
 
 def _print_endpoints(value: list[dict[str, Any]]) -> str:
+    published = any(e.get("published") for e in value)
     return table(
         [
             (e["network"], e["name"], e["host"], e["ifname"], e["ip"], e["mac"],
-             ",".join(e.get("security_groups") or ()))
+             ",".join(e.get("security_groups") or ()),
+             *([",".join(e.get("published") or ())] if published else []))
             for e in value
         ],
-        ["NETWORK", "CONTAINER", "HOST", "IFNAME", "IP", "MAC", "SG"],
+        ["NETWORK", "CONTAINER", "HOST", "IFNAME", "IP", "MAC", "SG",
+         *(["PUBLISHED"] if published else [])],
     )
 
 
@@ -167,6 +170,10 @@ def _print_network(value: dict[str, Any]) -> str:
              ("name", "tenant", "subnet", "gateway", "driver", "backend", "vni", "mtu", "encrypt")]
     if value.get("options"):
         lines.append("options: " + ", ".join(f"{k}={v}" for k, v in value["options"].items()))
+    if value.get("exposed_by"):
+        lines.append("exposed by: " + ", ".join(
+            e["host"] + ("" if e.get("masquerade", True) else " (no masquerade)")
+            for e in value["exposed_by"]))
     lines.append("endpoints:")
     eps = value.get("endpoints") or []
     lines.append(_print_endpoints(eps) if eps else "  (none)")
@@ -260,6 +267,7 @@ def _print_status(s: dict[str, Any]) -> str:
     if s.get("drivers") is not None:
         lines.insert(1, f"drivers: {', '.join(s['drivers']) or 'none'}")
     lines += _worker_lines(s.get("workers") or {})
+    lines += _print_gateway_status(s.get("gateway") or {})
     if s["errors"]:
         lines.append("errors:")
         lines += [f"  {item}: {msg}" for item, msg in sorted(s["errors"].items())]
@@ -515,6 +523,58 @@ class _CommandParser(argparse.ArgumentParser):
                           help=JSON_HELP)
 
 
+def _print_gateway_status(g: dict[str, Any]) -> list[str]:
+    lines = []
+    if g.get("exposes"):
+        lines.append("exposes: " + ", ".join(
+            e["network"] + ("" if e.get("masquerade", True) else " (no masquerade)")
+            for e in g["exposes"]))
+    if g.get("published"):
+        lines.append("published: " + ", ".join(
+            f"{p['host_port']}/{p['protocol']} -> {p['endpoint']}:{p['port']} ({p['network']})"
+            for p in g["published"]))
+    for r in g.get("routers") or ():
+        lines.append(f"router {r['tenant']}: netns {r['netns']} {r['address']} "
+                     f"networks {','.join(r['networks'])}")
+    return lines
+
+
+def _add_gateway_commands(sub: Any) -> None:
+    """expose/hide and publish/unpublish (netd.service.gateway)."""
+    expose = sub.add_parser("expose", help="this host routes outside traffic for a network's "
+                            "subnet to its containers on every host")
+    expose.add_argument("network")
+    expose.add_argument("--no-masquerade", action="store_true",
+                        help="containers keep their addresses on the way out (routed setups)")
+    expose.set_defaults(run=lambda c, a: (c.request("POST", "/v1/expose", {
+        "network": a.network, "masquerade": not a.no_masquerade}),
+        lambda v: f"network {v['network']} exposed by host {v['host']}"
+                  + ("" if v["masquerade"] else " (no masquerade)")))
+    hide = sub.add_parser("hide", help="stop exposing a network from this host")
+    hide.add_argument("network")
+    hide.set_defaults(run=lambda c, a: (c.request("POST", "/v1/hide", {"network": a.network}),
+                                        lambda v: f"network {v['network']} hidden on host "
+                                                  f"{v['host']}"))
+    publish = sub.add_parser("publish", help="forward a port of this host (underlay address "
+                             "and loopback) to a container's port")
+    publish.add_argument("container")
+    publish.add_argument("--network", required=True)
+    publish.add_argument("--port", required=True, metavar="HOSTPORT:PORT[/tcp|/udp]")
+    publish.set_defaults(run=lambda c, a: (c.request("POST", "/v1/publish", {
+        "container": a.container, "network": a.network, "port": a.port}),
+        lambda v: f"{v['host_port']}/{v['protocol']} on host {v['host']} -> "
+                  f"{v['endpoint']}:{v['port']} ({v['network']})"))
+    unpublish = sub.add_parser("unpublish", help="remove a container's published ports")
+    unpublish.add_argument("container")
+    unpublish.add_argument("--network", required=True)
+    unpublish.add_argument("--port", metavar="HOSTPORT[/tcp|/udp]",
+                           help="only this one (default: all of the container's)")
+    unpublish.set_defaults(run=lambda c, a: (c.request("POST", "/v1/unpublish", {
+        k: v for k, v in {"container": a.container, "network": a.network,
+                          "port": a.port}.items() if v is not None}),
+        lambda v: "\n".join(f"{p['host_port']}/{p['protocol']} unpublished" for p in v)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="netctl", description="Control the netd daemon on this host.")
     p.add_argument("--socket", type=Path, default=DEFAULT_SOCKET,
@@ -595,6 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
                   f"{','.join(e['security_groups']) or '(none)'}"))
 
     _add_sg_commands(sub)
+    _add_gateway_commands(sub)
 
     host = sub.add_parser("host", help="list hosts")
     hsub = host.add_subparsers(dest="action", required=True, metavar="ACTION")

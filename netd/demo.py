@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from netd.lab import Lab, console_script, run
+from netd.lab import UNDERLAY_NET, Lab, console_script, gateway_namespaces, ns_exec, run
 
 KEEP_FILE = Path("/run/netd-demo.json")
 
@@ -74,11 +74,12 @@ def run_demo(keep: bool = False, hosts: int = 3, as_json: bool = False) -> int:
         ok = all(r["ok"] == r["expected"] for r in results)
         groups_ok = _security_group_step(lab, say)
         flannel_ok = _flannel_step(lab, say)
+        expose_ok = _expose_step(lab, containers, say)
         openflow = _openflow_step(store, say)
         if as_json:
             print(json.dumps({"lab": lab.prefix, "store": store, "containers": containers,
                               "results": results, "ok": ok, "security_groups": groups_ok,
-                              "flannel": flannel_ok,
+                              "flannel": flannel_ok, "expose": expose_ok,
                               "openflow": openflow}, indent=2))
         else:
             print(_render(containers, results))
@@ -88,8 +89,10 @@ def run_demo(keep: bool = False, hosts: int = 3, as_json: bool = False) -> int:
                   "then reachable" if groups_ok else "FAILED: see above")
             print("flannel:", "every pod reaches every other across hosts (vxlan, one subnet "
                   "lease per host)" if flannel_ok else "FAILED: pods did not all reach each other")
+            print("expose:", "an outside host reaches a container on another host through "
+                  "the exposing host, not after hide" if expose_ok else "FAILED: see above")
             print("openflow:", openflow["summary"])
-        ok = ok and groups_ok and flannel_ok and openflow.get("ok", True)
+        ok = ok and groups_ok and flannel_ok and expose_ok and openflow.get("ok", True)
         if keep:
             _keep(lab)
             kept = True
@@ -163,6 +166,27 @@ def _security_group_step(lab: Lab, say: Any) -> bool:
     say(f"  rule added (ingress icmp from {caller_ip}/32): "
         + ("reachable" if opened else "STILL BLOCKED"))
     return closed and opened
+
+
+def _expose_step(lab: Lab, containers: list[dict[str, str]], say: Any) -> bool:
+    """expose/hide (docs/gateway.md): an outside host (a namespace on the underlay, no
+    netd) routes the first network's subnet via the first host, which exposes it, and
+    reaches a container on the last host; after `hide` it does not."""
+    net, subnet = NETWORKS[0][0], NETWORKS[0][2]
+    hosts = list(lab.hosts)
+    first, last = hosts[0], hosts[-1]
+    target = next(c for c in containers if c["network"] == net and c["host"] == last)
+    outside = f"{lab.prefix}-out"
+    lab._plug(outside, "p-out", f"{UNDERLAY_NET}.200")
+    run(ns_exec(outside, "ip", "route", "add", subnet, "via", lab.hosts[first].underlay_ip))
+    lab.netctl(first, "expose", net)
+    reached = lab.wait_ping(outside, target["ip"], timeout=10)
+    say(f"expose: {first} exposes {net}; outside host {UNDERLAY_NET}.200 -> {target['ip']} "
+        f"(on {last}): " + ("reachable" if reached else "NOT REACHED"))
+    lab.netctl(first, "hide", net)
+    hidden = not _reach(lab, outside, target["ip"], False)
+    say("  after hide: " + ("unreachable" if hidden else "STILL REACHED"))
+    return reached and hidden
 
 
 def _flannel_step(lab: Lab, say: Any) -> bool:
@@ -272,6 +296,8 @@ def down() -> int:
     for netns in reversed(state["namespaces"]):
         if netns.startswith(state["prefix"] + "-"):
             run(["ip", "netns", "del", netns], check=False)
+    for netns in gateway_namespaces(Path(state["dir"])):
+        run(["ip", "netns", "del", netns], check=False)
     shutil.rmtree(state["dir"], ignore_errors=True)
     KEEP_FILE.unlink()
     print(f"demo {state['prefix']} removed")

@@ -248,6 +248,8 @@ class Lab:
         for netns in reversed(self._namespaces):
             run(["ip", "netns", "del", netns], check=False)
         self._namespaces.clear()
+        for netns in gateway_namespaces(self.dir):  # the daemons' router namespaces
+            run(["ip", "netns", "del", netns], check=False)
         for log in self._logs:
             log.close()
         self._logs.clear()
@@ -465,6 +467,16 @@ class Lab:
             if self.ping(netns, ip, wait=0.5).returncode == 0:
                 return True
         return False
+
+
+def gateway_namespaces(lab_dir: Path) -> list[str]:
+    """The router namespaces the lab's daemons made (netd.gateway records them in each
+    host's state dir): they outlive the daemons, so the lab removes them."""
+    names: set[str] = set()
+    for record in Path(lab_dir).glob("*/state/gateway.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            names |= {str(n) for n in json.loads(record.read_text())["routers"]}
+    return sorted(n for n in names if n.startswith("ndrt"))
 
 
 def tcpdump_available() -> bool:

@@ -96,13 +96,17 @@ def check_options(value: Any, spec: DriverSpec) -> dict[str, str]:
     if not isinstance(value, dict):
         raise InvalidInput(f"invalid driver options {value!r}: expected an object of KEY: VALUE")
     valid = ", ".join(o.name for o in spec.options)
+    core = f"; every network also takes {', '.join(CORE_OPTIONS)}"
     out: dict[str, str] = {}
     for key, item in value.items():
         option = spec.option(key) if isinstance(key, str) else None
+        if option is None and isinstance(key, str) and key in CORE_OPTIONS:
+            out[key] = _option_text(spec.name, key, CORE_OPTIONS[key][0], item)
+            continue
         if option is None:
             raise InvalidInput(
                 f"unknown driver option {key!r} for driver {spec.name}: "
-                + (f"valid options are {valid}" if valid else "it takes no options")
+                + (f"valid options are {valid}" if valid else "it takes no options") + core
             )
         out[key] = _option_text(spec.name, key, option.type, item)
     return out
@@ -336,6 +340,34 @@ class HostRoles(_Record):
         data = dict(data)
         data["roles"] = tuple(data.get("roles", ()))
         return super().from_dict(data)
+
+
+PUBLISH_PROTOCOLS = ("tcp", "udp")
+
+
+@dataclass(frozen=True)
+class Publish(_Record):
+    """A host port forwarded to an endpoint's port (`netctl publish`): DNAT on the
+    endpoint's host from its underlay address and loopback. Keyed by (host, protocol,
+    host port), so one host port is published once per host."""
+
+    host: str
+    protocol: str  # tcp | udp
+    host_port: int
+    network: str
+    endpoint: str
+    port: int
+
+
+# options every network takes whatever its driver (netd.gateway), beside the driver's own
+CORE_OPTIONS: dict[str, tuple[type, str, Any]] = {
+    "egress": (bool, "containers reach hosts outside the overlay through their own host, "
+               "masqueraded to its underlay address", True),
+}
+
+
+def network_egress(network: Network) -> bool:
+    return network.options.get("egress", "true") != "false"
 
 
 def network_mtu(backend: BackendSpec, underlay_mtu: int, encrypt: bool = False) -> int:

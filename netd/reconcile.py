@@ -33,6 +33,7 @@ from netd import metrics
 from netd.calc import DesiredState, Snapshot
 from netd.errors import Compacted, NetdError, StoreUnavailable
 from netd.faults import crash_point
+from netd.gateway.worker import GatewayWorker
 from netd.model import Host
 from netd.plugin import ApplyReport, Driver, HostState, network_of_item
 from netd.policy.compute import host_policy
@@ -255,6 +256,7 @@ class Reconciler:
         policy: PolicyWorker | None = None,
         flow_policy_drivers: frozenset[str] = frozenset(),
         still_there: Callable[[Host], bool] = lambda host: False,
+        gateway: GatewayWorker | None = None,
     ) -> None:
         """`policy`: the nftables policy worker (None: no kernel policy here);
         `flow_policy_drivers`: drivers that enforce policy themselves and get the
@@ -263,6 +265,7 @@ class Reconciler:
         then, beyond the grace; netd.liveness)."""
         self._still_there = still_there
         self._policy = policy
+        self._gateway = gateway  # the distributed gateway (netd.gateway); None: none here
         self._flow_policy_drivers = flow_policy_drivers
         self._host_policy: HostPolicy | None = None
         self._with_policy: dict[str, tuple[HostState, HostState]] = {}
@@ -296,6 +299,8 @@ class Reconciler:
     def start(self) -> None:
         if self._policy is not None:
             self._policy.start()
+        if self._gateway is not None:
+            self._gateway.start()
         for worker in self._workers.values():
             worker.start()
         self._thread.start()
@@ -312,6 +317,8 @@ class Reconciler:
             idle = worker.stop(max(0.0, deadline - time.monotonic())) and idle
         if self._policy is not None:
             idle = self._policy.stop(max(0.0, deadline - time.monotonic())) and idle
+        if self._gateway is not None:
+            idle = self._gateway.stop(max(0.0, deadline - time.monotonic())) and idle
         return idle
 
     def kick(self) -> None:
@@ -334,7 +341,18 @@ class Reconciler:
                 errors=dict(p["errors"]),  # type: ignore[call-overload]
                 syncs=int(p["syncs"]), pending=bool(p["pending"]),  # type: ignore[call-overload]
                 last_duration=float(p["last_duration"]))  # type: ignore[arg-type]
+        if self._gateway is not None:
+            g = self._gateway.status()
+            out["gateway"] = WorkerStatus(
+                driver="gateway", revision=int(g["revision"]),  # type: ignore[call-overload]
+                last_sync=float(g["last_sync"]),  # type: ignore[arg-type]
+                errors=dict(g["errors"]),  # type: ignore[call-overload]
+                syncs=int(g["syncs"]), pending=bool(g["pending"]),  # type: ignore[call-overload]
+                last_duration=float(g["last_duration"]))  # type: ignore[arg-type]
         return out
+
+    def gateway(self) -> GatewayWorker | None:
+        return self._gateway
 
     def policy(self) -> HostPolicy | None:
         """The last computed policy of this host (None before the first sync)."""
@@ -416,9 +434,16 @@ class Reconciler:
         if self._policy is not None and (item is None or item.startswith("endpoint:")):
             done = self._policy.wait_applied(
                 revision, max(0.0, deadline - time.monotonic())) and done
+        if self._gateway is not None and (item is None or item.startswith("gateway:")):
+            done = self._gateway.wait_applied(
+                revision, max(0.0, deadline - time.monotonic())) and done
         return done
 
     def item_error(self, item: str) -> str | None:
+        if self._gateway is not None and item.startswith("gateway:"):
+            error = self._gateway.item_error(item)
+            if error is not None:
+                return error
         for worker in self._workers.values():
             error = worker.item_error(item)
             if error is not None:
@@ -533,6 +558,11 @@ class Reconciler:
             states[name] = self._attach_policy(name, states[name], current_policy)
         if self._policy is not None:
             self._policy.offer(policy, revision, verify=verify)
+        if self._gateway is not None:
+            with self._cond:
+                roles, published = self._state.gateway_inputs(host.name)
+            served = [ns for st in states.values() for ns in st.networks.values()]
+            self._gateway.offer(host, served, roles, published, revision, verify=verify)
         for name, worker in self._workers.items():
             worker.offer(states[name], revision, verify=verify)
         with self._cond:

@@ -116,11 +116,11 @@ class Neighbours(Links):
 
     # -- neighbours (on vxlan devices) ---------------------------------------------
 
-    def neigh_entries(self, dev: str) -> dict[str, str]:
+    def neigh_entries(self, dev: str, netns: str | None = None) -> dict[str, str]:
         """Permanent IPv4 neighbours of `dev`: ip -> mac."""
-        link = self._need(dev)
-        with self._reading(f"read neighbours of {dev}"):
-            msgs = self._ipr().neigh("dump", ifindex=link.index, family=AF_INET)
+        link = self._need(dev, netns)
+        with self._reading(f"read neighbours of {dev}", netns):
+            msgs = self._ipr(netns).neigh("dump", ifindex=link.index, family=AF_INET)
         return {
             str(m.get_attr("NDA_DST")): str(m.get_attr("NDA_LLADDR")).lower()
             for m in msgs
@@ -129,24 +129,26 @@ class Neighbours(Links):
             and m.get_attr("NDA_LLADDR") is not None
         }
 
-    def neigh_set(self, dev: str, ip: str, mac: str) -> int:
-        link = self._need(dev)
-        ipr = self._ipr()
+    def neigh_set(self, dev: str, ip: str, mac: str, netns: str | None = None) -> int:
+        link = self._need(dev, netns)
+        ipr = self._ipr(netns)
         tolerant(
             f"set neighbour {ip} lladdr {mac} on {dev}",
             lambda: ipr.neigh(
                 "replace", ifindex=link.index, dst=ip, lladdr=mac, state=NUD_PERMANENT
             ),
+            netns,
         )
         return 1
 
-    def neigh_del(self, dev: str, ip: str) -> int:
-        link = self.get_link(dev)
+    def neigh_del(self, dev: str, ip: str, netns: str | None = None) -> int:
+        link = self.get_link(dev, netns)
         if link is None:
             return 0
-        ipr = self._ipr()
+        ipr = self._ipr(netns)
         return tolerant(
             f"delete neighbour {ip} on {dev}",
             lambda: ipr.neigh("del", ifindex=link.index, dst=ip),
+            netns,
             absent_ok=True,
         )

@@ -25,6 +25,7 @@ from netd.plugin import DriverSpec, NetworkHooks
 from netd.reconcile import Reconciler
 from netd.service.context import Context
 from netd.service.endpoints import Endpoints
+from netd.service.gateway import Gateway
 from netd.service.groups import Groups
 from netd.service.networks import Networks
 from netd.service.status import PeerHealth, Status
@@ -62,6 +63,7 @@ class Service:
         self.statuses = Status(self.ctx, health)
         self.events = events or EventBus()
         self.groups = Groups(self.ctx)
+        self.gateway = Gateway(self.ctx)
 
     @property
     def store(self) -> Store:
@@ -103,7 +105,11 @@ class Service:
         return self.networks.list_networks()
 
     def inspect_network(self, name: str) -> dict[str, Any]:
-        return self.networks.inspect_network(name)
+        value = self.networks.inspect_network(name)
+        value["exposed_by"] = [
+            {"host": r.host, "masquerade": "no-masquerade" not in r.roles}
+            for r in self.gateway.exposures(name)]
+        return value
 
     def remove_network(self, name: str) -> None:
         self.ctx.refuse_while_store_down("network rm")
@@ -148,9 +154,58 @@ class Service:
         self.ctx.refuse_while_store_down("sg rule rm")
         return self.groups.remove_rule(tenant, name, rule_id)
 
+    # gateway: expose/hide, publish/unpublish (netd.service.gateway)
+    def expose(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self.gateway.expose(request)
+
+    def hide(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self.gateway.hide(request)
+
+    def publish(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self.gateway.publish(request)
+
+    def unpublish(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.gateway.unpublish(request)
+
+    def endpoints_with_ports(self, network: str | None = None) -> list[dict[str, Any]]:
+        """`endpoint ls`: each endpoint, with the host ports published to it if any (an
+        endpoint without is the plain record)."""
+        ports: dict[tuple[str, str], list[str]] = {}
+        for p in self.gateway.published(network):
+            ports.setdefault((p.network, p.endpoint), []).append(
+                f"{p.host_port}:{p.port}/{p.protocol}")
+        out = []
+        for e in self.list_endpoints(network):
+            item = e.to_dict()
+            if (e.network, e.name) in ports:
+                item["published"] = ports[(e.network, e.name)]
+            out.append(item)
+        return out
+
     # hosts and status
     def list_hosts(self) -> list[dict[str, Any]]:
         return self.statuses.list_hosts()
 
     def status(self) -> dict[str, Any]:
-        return self.statuses.status()
+        value = self.statuses.status()
+        value["gateway"] = self.gateway_status()
+        return value
+
+    def gateway_status(self) -> dict[str, Any]:
+        """What this host exposes and publishes and its routers, as its gateway plans
+        them from the local copy of the store (answered while the store is down)."""
+        worker = getattr(self.reconciler, "gateway", lambda: None)()
+        plan = worker.plan() if worker is not None else None
+        routers = plan.routers if plan is not None else ()
+        exposes = [{"network": p.network, "masquerade": p.masquerade}
+                   for r in routers for p in r.ports if p.exposed]
+        exposes += [{"network": n.network, "masquerade": n.masquerade}
+                    for n in (plan.routed if plan is not None else ()) if n.exposed]
+        forwards = [f for r in routers for f in r.forwards]
+        forwards += plan.forwards if plan is not None else ()
+        published = [{"host": self.host.name, "protocol": f.protocol, "host_port": f.host_port,
+                      "network": f.network, "endpoint": f.endpoint, "port": f.port}
+                     for f in forwards]
+        routers_out = [{"tenant": r.tenant, "netns": r.netns, "address": r.router_ip,
+                        "networks": [p.network for p in r.ports]} for r in routers]
+        return {"exposes": exposes, "published": published, "routers": routers_out}

@@ -19,7 +19,14 @@ from netd.errors import (
     Unsupported,
 )
 from netd.faults import crash_point
-from netd.model import Endpoint, Network, check_name, subnets_overlap, validate_network
+from netd.model import (
+    CORE_OPTIONS,
+    Endpoint,
+    Network,
+    check_name,
+    subnets_overlap,
+    validate_network,
+)
 from netd.plugin import BackendSpec, DriverSpec, PreparedNetwork
 from netd.service import transaction
 from netd.service.context import Context, only
@@ -84,9 +91,15 @@ class Networks:
                         f"({other.subnet}) of tenant {network.tenant!r}"
                     )
             vni = ids.vnis(keys).plan_take(network.name, taken_vnis, network.vni or None)
+            # options every network takes (egress) are netd's, not the driver's: its
+            # hooks plan without them, the stored network keeps them
+            core = {k: v for k, v in network.options.items() if k in CORE_OPTIONS}
+            driver_net = replace(network, options={k: v for k, v in network.options.items()
+                                                   if k not in CORE_OPTIONS})
             prepared = (PreparedNetwork(network) if hooks is None
-                        else hooks.prepare_network(network))
-            candidate = replace(prepared.network, vni=vni.value)
+                        else hooks.prepare_network(driver_net))
+            candidate = replace(prepared.network, vni=vni.value,
+                                options={**prepared.network.options, **core})
             created["network"] = candidate
             ops = [
                 Put(keys.network(candidate.name), candidate.to_json()),
@@ -205,6 +218,9 @@ class Networks:
                         Delete(keys.network_key(name)),
                         *pool.plan_release_all().operations,
                         DeletePrefix(keys.endpoints(name)),
+                        # hosts' roles (expose): a network made again under the name
+                        # starts unexposed
+                        DeletePrefix(keys.roles(name)),
                     ),
                 ),
                 removal_failed,

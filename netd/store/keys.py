@@ -24,6 +24,7 @@ DESIRED_KINDS: dict[str, int] = {
     "secrets": 1,
     "roles": 2,
     "sg": 2,  # sg/<tenant>/<group>: policy only (netd.policy), no driver's state
+    "publish": 2,  # publish/<host>/<proto>-<port>: gateway only (netd.gateway)
 }
 
 
@@ -122,6 +123,14 @@ class Keys:
         """A host's roles on a network (e.g. it exposes it): the host serves the network
         even without a local endpoint on it."""
         return f"{self.roles(network)}{host}"
+
+    def publishes(self, host: str | None = None) -> str:
+        base = f"{self.prefix}/publish/"
+        return base if host is None else f"{base}{host}/"
+
+    def publish(self, host: str, protocol: str, host_port: int) -> str:
+        """A host port published on `host` (netctl publish): one record per host port."""
+        return f"{self.publishes(host)}{protocol}-{host_port}"
 
     def secrets(self) -> str:
         return f"{self.prefix}/secrets/"

@@ -303,7 +303,7 @@ class WeaveDriver:
                 _fail_network(ns, f"weave has no backend {ns.network.backend!r}", report)
                 self._unserve(name)
                 continue
-            if not ns.local:
+            if not ns.local and not ns.roles:  # a role (expose) serves it without endpoints
                 self._unserve(name)
                 continue
             if served is not None and served.ns is ns and not everything:

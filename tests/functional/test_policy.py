@@ -291,7 +291,9 @@ def test_kill_and_restart_keeps_rules_and_foreign_tables(
     ruleset = json.loads(run(ns_exec(h2, "nft", "-j", "list", "ruleset")).stdout)["nftables"]
     owners = {(i[k]["family"], i[k]["table"]) for i in ruleset for k in ("rule", "chain", "set")
               if k in i}
-    assert owners <= {("bridge", "netd"), ("ip", "netd"), ("inet", "sgforeign")}, owners
+    # netd's own tables: the policy's and the gateway's (docs/gateway.md)
+    assert owners <= {("bridge", "netd"), ("ip", "netd"), ("inet", "sgforeign"),
+                      ("bridge", "netdgw"), ("ip", "netdgw")}, owners
     assert ("ip", "netd") in owners and ("bridge", "netd") in owners
     assert ("inet", "sgforeign") in nft_tables(lab, "h2")
     subprocess.run(ns_exec(h2, "nft", "delete", "table", "inet", "sgforeign"), check=True)

@@ -554,24 +554,24 @@ class FakeNetlink:
         self.writes += 1
         return 1
 
-    def neigh_entries(self, dev: str) -> dict[str, str]:
-        link = self._need(dev)
-        self._check("neigh_entries", dev, HOST)
-        return dict(self._space(HOST).neigh.get(link.index, {}))
+    def neigh_entries(self, dev: str, netns: str | None = None) -> dict[str, str]:
+        link = self._need(dev, netns)
+        self._check("neigh_entries", dev, netns)
+        return dict(self._space(netns).neigh.get(link.index, {}))
 
-    def neigh_set(self, dev: str, ip: str, mac: str) -> int:
-        link = self._need(dev)
-        self._check("neigh_set", dev, HOST)
-        self._space(HOST).neigh.setdefault(link.index, {})[ip] = mac.lower()
+    def neigh_set(self, dev: str, ip: str, mac: str, netns: str | None = None) -> int:
+        link = self._need(dev, netns)
+        self._check("neigh_set", dev, netns)
+        self._space(netns).neigh.setdefault(link.index, {})[ip] = mac.lower()
         self.writes += 1
         return 1
 
-    def neigh_del(self, dev: str, ip: str) -> int:
-        link = self.get_link(dev)
+    def neigh_del(self, dev: str, ip: str, netns: str | None = None) -> int:
+        link = self.get_link(dev, netns)
         if link is None:
             return 0
-        self._check("neigh_del", dev, HOST)
-        table = self._space(HOST).neigh.get(link.index, {})
+        self._check("neigh_del", dev, netns)
+        table = self._space(netns).neigh.get(link.index, {})
         if ip not in table:
             return 0
         del table[ip]

@@ -76,7 +76,8 @@ def test_options_are_checked_against_the_driver_declaration() -> None:
     assert n.options == {"prefix": "/x", "port": "8472", "directrouting": "true"}
     assert net(driver="flannel", options={"port": 8472}).options == {"port": "8472"}
     with pytest.raises(InvalidInput, match=r"unknown driver option 'prefx' for driver flannel: "
-                                           r"valid options are prefix, port, directrouting"):
+                                           r"valid options are prefix, port, directrouting; "
+                                           r"every network also takes egress"):
         net(driver="flannel", options={"prefx": "/x"})
     with pytest.raises(InvalidInput, match=r"invalid value 'x' for option port of driver "
                                            r"flannel: expected an integer"):
@@ -84,8 +85,17 @@ def test_options_are_checked_against_the_driver_declaration() -> None:
     with pytest.raises(InvalidInput, match="expected true or false"):
         net(driver="flannel", options={"directrouting": "yes"})
     with pytest.raises(InvalidInput, match=r"unknown driver option 'prefix' for driver weave: "
-                                           r"it takes no options"):
+                                           r"it takes no options; every network also "
+                                           r"takes egress"):
         net(options={"prefix": "/x"})
+
+
+def test_egress_is_an_option_of_every_driver() -> None:
+    assert net(options={"egress": "False"}).options == {"egress": "false"}
+    assert net(driver="flannel", options={"egress": True}).options == {"egress": "true"}
+    with pytest.raises(InvalidInput, match=r"invalid value 'maybe' for option egress of driver "
+                                           r"weave: expected true or false"):
+        net(options={"egress": "maybe"})
 
 
 def test_encryption_only_where_a_backend_declares_it() -> None:
