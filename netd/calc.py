@@ -45,6 +45,7 @@ class Snapshot:
     hosts: Mapping[str, Host] = field(default_factory=dict)  # live hosts only (leased keys)
     secrets: Mapping[str, str] = field(default_factory=dict)  # network -> key (hex)
     roles: Mapping[tuple[str, str], HostRoles] = field(default_factory=dict)  # (net, host)
+    publishes: Mapping[tuple[str, str], Publish] = field(default_factory=dict)  # (host, port)
 
     @classmethod
     def from_kvs(cls, keys: Keys, kvs: Mapping[str, str]) -> Snapshot:
@@ -311,6 +312,7 @@ class DesiredState:
             hosts=dict(self._hosts),
             secrets=dict(self._secrets),
             roles={(n, h): r for n, rs in self._roles.items() for h, r in rs.items()},
+            publishes=dict(self._publishes),
         )
 
     # --- desired state ------------------------------------------------------------

@@ -156,15 +156,19 @@ class Service:
 
     # gateway: expose/hide, publish/unpublish (netd.service.gateway)
     def expose(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.ctx.refuse_while_store_down("expose")
         return self.gateway.expose(request)
 
     def hide(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.ctx.refuse_while_store_down("hide")
         return self.gateway.hide(request)
 
     def publish(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.ctx.refuse_while_store_down("publish")
         return self.gateway.publish(request)
 
     def unpublish(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        self.ctx.refuse_while_store_down("unpublish")
         return self.gateway.unpublish(request)
 
     def endpoints_with_ports(self, network: str | None = None) -> list[dict[str, Any]]:

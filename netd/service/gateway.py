@@ -70,8 +70,13 @@ class Gateway:
     # --- expose / hide -----------------------------------------------------------
     def exposures(self, network: str | None = None) -> list[HostRoles]:
         """Every host's expose role (of one network, or all)."""
-        items, _ = self.ctx.store.list(self.ctx.keys.roles(network))
-        found = [HostRoles.from_json(kv.value) for kv in items]
+        known = self.ctx.last_known()
+        if known is not None:  # the store is away: answer from the last known state
+            found = [r for (net, _), r in sorted(known.roles.items())
+                     if network is None or net == network]
+        else:
+            items, _ = self.ctx.store.list(self.ctx.keys.roles(network))
+            found = [HostRoles.from_json(kv.value) for kv in items]
         return [r for r in found if EXPOSE in r.roles]
 
     def expose(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -123,8 +128,12 @@ class Gateway:
 
     # --- publish / unpublish -----------------------------------------------------
     def published(self, network: str | None = None) -> list[Publish]:
-        items, _ = self.ctx.store.list(self.ctx.keys.publishes())
-        found = [Publish.from_json(kv.value) for kv in items]
+        known = self.ctx.last_known()
+        if known is not None:  # the store is away: answer from the last known state
+            found = [p for _, p in sorted(known.publishes.items())]
+        else:
+            items, _ = self.ctx.store.list(self.ctx.keys.publishes())
+            found = [Publish.from_json(kv.value) for kv in items]
         return [p for p in found if network is None or p.network == network]
 
     def _local_endpoint(self, fields: dict[str, Any]) -> tuple[Network, Endpoint, int]:
