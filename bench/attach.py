@@ -19,7 +19,7 @@ kernel's work per attach grows with the endpoints of the network (docs/benchmark
 
 Run as root from the repo root:
     .venv/bin/python -m bench.attach [--count 1000] [--step 200] [--store etcd]
-        [--no-container-ipv6] [--json]
+        [--no-container-ipv6] [--sg] [--json]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from netd.cli import Client, CliError
 from netd.lab import Lab
 
 NETWORK = "benchnet"
+GROUP = "benchsg"
 SUBNET = "10.96.0.0/20"  # room for 4093 endpoints
 
 
@@ -124,18 +125,25 @@ def _disable_ipv6(containers: list[str]) -> None:
 
 
 def run(
-    count: int, step: int, store: str, resync: float, container_ipv6: bool = True
+    count: int, step: int, store: str, resync: float, container_ipv6: bool = True,
+    security_group: bool = False,
 ) -> dict[str, Any]:
     with Lab(hosts=1, store=store, prefix=lab_prefix(), resync_interval=resync) as lab:
         host = lab.hosts["h1"]
         client = Client(host.socket, timeout=120)
         client.request("POST", "/v1/networks", {"name": NETWORK, "subnet": SUBNET})
+        extra: dict[str, Any] = {}
+        if security_group:  # every container a member, ingress only from the members
+            client.request("POST", "/v1/sg", {"name": GROUP})
+            client.request("POST", f"/v1/sg/{GROUP}/rules", {
+                "direction": "ingress", "protocol": "tcp", "port": "80", "group": GROUP})
+            extra = {"sg": [GROUP]}
         containers = [lab.add_container("h1", f"c{i}") for i in range(count)]
         if not container_ipv6:
             _disable_ipv6(containers)
         assert host.proc is not None
         timer = _Timer(client, host.proc.pid, step)
-        attach = [timer.post("/v1/attach", {"container": c, "network": NETWORK})
+        attach = [timer.post("/v1/attach", {"container": c, "network": NETWORK, **extra})
                   for c in containers]
         timer.mark()
         attach_cpu = timer.cpu_per_request
@@ -149,6 +157,7 @@ def run(
         "count": count,
         "resync_interval_s": resync,
         "container_ipv6": container_ipv6,
+        "security_group": security_group,
         "failures": len(timer.failures),
         "first_failures": timer.failures[:5],
         "attach": summary_ms(attach),
@@ -171,7 +180,9 @@ def render(result: dict[str, Any]) -> str:
     lines = [
         f"attach/detach latency through the API, 1 host, {result['store']} store, "
         f"{result['count']} containers, resync every {result['resync_interval_s']:g} s, "
-        f"container IPv6 {'on' if result['container_ipv6'] else 'off'}",
+        f"container IPv6 {'on' if result['container_ipv6'] else 'off'}"
+        + (", every container in one security group (a member-set rule)"
+           if result.get("security_group") else ""),
         "",
     ]
     for kind, label in (("attach", "attach #"), ("detach", "endpoints present")):
@@ -203,10 +214,13 @@ def main() -> None:
                         help="the daemon's periodic full resync interval, s (netd's default 30)")
     parser.add_argument("--no-container-ipv6", action="store_true",
                         help="disable IPv6 in the containers before attaching them")
+    parser.add_argument("--sg", action="store_true",
+                        help="attach every container with one security group whose ingress "
+                             "rule names the group itself (member set grows with each attach)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = parser.parse_args()
     result = run(args.count, args.step, args.store, args.resync,
-                 container_ipv6=not args.no_container_ipv6)
+                 container_ipv6=not args.no_container_ipv6, security_group=args.sg)
     print(json.dumps(result, indent=2) if args.json else render(result))
 
 

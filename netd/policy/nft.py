@@ -14,14 +14,15 @@ Two tables, both named `netd`, nothing else touched (docs/policy.md has the why)
   keyed by (bridge, address) of the port (its address is pinned by anti-spoofing).
   Group members are named sets, so a membership change only rewrites set elements.
 
-Applied with one `nft -f -` run per change: a file is one transaction, so the kernel
-never holds half a policy. The base chains dispatch through named verdict maps (port ->
-its chain), so a change is applied as the units that differ: a new port adds its chains
-and map elements, a gone one deletes them, a changed one does both within the one
-transaction, a change of members only refills the changed sets. The first apply of a
-process and every verify pass replace both tables whole in one transaction (`table X;
-delete table X; table X {...}`: no moment without rules). A restarted daemon adopts the
-tables in place (nothing is flushed at start).
+Applied through one libnftables context kept for the process life (netd.policy.libnft;
+docs/policy.md says why): each change is one transaction, so the kernel never holds
+half a policy. The base chains dispatch through named verdict maps (port -> its chain),
+so a change is applied as the units that differ: a new port adds its chains and map
+elements, a gone one deletes them, a changed one does both within the one transaction,
+a change of members adds and deletes only the addresses that came and went. The first
+apply of a process and every verify pass replace both tables whole in one transaction
+(`table X; delete table X; table X {...}`: no moment without rules). A restarted daemon
+adopts the tables in place (nothing is flushed at start).
 """
 
 from __future__ import annotations
@@ -31,14 +32,15 @@ import hashlib
 import json
 import logging
 import subprocess
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import netaddr
 
 from netd.errors import DatapathError
 from netd.plumbing.names import roles_of
+from netd.policy.libnft import Libnft
 from netd.policy.model import HostPolicy, PortPolicy, Rule
 
 log = logging.getLogger(__name__)
@@ -108,44 +110,67 @@ class Rendered:
     ports: dict[str, PortUnit]  # link -> unit
     sets: dict[str, frozenset[str]]  # member set -> addresses
     bridge_elements: frozenset[Element]  # bridges and zones
+    # link -> the PortPolicy its unit was rendered from (a later render reuses the unit
+    # of the very same object without comparing)
+    sources: dict[str, PortPolicy] = field(default_factory=dict, compare=False)
 
     def full(self) -> str:
-        """Both tables from scratch, replacing what is there, in one transaction."""
+        """Both tables from scratch, replacing what is there, in one transaction. Map
+        and set elements go as one command per map (thousands of one-element commands
+        cost seconds to evaluate)."""
         lines = [f"table {f} {TABLE}\ndelete table {f} {TABLE}" for f in FAMILIES]
         lines.append(self.skeleton)
         lines += [_add_set(n) for n in sorted(self.sets)]
         lines += [_add_chains(u) for _, u in sorted(self.ports.items())]
-        lines += [self.refill(n) for n in sorted(self.sets)]
+        lines += [_set_elements("add", n, self.sets[n]) for n in sorted(self.sets)]
         elements = [e for _, u in sorted(self.ports.items()) for e in u.elements]
-        lines += [_add_element(e) for e in (*sorted(self.bridge_elements), *elements)]
+        lines += _grouped("add", [*sorted(self.bridge_elements), *elements])
         return "".join(line if line.endswith("\n") else line + "\n" for line in lines if line)
-
-    def refill(self, name: str) -> str:
-        text = f"flush set ip {TABLE} {name}\n"
-        if self.sets[name]:
-            text += f"add element ip {TABLE} {name} {{ {_elements(self.sets[name])} }}\n"
-        return text
 
     def delta(self, old: Rendered) -> str:
         """The transaction that turns `old` into this (same skeleton); "" if equal. A
-        changed port is removed and added again within it: no moment without rules."""
+        changed port is removed and added again within it: no moment without rules. A
+        member set changes by the addresses that came and went."""
         out: list[str] = []
-        gone = {k: u for k, u in old.ports.items() if self.ports.get(k) != u}
-        new = {k: u for k, u in self.ports.items() if old.ports.get(k) != u}
-        for unit in gone.values():
-            out += [_delete_element(e) for e in unit.elements]
-        out += [_delete_element(e) for e in sorted(old.bridge_elements - self.bridge_elements)]
+        gone = {k: u for k, u in old.ports.items() if not _same(self.ports.get(k), u)}
+        new = {k: u for k, u in self.ports.items() if not _same(old.ports.get(k), u)}
+        out += _grouped("delete", [e for u in gone.values() for e in u.elements])
+        out += _grouped("delete", sorted(old.bridge_elements - self.bridge_elements))
         for unit in gone.values():
             for family, chain, _ in unit.chains:
                 out += [f"flush chain {family} {TABLE} {chain}",
                         f"delete chain {family} {TABLE} {chain}"]
         out += [f"delete set ip {TABLE} {n}" for n in sorted(set(old.sets) - set(self.sets))]
         out += [_add_set(n) for n in sorted(set(self.sets) - set(old.sets))]
-        out += [self.refill(n) for n in sorted(self.sets) if old.sets.get(n) != self.sets[n]]
+        for name in sorted(self.sets):
+            now, before = self.sets[name], old.sets.get(name, frozenset())
+            if now is not before:
+                out.append(_set_elements("delete", name, before - now))
+                out.append(_set_elements("add", name, now - before))
         out += [_add_chains(u) for _, u in sorted(new.items())]
-        out += [_add_element(e) for e in sorted(self.bridge_elements - old.bridge_elements)]
-        out += [_add_element(e) for u in new.values() for e in u.elements]
-        return "".join(line if line.endswith("\n") else line + "\n" for line in out)
+        out += _grouped("add", [*sorted(self.bridge_elements - old.bridge_elements),
+                                *(e for u in new.values() for e in u.elements)])
+        return "".join(line if line.endswith("\n") else line + "\n" for line in out if line)
+
+
+def _same(a: PortUnit | None, b: PortUnit) -> bool:
+    return a is b or a == b
+
+
+def _set_elements(verb: str, name: str, values: frozenset[str]) -> str:
+    if not values:
+        return ""
+    return f"{verb} element ip {TABLE} {name} {{ {_elements(values)} }}"
+
+
+def _grouped(verb: str, elements: Iterable[Element]) -> list[str]:
+    """One `add|delete element` command per map, in the order the maps first appear."""
+    by_map: dict[tuple[str, str], list[str]] = {}
+    for family, name, key, value in elements:
+        item = f"{key} : {value}" if value and verb == "add" else key
+        by_map.setdefault((family, name), []).append(item)
+    return [f"{verb} element {family} {TABLE} {name} {{ {', '.join(items)} }}"
+            for (family, name), items in by_map.items()]
 
 
 def _add_set(name: str) -> str:
@@ -160,20 +185,19 @@ def _add_chains(unit: PortUnit) -> str:
     return "".join(out)
 
 
-def _add_element(e: Element) -> str:
-    family, name, key, value = e
-    return f"add element {family} {TABLE} {name} {{ {key}{' : ' + value if value else ''} }}"
-
-
-def _delete_element(e: Element) -> str:
-    family, name, key, _ = e
-    return f"delete element {family} {TABLE} {name} {{ {key} }}"
-
-
-def render(policy: HostPolicy, drivers: Iterable[str]) -> Rendered:
-    """Both tables for the ports of `drivers` (the kernel drivers) in `policy`."""
+def render(policy: HostPolicy, drivers: Iterable[str],
+           previous: Rendered | None = None) -> Rendered:
+    """Both tables for the ports of `drivers` (the kernel drivers) in `policy`; a port
+    whose PortPolicy is the very object `previous` was rendered from keeps its unit."""
     drivers = sorted(set(drivers))
     ports = [p for p in policy.ports if p.driver in drivers and p.link]
+    units: dict[str, PortUnit] = {}
+    for p in ports:
+        link = p.link or ""
+        if previous is not None and previous.sources.get(link) is p:
+            units[link] = previous.ports[link]
+        else:
+            units[link] = _port_unit(p)
     bridges = sorted({p.bridge for p in ports if p.bridge})
     elements = {("ip", "bridges", _q(b), "") for b in bridges}
     elements |= {("ip", "zones", _q(b), str(z)) for b, z in policy.zones.items() if b in bridges}
@@ -183,9 +207,10 @@ def render(policy: HostPolicy, drivers: Iterable[str]) -> Rendered:
     used = {r.group for p in ports for r in (*p.ingress, *p.egress) if r.group}
     return Rendered(
         skeleton=_skeleton(veth_prefixes(drivers)),
-        ports={p.link or "": _port_unit(p) for p in ports},
-        sets={set_name(k): frozenset(v) for k, v in policy.members.items() if k in used},
+        ports=units,
+        sets={set_name(k): v for k, v in policy.members.items() if k in used},
         bridge_elements=frozenset(elements),
+        sources={p.link or "": p for p in ports},
     )
 
 
@@ -284,7 +309,8 @@ def _render_port(p: PortPolicy) -> PortUnit:
 
 
 def run_nft(text: str, timeout: float = 10.0) -> None:
-    """One nft transaction (a file is applied all or nothing)."""
+    """One nft transaction by the `nft` tool (a file is applied all or nothing); the
+    applier uses its libnftables context instead, this serves tests and tools."""
     try:
         result = subprocess.run([NFT, "-f", "-"], input=text, capture_output=True, text=True,
                                 timeout=timeout, check=False)
@@ -294,13 +320,9 @@ def run_nft(text: str, timeout: float = 10.0) -> None:
         raise DatapathError(f"nft refused the policy: {result.stderr.strip()[:500]}")
 
 
-def list_tables() -> list[tuple[str, str]]:
+def list_tables(nft: Libnft) -> list[tuple[str, str]]:
     """(family, name) of every nftables table in this netns."""
-    result = subprocess.run([NFT, "-j", "list", "tables"], capture_output=True, text=True,
-                            timeout=10, check=False)
-    if result.returncode != 0:
-        raise DatapathError(f"nft list tables failed: {result.stderr.strip()[:300]}")
-    items = json.loads(result.stdout or "{}").get("nftables", [])
+    items = json.loads(nft.run("list tables", json_output=True) or "{}").get("nftables", [])
     return [(i["table"]["family"], i["table"]["name"]) for i in items if "table" in i]
 
 
@@ -319,19 +341,35 @@ def ensure_bridge_netfilter() -> int:
 
 
 class NftApplier:
-    """Keeps netd's tables equal to the rendered policy of the kernel drivers' ports."""
+    """Keeps netd's tables equal to the rendered policy of the kernel drivers' ports,
+    through one libnftables context kept for the process life (`netd.policy.libnft`)."""
 
-    def __init__(self, drivers: Iterable[str]) -> None:
+    def __init__(self, drivers: Iterable[str],
+                 run: Callable[[str], object] | None = None) -> None:
+        """`run`: applies one nft transaction (default: the libnftables context)."""
         self.drivers = sorted(set(drivers))
         self._applied: Rendered | None = None
+        self._nft: Libnft | None = None
+        self._run = run
+
+    def _context(self) -> Libnft:
+        if self._nft is None:
+            self._nft = Libnft()
+        return self._nft
+
+    def _apply_text(self, text: str) -> None:
+        if self._run is not None:
+            self._run(text)
+        else:
+            self._context().run(text)
 
     def setup(self) -> None:
         """At start: fail closed at once if netd's tables are absent (a fresh host);
         tables already there (a restart) are adopted as they are, never flushed."""
         ensure_bridge_netfilter()
-        present = set(list_tables())
+        present = set(list_tables(self._context()))
         if not all((family, TABLE) in present for family in FAMILIES):
-            run_nft(render(HostPolicy(), self.drivers).full())
+            self._apply_text(render(HostPolicy(), self.drivers).full())
 
     def apply(self, policy: HostPolicy, verify: bool = False) -> int:
         """Make netd's tables match `policy`; the number of nft transactions run.
@@ -340,23 +378,24 @@ class NftApplier:
         if verify:  # the periodic resync: repair any drift by one atomic replace
             ensure_bridge_netfilter()
             self._applied = None
-        wanted = render(policy, self.drivers)
         last = self._applied
+        wanted = render(policy, self.drivers, previous=last)
         if last is not None and last == wanted:
             return 0
         if last is not None and last.skeleton == wanted.skeleton:
             text = wanted.delta(last)
         else:
             text = wanted.full()
+        self._applied = None  # unknown until the transaction succeeded
         if text:
-            run_nft(text)
+            self._apply_text(text)
         self._applied = wanted
         return 1
 
     def teardown(self) -> None:
-        present = set(list_tables())
+        present = set(list_tables(self._context()))
         text = "".join(f"delete table {family} {TABLE}\n" for family in FAMILIES
                        if (family, TABLE) in present)
         if text:
-            run_nft(text)
+            self._apply_text(text)
         self._applied = None
