@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 
 from netd.model import Endpoint, Network, SecurityGroup
@@ -28,6 +29,7 @@ from netd.policy.model import HostPolicy, PortPolicy, Rule
 L2_DRIVERS = frozenset({"weave"})
 
 
+@functools.lru_cache(maxsize=4096)
 def zone_of(tenant: str) -> int:
     """A tenant's conntrack zone (1..65535): one per tenant, not per network, so a
     connection routed between two networks of one tenant keeps one zone both ways
@@ -91,9 +93,13 @@ def port_policy(network: Network, ep: Endpoint,
 
 
 def zones_of(ports: Iterable[PortPolicy]) -> dict[str, int]:
-    zones = {p.bridge: zone_of(p.tenant) for p in ports
-             if p.bridge is not None and p.driver in L2_DRIVERS}
-    return dict(sorted(zones.items()))
+    """Bridge -> its tenant's zone. A bridge is one network's, so its ports share a
+    tenant; were they ever to differ, the smallest tenant name decides."""
+    tenants: dict[str, str] = {}
+    for p in ports:
+        if p.bridge is not None and p.driver in L2_DRIVERS:
+            tenants[p.bridge] = min(tenants.get(p.bridge, p.tenant), p.tenant)
+    return {b: zone_of(t) for b, t in sorted(tenants.items())}
 
 
 def host_policy(
@@ -147,6 +153,10 @@ class PolicyIndex:
         self._frozen: dict[str, frozenset[str]] = {}  # member sets as last handed out
         self._host: str | None = None
         self._ports: dict[PortKey, PortPolicy] = {}
+        self._order: list[PortKey] = []  # keys of _ports, sorted
+        self._listed: list[PortPolicy] = []  # _ports in that order
+        self._used: dict[str, int] = {}  # member set key -> local ports whose rules name it
+        self._bridge_tenants: dict[str, dict[str, int]] = {}  # L2 bridge -> tenant -> ports
         self._named_by: dict[tuple[str, str], set[PortKey]] = {}  # group -> local ports
         self._dirty: set[PortKey] = set()
         self._changed_sets: set[str] = set()
@@ -207,21 +217,18 @@ class PolicyIndex:
                 continue
             ports_changed = True
             if old is not None:
-                self._unname(key, old)
-                del self._ports[key]
+                self._remove(key, old)
             if port is not None:
-                self._ports[key] = port
-                for group in port.groups:
-                    self._named_by.setdefault((port.tenant, group), set()).add(key)
+                self._add(key, port)
         self._dirty.clear()
         previous = self._policy
         if previous is None or ports_changed:
-            ports = tuple(self._ports[k] for k in sorted(self._ports))
-            zones: Mapping[str, int] = zones_of(ports)
+            ports = tuple(self._listed)
+            zones: Mapping[str, int] = {
+                b: zone_of(min(t)) for b, t in sorted(self._bridge_tenants.items())}
+            used = sorted(self._used)
         else:
-            ports, zones = previous.ports, previous.zones
-        used = sorted({r.group for p in ports for r in (*p.ingress, *p.egress) if r.group}
-                      if ports_changed or previous is None else previous.members)
+            ports, zones, used = previous.ports, previous.zones, list(previous.members)
         for name in self._changed_sets:
             now = frozenset(self._members.get(name, ()))
             if self._frozen.get(name) != now:
@@ -231,6 +238,8 @@ class PolicyIndex:
         if previous is not None and not ports_changed and all(
                 members[k] is previous.members[k] for k in used):
             return previous
+        if previous is not None and zones == previous.zones:
+            zones = previous.zones
         self._policy = HostPolicy(ports=ports, members=members, zones=zones)
         return self._policy
 
@@ -242,13 +251,40 @@ class PolicyIndex:
             return None
         return port_policy(network, ep, self._groups)
 
-    def _unname(self, key: PortKey, port: PortPolicy) -> None:
+    def _add(self, key: PortKey, port: PortPolicy) -> None:
+        self._ports[key] = port
+        i = bisect_left(self._order, key)
+        self._order.insert(i, key)
+        self._listed.insert(i, port)
+        for group in port.groups:
+            self._named_by.setdefault((port.tenant, group), set()).add(key)
+        for name in {r.group for r in (*port.ingress, *port.egress) if r.group}:
+            self._used[name] = self._used.get(name, 0) + 1
+        if port.bridge is not None and port.driver in L2_DRIVERS:
+            tenants = self._bridge_tenants.setdefault(port.bridge, {})
+            tenants[port.tenant] = tenants.get(port.tenant, 0) + 1
+
+    def _remove(self, key: PortKey, port: PortPolicy) -> None:
+        del self._ports[key]
+        i = bisect_left(self._order, key)
+        del self._order[i], self._listed[i]
         for group in port.groups:
             names = self._named_by.get((port.tenant, group))
             if names is not None:
                 names.discard(key)
                 if not names:
                     del self._named_by[(port.tenant, group)]
+        for name in {r.group for r in (*port.ingress, *port.egress) if r.group}:
+            self._used[name] -= 1
+            if not self._used[name]:
+                del self._used[name]
+        if port.bridge is not None and port.driver in L2_DRIVERS:
+            tenants = self._bridge_tenants[port.bridge]
+            tenants[port.tenant] -= 1
+            if not tenants[port.tenant]:
+                del tenants[port.tenant]
+                if not tenants:
+                    del self._bridge_tenants[port.bridge]
 
     def _frozen_set(self, key: str) -> frozenset[str]:
         frozen = self._frozen.get(key)

@@ -174,7 +174,9 @@ def _grouped(verb: str, elements: Iterable[Element]) -> list[str]:
 
 
 def _add_set(name: str) -> str:
-    return f"add set ip {TABLE} {name} {{ type ipv4_addr; flags interval; }}"
+    # a hash of addresses, not an interval set: libnftables reads an interval set's
+    # elements back before every transaction
+    return f"add set ip {TABLE} {name} {{ type ipv4_addr; }}"
 
 
 def _add_chains(unit: PortUnit) -> str:
@@ -285,9 +287,12 @@ def _render_port(p: PortPolicy) -> PortUnit:
         to_port: tuple[str, ...] = ("ether type arp accept", guard,
                                     f"ether type ip ip daddr {p.ip} accept", "drop")
     else:
+        # one rule per destination, not an anonymous set: libnftables fetches the
+        # elements of every interval set (one request per set) before each transaction
         to_port = ("ether type arp accept",
-                   f"ether type ip ip daddr {{ {p.ip}, {net.broadcast}, 255.255.255.255, "
-                   "224.0.0.0/4 } accept", "drop")
+                   *(f"ether type ip ip daddr {dst} accept"
+                     for dst in (p.ip, net.broadcast, "255.255.255.255", "224.0.0.0/4")),
+                   "drop")
     chains.append(("bridge", f"o_{link}", to_port))
     elements: list[Element] = [("bridge", "from_ports", _q(link), f"jump p_{link}"),
                                ("bridge", "to_ports", _q(link), f"jump o_{link}")]
