@@ -90,14 +90,20 @@ def _match(rule: Rule) -> str:
 
 
 Element = tuple[str, str, str, str]  # (family, map or set, key, value or "")
+Chain = tuple[str, str, tuple[str, ...]]  # (family, name, rules)
 
 
 @dataclass(frozen=True)
 class PortUnit:
-    """Everything of one port: its chains (family, name, rules) and its map elements."""
+    """Everything of one port: its chains (family, name, rules), its map elements and
+    the shared chains they jump to (rule chains named by a hash of their rules: every
+    port with the same rules uses one chain, so the table's chain count, which
+    libnftables reads back before every transaction, does not grow with group
+    members)."""
 
-    chains: tuple[tuple[str, str, tuple[str, ...]], ...]
+    chains: tuple[Chain, ...]
     elements: tuple[Element, ...]
+    shared: tuple[Chain, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,11 +127,15 @@ class Rendered:
         lines = [f"table {f} {TABLE}\ndelete table {f} {TABLE}" for f in FAMILIES]
         lines.append(self.skeleton)
         lines += [_add_set(n) for n in sorted(self.sets)]
+        lines += [_add_chain(c) for c in sorted(self.shared_chains())]
         lines += [_add_chains(u) for _, u in sorted(self.ports.items())]
         lines += [_set_elements("add", n, self.sets[n]) for n in sorted(self.sets)]
         elements = [e for _, u in sorted(self.ports.items()) for e in u.elements]
         lines += _grouped("add", [*sorted(self.bridge_elements), *elements])
         return "".join(line if line.endswith("\n") else line + "\n" for line in lines if line)
+
+    def shared_chains(self) -> set[Chain]:
+        return {c for u in self.ports.values() for c in u.shared}
 
     def delta(self, old: Rendered) -> str:
         """The transaction that turns `old` into this (same skeleton); "" if equal. A
@@ -136,10 +146,12 @@ class Rendered:
         new = {k: u for k, u in self.ports.items() if not _same(old.ports.get(k), u)}
         out += _grouped("delete", [e for u in gone.values() for e in u.elements])
         out += _grouped("delete", sorted(old.bridge_elements - self.bridge_elements))
-        for unit in gone.values():
-            for family, chain, _ in unit.chains:
-                out += [f"flush chain {family} {TABLE} {chain}",
-                        f"delete chain {family} {TABLE} {chain}"]
+        shared_now = self._shared_if(gone or new)
+        shared_before = old._shared_if(gone or new)
+        for family, chain, _ in (*(c for u in gone.values() for c in u.chains),
+                                 *sorted(shared_before - shared_now)):
+            out += [f"flush chain {family} {TABLE} {chain}",
+                    f"delete chain {family} {TABLE} {chain}"]
         out += [f"delete set ip {TABLE} {n}" for n in sorted(set(old.sets) - set(self.sets))]
         out += [_add_set(n) for n in sorted(set(self.sets) - set(old.sets))]
         for name in sorted(self.sets):
@@ -147,10 +159,15 @@ class Rendered:
             if now is not before:
                 out.append(_set_elements("delete", name, before - now))
                 out.append(_set_elements("add", name, now - before))
+        out += [_add_chain(c) for c in sorted(shared_now - shared_before)]
         out += [_add_chains(u) for _, u in sorted(new.items())]
         out += _grouped("add", [*sorted(self.bridge_elements - old.bridge_elements),
                                 *(e for u in new.values() for e in u.elements)])
         return "".join(line if line.endswith("\n") else line + "\n" for line in out if line)
+
+
+    def _shared_if(self, ports_changed: object) -> set[Chain]:
+        return self.shared_chains() if ports_changed else set()
 
 
 def _same(a: PortUnit | None, b: PortUnit) -> bool:
@@ -180,11 +197,18 @@ def _add_set(name: str) -> str:
 
 
 def _add_chains(unit: PortUnit) -> str:
-    out = []
-    for family, chain, rules in unit.chains:
-        body = "".join(f"    {rule}\n" for rule in rules)
-        out.append(f"table {family} {TABLE} {{\n  chain {chain} {{\n{body}  }}\n}}\n")
-    return "".join(out)
+    return "".join(_add_chain(c) for c in unit.chains)
+
+
+def _add_chain(chain: Chain) -> str:
+    family, name, rules = chain
+    body = "".join(f"    {rule}\n" for rule in rules)
+    return f"table {family} {TABLE} {{\n  chain {name} {{\n{body}  }}\n}}\n"
+
+
+def _shared(family: str, prefix: str, rules: tuple[str, ...]) -> Chain:
+    digest = hashlib.sha256("\n".join(rules).encode()).hexdigest()[:12]
+    return (family, f"{prefix}{digest}", rules)
 
 
 def render(policy: HostPolicy, drivers: Iterable[str],
@@ -271,7 +295,7 @@ def _render_port(p: PortPolicy) -> PortUnit:
     link = p.link or ""
     net = netaddr.IPNetwork(p.subnet)
     guard = f"meta mark & {PASS:#x} != {PASS:#x} drop"
-    chains: list[tuple[str, str, tuple[str, ...]]] = [
+    chains: list[Chain] = [
         ("bridge", f"p_{link}", (
             f"ether saddr != {p.mac} drop",
             f"arp saddr ether != {p.mac} drop",
@@ -296,21 +320,24 @@ def _render_port(p: PortPolicy) -> PortUnit:
     chains.append(("bridge", f"o_{link}", to_port))
     elements: list[Element] = [("bridge", "from_ports", _q(link), f"jump p_{link}"),
                                ("bridge", "to_ports", _q(link), f"jump o_{link}")]
+    shared: list[Chain] = []
     if p.restricted_egress:
-        chains.append(("bridge", f"e_{link}", (f"ether type ip {guard}",)))
-        elements.append(("bridge", "egress_guard", _q(link), f"jump e_{link}"))
+        guard_chain = ("bridge", "egress_guarded", (f"ether type ip {guard}",))
+        shared.append(guard_chain)
+        elements.append(("bridge", "egress_guard", _q(link), f"jump {guard_chain[1]}"))
     if p.bridge:
         key = f"{_q(p.bridge)} . {p.ip}"
         if p.restricted_egress:
-            chains.append(("ip", f"eg_{link}",
-                           (*(f"{_match(r)} return" for r in p.egress), "drop")))
-            elements.append(("ip", "egress", key, f"jump eg_{link}"))
+            egress = _shared("ip", "eg_", (*(f"{_match(r)} return" for r in p.egress), "drop"))
+            shared.append(egress)
+            elements.append(("ip", "egress", key, f"jump {egress[1]}"))
         if p.restricted_ingress:
             allow = f"meta mark set meta mark | {PASS:#x} accept"
-            chains.append(("ip", f"in_{link}",
-                           (*(f"{_match(r)} {allow}".strip() for r in p.ingress), "drop")))
-            elements.append(("ip", "ingress", key, f"jump in_{link}"))
-    return PortUnit(tuple(chains), tuple(elements))
+            ingress = _shared("ip", "in_", (*(f"{_match(r)} {allow}".strip()
+                                              for r in p.ingress), "drop"))
+            shared.append(ingress)
+            elements.append(("ip", "ingress", key, f"jump {ingress[1]}"))
+    return PortUnit(tuple(chains), tuple(elements), tuple(shared))
 
 
 def run_nft(text: str, timeout: float = 10.0) -> None:
