@@ -19,7 +19,7 @@ kernel's work per attach grows with the endpoints of the network (docs/benchmark
 
 Run as root from the repo root:
     .venv/bin/python -m bench.attach [--count 1000] [--step 200] [--store etcd]
-        [--no-container-ipv6] [--sg] [--json]
+        [--no-container-ipv6] [--sg] [--restart] [--json]
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def _disable_ipv6(containers: list[str]) -> None:
 
 def run(
     count: int, step: int, store: str, resync: float, container_ipv6: bool = True,
-    security_group: bool = False,
+    security_group: bool = False, restart: bool = False,
 ) -> dict[str, Any]:
     with Lab(hosts=1, store=store, prefix=lab_prefix(), resync_interval=resync) as lab:
         host = lab.hosts["h1"]
@@ -148,6 +148,10 @@ def run(
         timer.mark()
         attach_cpu = timer.cpu_per_request
         timer.cpu_per_request = []
+        restarted = _restart(lab, client) if restart else None
+        if restarted is not None:
+            assert host.proc is not None
+            timer = _Timer(client, host.proc.pid, step)
         detach = [timer.post("/v1/detach", {"container": c, "network": NETWORK})
                   for c in reversed(containers)]
         timer.mark()
@@ -158,6 +162,7 @@ def run(
         "resync_interval_s": resync,
         "container_ipv6": container_ipv6,
         "security_group": security_group,
+        "restart": restarted,
         "failures": len(timer.failures),
         "first_failures": timer.failures[:5],
         "attach": summary_ms(attach),
@@ -169,6 +174,33 @@ def run(
             for b in _buckets(detach, step, detach_cpu)
         ],
     }
+
+
+def _restart(lab: Lab, client: Client) -> dict[str, float]:
+    """kill -9 netd with every container attached, start it again and time its first
+    full sync: from the process start until every worker (drivers and policy) has
+    finished a sync at the revision the store had (polling status every 20 ms)."""
+    revision = client.request("GET", "/v1/status")["store"]["revision"]
+    lab.stop_netd("h1", kill=True)
+    started = time.monotonic()
+    lab.start_netd("h1", wait=60)
+    serving = time.monotonic() - started
+    host = lab.hosts["h1"]
+    assert host.proc is not None
+    while True:
+        status = client.request("GET", "/v1/status")
+        workers = status["workers"].values()
+        if workers and all(w["syncs"] >= 1 and w["revision"] >= revision
+                           and not w["applying_since"] for w in workers):
+            break
+        if time.monotonic() - started > 300:
+            raise RuntimeError("no first full sync within 300 s after the restart")
+        time.sleep(0.02)
+    synced = time.monotonic() - started
+    return {"socket_s": round(serving, 3), "first_full_sync_s": round(synced, 3),
+            "netd_cpu_s": round(process_tree_cpu(host.proc.pid), 3),
+            "workers_s": {name: round(w["last_duration"], 3)
+                          for name, w in sorted(status["workers"].items())}}
 
 
 def _countdown(rng: str, count: int) -> str:
@@ -200,6 +232,13 @@ def render(result: dict[str, Any]) -> str:
                      + (f"; netd cpu per attach, last / first: "
                         f"{last['daemon_cpu_ms'] / first['daemon_cpu_ms']:.2f}"
                         if first["daemon_cpu_ms"] and last["daemon_cpu_ms"] else ""))
+    if result.get("restart"):
+        r = result["restart"]
+        lines.append(f"restart (kill -9) with {result['count']} endpoints: socket after "
+                     f"{r['socket_s']:.2f} s, first full sync done after "
+                     f"{r['first_full_sync_s']:.2f} s (netd CPU {r['netd_cpu_s']:.2f} s; "
+                     "last apply per worker: "
+                     + ", ".join(f"{k} {v:.2f} s" for k, v in r["workers_s"].items()) + ")")
     lines.append(f"failed requests: {result['failures']}")
     lines += [f"  {f}" for f in result["first_failures"]]
     return "\n".join(lines)
@@ -217,10 +256,14 @@ def main() -> None:
     parser.add_argument("--sg", action="store_true",
                         help="attach every container with one security group whose ingress "
                              "rule names the group itself (member set grows with each attach)")
+    parser.add_argument("--restart", action="store_true",
+                        help="after the attaches, kill -9 netd, start it again and time its "
+                             "first full sync (issue 12 item 7)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = parser.parse_args()
     result = run(args.count, args.step, args.store, args.resync,
-                 container_ipv6=not args.no_container_ipv6, security_group=args.sg)
+                 container_ipv6=not args.no_container_ipv6, security_group=args.sg,
+                 restart=args.restart)
     print(json.dumps(result, indent=2) if args.json else render(result))
 
 
