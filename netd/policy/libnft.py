@@ -1,10 +1,10 @@
 """A long-lived libnftables context (libnftables.so.1 through ctypes).
 
-Why not `nft -f -` per change: each run is a new process that builds its cache from
-the kernel (every chain, and the rules of the chains it touches) before applying a
-few lines; at a thousand ports that listing is most of an attach's policy cost. One
-context kept for the process life reuses its cache while nobody else changed the
-ruleset (libnftables compares the ruleset generation id).
+Why not `nft -f -` per change: each run is a new process (start-up, library load, a
+fresh context) before it applies a few lines. A context kept for the process life saves
+that; it does not save libnftables' read-back of the ruleset before each transaction
+(a commit changes the ruleset generation, which invalidates its cache), so netd's
+tables are shaped to keep that read small (docs/policy.md).
 
 Why ctypes here and not the python3-nftables module: that module is the same thin
 ctypes wrapper over the same six calls, shipped only as a Debian package for the

@@ -127,8 +127,10 @@ class Rendered:
         lines = [f"table {f} {TABLE}\ndelete table {f} {TABLE}" for f in FAMILIES]
         lines.append(self.skeleton)
         lines += [_add_set(n) for n in sorted(self.sets)]
-        lines += [_add_chain(c) for c in sorted(self.shared_chains())]
-        lines += [_add_chains(u) for _, u in sorted(self.ports.items())]
+        chains = [*sorted(self.shared_chains()),
+                  *(c for _, u in sorted(self.ports.items()) for c in u.chains)]
+        lines += [_chains_block(family, [c for c in chains if c[0] == family])
+                  for family in FAMILIES]
         lines += [_set_elements("add", n, self.sets[n]) for n in sorted(self.sets)]
         elements = [e for _, u in sorted(self.ports.items()) for e in u.elements]
         lines += _grouped("add", [*sorted(self.bridge_elements), *elements])
@@ -204,6 +206,15 @@ def _add_chain(chain: Chain) -> str:
     family, name, rules = chain
     body = "".join(f"    {rule}\n" for rule in rules)
     return f"table {family} {TABLE} {{\n  chain {name} {{\n{body}  }}\n}}\n"
+
+
+def _chains_block(family: str, chains: list[Chain]) -> str:
+    """Many chains of one table in one block (half the evaluation time of a block each)."""
+    if not chains:
+        return ""
+    body = "".join(f"  chain {name} {{\n" + "".join(f"    {r}\n" for r in rules) + "  }\n"
+                   for _, name, rules in chains)
+    return f"table {family} {TABLE} {{\n{body}}}\n"
 
 
 def _shared(family: str, prefix: str, rules: tuple[str, ...]) -> Chain:
