@@ -32,9 +32,11 @@ import hashlib
 import json
 import logging
 import subprocess
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import netaddr
 
@@ -91,6 +93,7 @@ def _match(rule: Rule) -> str:
 
 Element = tuple[str, str, str, str]  # (family, map or set, key, value or "")
 Chain = tuple[str, str, tuple[str, ...]]  # (family, name, rules)
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,16 @@ class Rendered:
     # link -> the PortPolicy its unit was rendered from (a later render reuses the unit
     # of the very same object without comparing)
     sources: dict[str, PortPolicy] = field(default_factory=dict, compare=False)
+    # kept as ports come and go, so a render costs the ports that changed: how many
+    # ports use each shared chain, each member set, each bridge (per tenant)
+    shared_refs: dict[Chain, int] = field(default_factory=dict, compare=False)
+    set_refs: dict[str, int] = field(default_factory=dict, compare=False)
+    bridge_refs: dict[str, dict[str, int]] = field(default_factory=dict, compare=False)
+    # what this render changed from the one it was made from (`base`)
+    base: weakref.ref[Rendered] | None = field(default=None, compare=False, repr=False)
+    changed: frozenset[str] = field(default=frozenset(), compare=False)  # new or changed
+    removed: frozenset[str] = field(default=frozenset(), compare=False)
+    ports_of: tuple[PortPolicy, ...] | None = field(default=None, compare=False, repr=False)
 
     def full(self) -> str:
         """Both tables from scratch, replacing what is there, in one transaction. Map
@@ -137,15 +150,22 @@ class Rendered:
         return "".join(line if line.endswith("\n") else line + "\n" for line in lines if line)
 
     def shared_chains(self) -> set[Chain]:
-        return {c for u in self.ports.values() for c in u.shared}
+        return set(self.shared_refs)
 
     def delta(self, old: Rendered) -> str:
         """The transaction that turns `old` into this (same skeleton); "" if equal. A
         changed port is removed and added again within it: no moment without rules. A
         member set changes by the addresses that came and went."""
         out: list[str] = []
-        gone = {k: u for k, u in old.ports.items() if not _same(self.ports.get(k), u)}
-        new = {k: u for k, u in self.ports.items() if not _same(old.ports.get(k), u)}
+        if self.base is not None and self.base() is old:  # from `old`: changes known
+            gone = {k: old.ports[k] for k in sorted(self.changed | self.removed)
+                    if k in old.ports}
+            new = {k: self.ports[k] for k in sorted(self.changed)}
+        else:
+            gone = {k: u for k, u in sorted(old.ports.items())
+                    if not _same(self.ports.get(k), u)}
+            new = {k: u for k, u in sorted(self.ports.items())
+                   if not _same(old.ports.get(k), u)}
         out += _grouped("delete", [e for u in gone.values() for e in u.elements])
         out += _grouped("delete", sorted(old.bridge_elements - self.bridge_elements))
         shared_now = self._shared_if(gone or new)
@@ -224,31 +244,89 @@ def _shared(family: str, prefix: str, rules: tuple[str, ...]) -> Chain:
 
 def render(policy: HostPolicy, drivers: Iterable[str],
            previous: Rendered | None = None) -> Rendered:
-    """Both tables for the ports of `drivers` (the kernel drivers) in `policy`; a port
-    whose PortPolicy is the very object `previous` was rendered from keeps its unit."""
-    drivers = sorted(set(drivers))
-    ports = [p for p in policy.ports if p.driver in drivers and p.link]
-    units: dict[str, PortUnit] = {}
-    for p in ports:
-        link = p.link or ""
-        if previous is not None and previous.sources.get(link) is p:
-            units[link] = previous.ports[link]
-        else:
-            units[link] = _port_unit(p)
-    bridges = sorted({p.bridge for p in ports if p.bridge})
+    """Both tables for the ports of `drivers` (the kernel drivers) in `policy`. From
+    `previous`, a port whose PortPolicy is the very object it was rendered from keeps
+    its unit, and the counts of shared chains, sets and bridges change by the ports that
+    came, went or changed."""
+    kernel = frozenset(drivers)
+    if previous is not None and previous.ports_of is policy.ports:
+        units, sources = previous.ports, previous.sources  # not changed below
+        shared_refs, set_refs = previous.shared_refs, previous.set_refs
+        bridge_refs = previous.bridge_refs
+        changed: set[str] = set()
+        removed: set[str] = set()
+    else:
+        base = previous or Rendered("", {}, {}, frozenset())
+        units, sources = dict(base.ports), dict(base.sources)
+        shared_refs, set_refs = dict(base.shared_refs), dict(base.set_refs)
+        bridge_refs = {b: dict(t) for b, t in base.bridge_refs.items()}
+        counts = (shared_refs, set_refs, bridge_refs)
+        seen: set[str] = set()
+        changed = set()
+        for p in policy.ports:
+            if not p.link or p.driver not in kernel:
+                continue
+            link = p.link
+            seen.add(link)
+            old = sources.get(link)
+            if old is p:
+                continue
+            unit = _port_unit(p)
+            if old is not None:
+                _count(old, units[link], counts, -1)
+            if old is None or not _same(units[link], unit):
+                changed.add(link)
+            units[link], sources[link] = unit, p
+            _count(p, unit, counts, +1)
+        removed = set(sources) - seen
+        for link in removed:
+            _count(sources[link], units[link], counts, -1)
+            del units[link], sources[link]
+    bridges = sorted(bridge_refs)
     elements = {("ip", "bridges", _q(b), "") for b in bridges}
-    elements |= {("ip", "zones", _q(b), str(z)) for b, z in policy.zones.items() if b in bridges}
-    tenant_of = {p.bridge: p.tenant for p in ports if p.bridge}
+    elements |= {("ip", "zones", _q(b), str(z)) for b, z in policy.zones.items()
+                 if b in bridge_refs}
+    tenant_of = {b: min(bridge_refs[b]) for b in bridges}
     elements |= {("ip", "same_tenant", f"{_q(a)} . {_q(b)}", "")
                  for a in bridges for b in bridges if tenant_of[a] == tenant_of[b]}
-    used = {r.group for p in ports for r in (*p.ingress, *p.egress) if r.group}
     return Rendered(
-        skeleton=_skeleton(veth_prefixes(drivers)),
+        skeleton=_skeleton_of(tuple(sorted(kernel))),
         ports=units,
-        sets={set_name(k): v for k, v in policy.members.items() if k in used},
+        sets={set_name(k): v for k, v in policy.members.items() if k in set_refs},
         bridge_elements=frozenset(elements),
-        sources={p.link or "": p for p in ports},
+        sources=sources, shared_refs=shared_refs, set_refs=set_refs, bridge_refs=bridge_refs,
+        base=weakref.ref(previous) if previous is not None else None,
+        changed=frozenset(changed), removed=frozenset(removed),
+        ports_of=policy.ports,
     )
+
+
+def _count(p: PortPolicy, unit: PortUnit,
+           counts: tuple[dict[Chain, int], dict[str, int], dict[str, dict[str, int]]],
+           step: int) -> None:
+    shared_refs, set_refs, bridge_refs = counts
+    for chain in unit.shared:
+        _add(shared_refs, chain, step)
+    for key in {r.group for r in (*p.ingress, *p.egress) if r.group}:
+        _add(set_refs, key, step)
+    if p.bridge:
+        tenants = bridge_refs.setdefault(p.bridge, {})
+        _add(tenants, p.tenant, step)
+        if not tenants:
+            del bridge_refs[p.bridge]
+
+
+def _add(counts: dict[K, int], key: K, step: int) -> None:
+    left = counts.get(key, 0) + step
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
+@functools.lru_cache(maxsize=64)
+def _skeleton_of(drivers: tuple[str, ...]) -> str:
+    return _skeleton(veth_prefixes(drivers))
 
 
 def _skeleton(prefixes: list[str]) -> str:

@@ -4,13 +4,17 @@ change (the appliers skip by identity)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import plugins.weave.names  # noqa: F401 - claims the weave link names
 from netd.model import Endpoint, Network, SecurityGroup, SecurityGroupRule
+from netd.policy import nft
 from netd.policy.compute import PolicyIndex, host_policy
 
+KERNEL = ("weave", "flannel")
 HOSTS = ("h1", "h2")
 TENANTS = ("default", "acme")
 GROUP_NAMES = ("web", "db")
@@ -115,3 +119,29 @@ def test_a_member_elsewhere_changes_only_its_set() -> None:
     assert second.ports is first.ports
     assert second.members == {"default/web": frozenset({"10.1.0.2", "10.1.0.3"})}
     assert index.policy("h1") is second
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(events, max_size=30))
+def test_rendering_from_the_previous_equals_rendering_afresh(
+        sequence: list[tuple[object, ...]]) -> None:
+    index = PolicyIndex()
+    previous = nft.render(index.policy("h1"), KERNEL)
+    for event in sequence:
+        kind = event[0]
+        if kind == "host":
+            continue
+        group = event[1]
+        if isinstance(group, SecurityGroup):
+            index.put_group(group.tenant, group.name, group)
+        else:
+            getattr(index, str(kind))(*event[1:])
+        policy = index.policy("h1")
+        incremental = nft.render(policy, KERNEL, previous=previous)
+        fresh = nft.render(policy, KERNEL)
+        assert incremental == fresh
+        assert incremental.shared_refs.keys() == fresh.shared_refs.keys()
+        assert incremental.set_refs == fresh.set_refs
+        assert incremental.bridge_refs == fresh.bridge_refs
+        assert incremental.delta(previous) == replace(incremental, base=None).delta(previous)
+        previous = incremental
