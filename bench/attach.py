@@ -19,7 +19,7 @@ kernel's work per attach grows with the endpoints of the network (docs/benchmark
 
 Run as root from the repo root:
     .venv/bin/python -m bench.attach [--count 1000] [--step 200] [--store etcd]
-        [--no-container-ipv6] [--json]
+        [--no-container-ipv6] [--sg] [--restart] [--json]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from netd.cli import Client, CliError
 from netd.lab import Lab
 
 NETWORK = "benchnet"
+GROUP = "benchsg"
 SUBNET = "10.96.0.0/20"  # room for 4093 endpoints
 
 
@@ -124,22 +125,33 @@ def _disable_ipv6(containers: list[str]) -> None:
 
 
 def run(
-    count: int, step: int, store: str, resync: float, container_ipv6: bool = True
+    count: int, step: int, store: str, resync: float, container_ipv6: bool = True,
+    security_group: bool = False, restart: bool = False,
 ) -> dict[str, Any]:
     with Lab(hosts=1, store=store, prefix=lab_prefix(), resync_interval=resync) as lab:
         host = lab.hosts["h1"]
         client = Client(host.socket, timeout=120)
         client.request("POST", "/v1/networks", {"name": NETWORK, "subnet": SUBNET})
+        extra: dict[str, Any] = {}
+        if security_group:  # every container a member, ingress only from the members
+            client.request("POST", "/v1/sg", {"name": GROUP})
+            client.request("POST", f"/v1/sg/{GROUP}/rules", {
+                "direction": "ingress", "protocol": "tcp", "port": "80", "group": GROUP})
+            extra = {"sg": [GROUP]}
         containers = [lab.add_container("h1", f"c{i}") for i in range(count)]
         if not container_ipv6:
             _disable_ipv6(containers)
         assert host.proc is not None
         timer = _Timer(client, host.proc.pid, step)
-        attach = [timer.post("/v1/attach", {"container": c, "network": NETWORK})
+        attach = [timer.post("/v1/attach", {"container": c, "network": NETWORK, **extra})
                   for c in containers]
         timer.mark()
         attach_cpu = timer.cpu_per_request
         timer.cpu_per_request = []
+        restarted = _restart(lab, client) if restart else None
+        if restarted is not None:
+            assert host.proc is not None
+            timer = _Timer(client, host.proc.pid, step)
         detach = [timer.post("/v1/detach", {"container": c, "network": NETWORK})
                   for c in reversed(containers)]
         timer.mark()
@@ -149,6 +161,8 @@ def run(
         "count": count,
         "resync_interval_s": resync,
         "container_ipv6": container_ipv6,
+        "security_group": security_group,
+        "restart": restarted,
         "failures": len(timer.failures),
         "first_failures": timer.failures[:5],
         "attach": summary_ms(attach),
@@ -162,6 +176,35 @@ def run(
     }
 
 
+def _restart(lab: Lab, client: Client) -> dict[str, float]:
+    """kill -9 netd with every container attached, start it again and time its first
+    full sync: from the process start until every worker (drivers and policy) has
+    finished a sync at the revision the store had (polling status every 250 ms: a
+    status call lists every link of the host, so polling faster slows what it
+    measures)."""
+    revision = client.request("GET", "/v1/status")["store"]["revision"]
+    lab.stop_netd("h1", kill=True)
+    started = time.monotonic()
+    lab.start_netd("h1", wait=60)
+    serving = time.monotonic() - started
+    host = lab.hosts["h1"]
+    assert host.proc is not None
+    while True:
+        status = client.request("GET", "/v1/status")
+        workers = status["workers"].values()
+        if workers and all(w["syncs"] >= 1 and w["revision"] >= revision
+                           and not w["applying_since"] for w in workers):
+            break
+        if time.monotonic() - started > 300:
+            raise RuntimeError("no first full sync within 300 s after the restart")
+        time.sleep(0.25)  # each status call lists the host's links: not too often
+    synced = time.monotonic() - started
+    return {"socket_s": round(serving, 3), "first_full_sync_s": round(synced, 3),
+            "netd_cpu_s": round(process_tree_cpu(host.proc.pid), 3),
+            "workers_s": {name: round(w["last_duration"], 3)
+                          for name, w in sorted(status["workers"].items())}}
+
+
 def _countdown(rng: str, count: int) -> str:
     first, last = (int(x) for x in rng.split("-"))
     return f"{count - first + 1}-{count - last + 1}"
@@ -171,7 +214,9 @@ def render(result: dict[str, Any]) -> str:
     lines = [
         f"attach/detach latency through the API, 1 host, {result['store']} store, "
         f"{result['count']} containers, resync every {result['resync_interval_s']:g} s, "
-        f"container IPv6 {'on' if result['container_ipv6'] else 'off'}",
+        f"container IPv6 {'on' if result['container_ipv6'] else 'off'}"
+        + (", every container in one security group (a member-set rule)"
+           if result.get("security_group") else ""),
         "",
     ]
     for kind, label in (("attach", "attach #"), ("detach", "endpoints present")):
@@ -189,6 +234,13 @@ def render(result: dict[str, Any]) -> str:
                      + (f"; netd cpu per attach, last / first: "
                         f"{last['daemon_cpu_ms'] / first['daemon_cpu_ms']:.2f}"
                         if first["daemon_cpu_ms"] and last["daemon_cpu_ms"] else ""))
+    if result.get("restart"):
+        r = result["restart"]
+        lines.append(f"restart (kill -9) with {result['count']} endpoints: socket after "
+                     f"{r['socket_s']:.2f} s, first full sync done after "
+                     f"{r['first_full_sync_s']:.2f} s (netd CPU {r['netd_cpu_s']:.2f} s; "
+                     "last apply per worker: "
+                     + ", ".join(f"{k} {v:.2f} s" for k, v in r["workers_s"].items()) + ")")
     lines.append(f"failed requests: {result['failures']}")
     lines += [f"  {f}" for f in result["first_failures"]]
     return "\n".join(lines)
@@ -203,10 +255,17 @@ def main() -> None:
                         help="the daemon's periodic full resync interval, s (netd's default 30)")
     parser.add_argument("--no-container-ipv6", action="store_true",
                         help="disable IPv6 in the containers before attaching them")
+    parser.add_argument("--sg", action="store_true",
+                        help="attach every container with one security group whose ingress "
+                             "rule names the group itself (member set grows with each attach)")
+    parser.add_argument("--restart", action="store_true",
+                        help="after the attaches, kill -9 netd, start it again and time its "
+                             "first full sync (issue 12 item 7)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = parser.parse_args()
     result = run(args.count, args.step, args.store, args.resync,
-                 container_ipv6=not args.no_container_ipv6)
+                 container_ipv6=not args.no_container_ipv6, security_group=args.sg,
+                 restart=args.restart)
     print(json.dumps(result, indent=2) if args.json else render(result))
 
 

@@ -31,6 +31,7 @@ from typing import Any
 from netd.errors import NetdError
 from netd.model import Endpoint, Host, HostRoles, Network, Publish, SecurityGroup
 from netd.plugin import HostState, NetworkState
+from netd.policy.compute import PolicyIndex
 from netd.store.keys import Keys, Record, RecordKinds
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class DesiredState:
         self._driver_records: dict[str, dict[str, str]] = defaultdict(dict)
         # security groups by (tenant, name): policy only (netd.policy), no driver's state
         self._groups: dict[tuple[str, str], SecurityGroup] = {}
-        self.policy_changed = True  # networks, endpoints or groups changed since read
+        self.policy = PolicyIndex()  # this host's policy, kept current record by record
         # published host ports by (host, "<proto>-<port>"): the gateway only (netd.gateway)
         self._publishes: dict[tuple[str, str], Publish] = {}
         # what changed since the last states()
@@ -207,17 +208,18 @@ class DesiredState:
 
     def _keep(self, record: Record, obj: Any) -> None:
         family, parts = record.family, record.parts
-        if family in ("networks", "endpoints", "sg"):
-            self.policy_changed = True
         if family == "sg":
             self._groups[(parts[0], parts[1])] = obj
+            self.policy.put_group(parts[0], parts[1], obj)
         elif family == "publish":
             self._publishes[(parts[0], parts[1])] = obj
         elif family == "networks":
             self._networks[parts[0]] = obj
+            self.policy.put_network(obj)
             self._touched.add(parts[0])
         elif family == "endpoints":
             self._endpoints[parts[0]].put(parts[1], obj)
+            self.policy.put_endpoint(obj)
             self._endpoint_count += 1
             self._touched.add(parts[0])
         elif family == "hosts":
@@ -236,16 +238,17 @@ class DesiredState:
 
     def _drop(self, record: Record) -> None:
         family, parts = record.family, record.parts
-        if family in ("networks", "endpoints", "sg"):
-            self.policy_changed = True
         if family == "sg":
             self._groups.pop((parts[0], parts[1]), None)
+            self.policy.drop_group(parts[0], parts[1])
         elif family == "publish":
             self._publishes.pop((parts[0], parts[1]), None)
         elif family == "networks":
+            self.policy.drop_network(parts[0])
             if self._networks.pop(parts[0], None) is not None:
                 self._touched.add(parts[0])
         elif family == "endpoints":
+            self.policy.drop_endpoint(parts[0], parts[1])
             eps = self._endpoints.get(parts[0])
             if eps is not None and eps.pop(parts[1]):
                 self._endpoint_count -= 1
@@ -276,16 +279,6 @@ class DesiredState:
 
     def network(self, name: str) -> Network | None:
         return self._networks.get(name)
-
-    def policy_inputs(
-        self,
-    ) -> tuple[dict[str, Network], list[Endpoint], dict[tuple[str, str], SecurityGroup]]:
-        """What netd.policy computes from: networks, every endpoint, groups by (tenant,
-        name); clears `policy_changed`."""
-        self.policy_changed = False
-        endpoints = [e for m in self._endpoints.values() for eps in m.by_host.values()
-                     for e in eps]
-        return dict(self._networks), endpoints, dict(self._groups)
 
     def gateway_inputs(
         self, host: str

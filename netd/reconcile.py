@@ -36,7 +36,6 @@ from netd.faults import crash_point
 from netd.gateway.worker import GatewayWorker
 from netd.model import Host
 from netd.plugin import ApplyReport, Driver, HostState, network_of_item
-from netd.policy.compute import host_policy
 from netd.policy.model import HostPolicy
 from netd.policy.worker import PolicyWorker
 from netd.store.base import Store, Watch, WatchEvent
@@ -549,11 +548,11 @@ class Reconciler:
         with self._cond:
             departed = self._departed_hosts(self._state.hosts()) if self._departed else {}
             states = self._state.states(host, self._workers.keys(), departed)
-            policy: HostPolicy | None = None
-            if self._state.policy_changed or self._host_policy is None or verify:
-                policy = host_policy(*self._state.policy_inputs(), host.name)
-                self._host_policy = policy
-            current_policy = self._host_policy
+            current_policy = self._state.policy.policy(host.name)
+            # None: unchanged (the worker compares no further)
+            policy = (current_policy if current_policy is not self._host_policy or verify
+                      else None)
+            self._host_policy = current_policy
         for name in self._flow_policy_drivers & states.keys():
             states[name] = self._attach_policy(name, states[name], current_policy)
         if self._policy is not None:

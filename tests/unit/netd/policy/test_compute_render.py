@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 import plugins.weave.names  # noqa: F401 - claims the weave link names
 from netd.model import Endpoint, Network, SecurityGroup, SecurityGroupRule
 from netd.policy import nft
@@ -68,7 +66,9 @@ def test_render_fails_closed_and_keys_rules_by_port() -> None:
     assert 'iifname "ndh*" drop' in text and 'oifname "ndh*" drop' in text
     assert "ether saddr != 02:42:0a:01:00:02 drop" in text
     assert "arp saddr ip != 10.1.0.2 drop" in text
-    assert f'ingress {{ "{bridge_name(5)}" . 10.1.0.2 : jump in_{veth} }}' in text
+    assert re.search(f'ingress {{ "{bridge_name(5)}" . 10.1.0.2 : jump in_[0-9a-f]{{12}} }}',
+                     text)
+    assert f"jump p_{veth}" in text
     assert "ip daddr 10.9.0.0/16 udp dport 53 return" in text
     assert "tcp dport 80 meta mark set" in text
     assert "ct state established,related" in text
@@ -83,10 +83,9 @@ def test_empty_policy_still_fails_closed() -> None:
     assert 'iifname "ndh*" drop' in text and "jump p_" not in text
 
 
-def test_changes_touch_only_what_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_changes_touch_only_what_changed() -> None:
     scripts: list[str] = []
-    monkeypatch.setattr(nft, "run_nft", scripts.append)
-    applier = nft.NftApplier(["weave"])
+    applier = nft.NftApplier(["weave"], run=scripts.append)
     local = ep("a", "h1", "10.1.0.2", "web")
     applier.apply(host_policy(NETS, [local], GROUPS, "h1"))
     assert "delete table bridge netd" in scripts[-1]  # the first apply: whole, atomic
@@ -94,7 +93,8 @@ def test_changes_touch_only_what_changed(monkeypatch: pytest.MonkeyPatch) -> Non
     # a member on another host: only the set's elements
     applier.apply(host_policy(NETS, [local, ep("b", "h2", "10.1.0.3", "web")], GROUPS, "h1"))
     assert "delete table" not in scripts[-1] and "chain" not in scripts[-1]
-    assert "flush set ip netd" in scripts[-1] and "10.1.0.3" in scripts[-1]
+    assert scripts[-1].splitlines() == [
+        f"add element ip netd {nft.set_name('default/web')} {{ 10.1.0.3 }}"]
     # one more local port: its own chains and elements, nothing of port a
     other = ep("c", "h1", "10.1.0.4")
     applier.apply(host_policy(NETS, [local, other], GROUPS, "h1"))
@@ -106,3 +106,20 @@ def test_changes_touch_only_what_changed(monkeypatch: pytest.MonkeyPatch) -> Non
     last = scripts[-1]
     assert last.index("delete element bridge netd to_ports") < last.index(
         f"delete chain bridge netd o_{veth_c}")
+
+
+def test_ports_with_the_same_rules_share_one_rule_chain() -> None:
+    scripts: list[str] = []
+    applier = nft.NftApplier(["weave"], run=scripts.append)
+    a, b = ep("a", "h1", "10.1.0.2", "web"), ep("b", "h1", "10.1.0.3", "web")
+    applier.apply(host_policy(NETS, [a], GROUPS, "h1"))
+    chains = set(re.findall(r"chain (in_[0-9a-f]{12})", scripts[-1]))
+    assert len(chains) == 1
+    applier.apply(host_policy(NETS, [a, b], GROUPS, "h1"))  # b reuses a's chain
+    assert "chain in_" not in scripts[-1] and f"jump {chains.pop()}" in scripts[-1]
+    applier.apply(host_policy(NETS, [b], GROUPS, "h1"))  # still used by b: kept
+    assert "delete chain ip netd in_" not in scripts[-1]
+    applier.apply(host_policy(NETS, [], GROUPS, "h1"))  # the last user gone: deleted
+    assert "delete chain ip netd in_" in scripts[-1]
+    assert scripts[-1].index("delete element ip netd ingress") < scripts[-1].index(
+        "delete chain ip netd in_")
