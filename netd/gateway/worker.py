@@ -145,6 +145,10 @@ class GatewayWorker:
                              changed)
                 self.errors = errors
                 self.syncs += 1
+                if self.syncs == 1 and not errors:
+                    # the first sync adopted what exists; sweep its leftovers at once, as
+                    # the driver workers do, not at the next change or resync
+                    self._dirty = self._verify = True
                 self.last_sync = time.time()
                 self.last_duration = took
                 # applied, failed items included: a waiter asks item_error for its own
