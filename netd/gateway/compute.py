@@ -110,7 +110,7 @@ def gateway_plan(
                     network=net.name, subnet=net.subnet, bridge=bridge,
                     egress=network_egress(net),
                     masquerade=not (EXPOSE in my_roles and NO_MASQUERADE in my_roles),
-                    exposed=EXPOSE in my_roles, tunnels=tunnels))
+                    exposed=EXPOSE in my_roles, tunnels=tunnels, tenant=net.tenant))
                 tenant_of[net.name] = ""
                 for ep in ns.local:
                     endpoints[(net.name, ep.name)] = ep.ip

@@ -71,6 +71,7 @@ class RoutedNetwork:
     masquerade: bool
     exposed: bool
     tunnels: tuple[str, ...] = ()  # its overlay devices: exposing hosts' traffic comes by them
+    tenant: str = ""  # its tenant's other routed networks are reached as inside, not outside
 
 
 @dataclass(frozen=True)

@@ -68,16 +68,19 @@ def host_tables(plan: GatewayPlan) -> str:
     routed_input: list[str] = []
     for n in plan.routed:
         bridge = _q(n.bridge)
+        # the tenant's routed networks on this host reach each other through it as inside
+        # traffic (netd.policy keeps tenants apart), not as egress or outside sources
+        inside = _set(sorted({m.subnet for m in plan.routed if m.tenant == n.tenant}))
         masq.append(f"oifname {bridge} ip saddr 127.0.0.0/8 masquerade")
         if n.egress and n.masquerade:
-            masq.append(f"ip saddr {n.subnet} ip daddr != {n.subnet} masquerade")
+            masq.append(f"ip saddr {n.subnet} ip daddr != {inside} masquerade")
         if not n.egress:
-            routed_forward.append(f"iifname {bridge} ip daddr != {n.subnet} ct state new drop")
+            routed_forward.append(f"iifname {bridge} ip daddr != {inside} ct state new drop")
             routed_input += [f"iifname {bridge} ct state established,related accept",
                              f"iifname {bridge} ip daddr != {n.subnet} drop"]
         if not n.exposed:
             overlay = (f"iifname != {_set([_q(t) for t in n.tunnels])} " if n.tunnels else "")
-            routed_forward.append(f"{overlay}ip saddr != {n.subnet} ip daddr {n.subnet} "
+            routed_forward.append(f"{overlay}ip saddr != {inside} ip daddr {n.subnet} "
                                   "ct state new drop")
     sources = [r.router_ip for r in plan.routers]
     if sources:
