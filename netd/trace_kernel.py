@@ -2,7 +2,8 @@
 hold what the desired-state verdict (netd.trace) rests on?
 
 Per end of the flow that lives on this host and whose driver is enforced with
-nftables: the port's chain (in_<link> for ingress, eg_<link> for egress) against the
+nftables: the port's chain (in_<hash> for ingress, eg_<hash> for egress, shared by ports
+with the same rules) against the
 chain netd.policy.nft.render writes for the same port (every rule, and the deciding
 one by name), the map element that sends the port's traffic into it, the member set of
 a deciding group rule holding the remote address, and, for two local endpoints of
@@ -97,11 +98,14 @@ def check_port(trace: Trace, decision: Decision, port: PortPolicy) -> list[dict[
     """The kernel's side of one end's decision, on this host."""
     link = port.link or ""
     direction = decision.direction
-    chain = ("eg_" if direction == "egress" else "in_") + link
+    prefix = "eg_" if direction == "egress" else "in_"
     wanted = render(HostPolicy(ports=(port,), members=trace.members), [port.driver])
     unit = wanted.ports.get(link)
-    desired_rules = next((list(rules) for family, name, rules in (unit.chains if unit else ())
-                          if family == "ip" and name == chain), None)
+    # a port's rules live in a chain shared by every port with the same rules, named by
+    # their hash (netd.policy.nft)
+    found = next(((name, list(rules)) for family, name, rules in (unit.shared if unit else ())
+                  if family == "ip" and name.startswith(prefix)), None)
+    chain, desired_rules = found if found is not None else (prefix + link, None)
     actual = chain_rules("ip", chain)
     checks: list[dict[str, Any]] = []
     if desired_rules is None:

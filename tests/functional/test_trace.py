@@ -111,12 +111,16 @@ def test_bad_references_are_refused_in_one_line(site: Site) -> None:
 def test_rule_deleted_by_hand_shows_as_a_mismatch(site: Site) -> None:
     t = trace(site, "h2", site.a, site.b)
     assert t["verdict"] == "allow" and not t["kernel"]["mismatch"]
-    link = t["path"][3]["link"]
     netns = site.lab.hosts["h2"].netns
-    listing = run(ns_exec(netns, "nft", "-a", "list", "chain", "ip", "netd", f"in_{link}")).stdout
+    # b's ingress chain (shared by ports with the same rules): its element in the map
+    ingress = run(ns_exec(netns, "nft", "list", "map", "ip", "netd", "ingress")).stdout
+    found = re.search(re.escape(site.ips[site.b]) + r" : jump (in_\w+)", ingress)
+    assert found, ingress
+    chain = found.group(1)
+    listing = run(ns_exec(netns, "nft", "-a", "list", "chain", "ip", "netd", chain)).stdout
     handle = next(re.search(r"# handle (\d+)", line).group(1)  # type: ignore[union-attr]
                   for line in listing.splitlines() if "l4proto icmp" in line)
-    run(ns_exec(netns, "nft", "delete", "rule", "ip", "netd", f"in_{link}", "handle", handle))
+    run(ns_exec(netns, "nft", "delete", "rule", "ip", "netd", chain, "handle", handle))
     t = trace(site, "h2", site.a, site.b)
     assert t["verdict"] == "allow"  # desired state still allows it
     kernel = t["kernel"]
