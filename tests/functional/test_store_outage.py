@@ -16,13 +16,14 @@ import calendar
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from netd.lab import ETCD_ADDRESS, Lab, ns_exec, run
 from plugins.weave.names import vxlan_name
 from tests.support.leaks import store_problems, store_records
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
@@ -31,16 +32,6 @@ OUTAGE = 14.0  # seconds; longer than SHORT_TTL, so every lease lapses meanwhile
 SHORT_TTL = 4
 DETECT = 6.0  # the store found away within this
 NFT_TABLE = "netd_test_cut"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 def cut_off(netns: str, address: str) -> None:
