@@ -16,7 +16,7 @@ import calendar
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -47,6 +47,22 @@ def cut_off(netns: str, address: str) -> None:
 
 def reconnect(netns: str) -> None:
     run(ns_exec(netns, "nft", "delete", "table", "inet", NFT_TABLE), check=False)
+
+
+def signal_first_member(lab: Lab, signum: signal.Signals) -> None:
+    member = lab.etcd_members[0]
+    assert member.proc is not None
+    member.proc.send_signal(signum)
+
+
+# fault -> (how it begins, how it ends); "partitioned" cuts h1 alone off from the store
+FAULTS: dict[str, tuple[Callable[[Lab], None], Callable[[Lab], None]]] = {
+    "stopped": (lambda lab: lab.stop_etcd("m1"), lambda lab: lab.start_etcd("m1")),
+    "frozen": (lambda lab: signal_first_member(lab, signal.SIGSTOP),
+               lambda lab: signal_first_member(lab, signal.SIGCONT)),
+    "partitioned": (lambda lab: cut_off(lab.hosts["h1"].netns, ETCD_ADDRESS),
+                    lambda lab: reconnect(lab.hosts["h1"].netns)),
+}
 
 
 class Scene:
@@ -115,26 +131,20 @@ def lab() -> Iterator[Lab]:
         yield made
 
 
-@pytest.mark.parametrize("fault", ["stopped", "frozen", "partitioned"])
+@pytest.mark.parametrize("fault", list(FAULTS))
 def test_store_away_forwarding_reads_writes_and_convergence(lab: Lab, fault: str) -> None:
     scene = Scene(lab)
     # the partitioned host is h1; with the whole store away, h1 stands for every host
     before = scene.reads("h1")
     records = store_records(lab)
     assert not store_problems(records)
-    member = lab.etcd_members[0]
+    begin_fault, end_fault = FAULTS[fault]
     pinger = scene.pinger(OUTAGE + 8)
     time.sleep(1.0)
     began = time.time()
     late = scene.new_container("h1")
     try:
-        if fault == "stopped":
-            lab.stop_etcd("m1")
-        elif fault == "frozen":
-            assert member.proc is not None
-            member.proc.send_signal(signal.SIGSTOP)
-        else:
-            cut_off(lab.hosts["h1"].netns, ETCD_ADDRESS)
+        begin_fault(lab)
         # a write sent as the store goes away ends within seconds, one way or the other
         result = lab.netctl("h1", "attach", late, "--network", "out", check=False, timeout=30)
         assert time.time() - began < 13, f"attach hung {time.time() - began:.1f} s"
@@ -177,13 +187,7 @@ def test_store_away_forwarding_reads_writes_and_convergence(lab: Lab, fault: str
         time.sleep(max(0.0, OUTAGE - (time.time() - began)))  # beyond every host's TTL
         assert scene.has_neighbour("h2", scene.ips[scene.c1]), "h2 dropped h1's endpoint"
     finally:
-        if fault == "stopped":
-            lab.start_etcd("m1")
-        elif fault == "frozen":
-            assert member.proc is not None
-            member.proc.send_signal(signal.SIGCONT)
-        else:
-            reconnect(lab.hosts["h1"].netns)
+        end_fault(lab)
     back = time.monotonic()
     out, _ = pinger.communicate(timeout=OUTAGE + 30)
     assert " 0% packet loss" in out, out
