@@ -26,9 +26,9 @@ from tests.support.policy import (
     payloads,
     pings,
     start_capture,
-    wait_until,
 )
 from tests.support.probes import PROBE_LOOP, PYTHON, probe, send_frames, start_server
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 

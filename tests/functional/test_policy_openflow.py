@@ -29,9 +29,9 @@ from tests.support.policy import (
     payloads,
     pings,
     start_capture,
-    wait_until,
 )
 from tests.support.probes import PROBE_LOOP, PYTHON, probe, send_frames, start_server
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd,
               pytest.mark.skipif(not ovs_available(), reason="Open vSwitch is not installed")]

@@ -8,7 +8,6 @@ import contextlib
 import json
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,16 +20,6 @@ def kill_all(started: list[subprocess.Popen[str]]) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 @dataclass
