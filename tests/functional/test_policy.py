@@ -21,11 +21,15 @@ from netd.lab import Lab, ns_exec, run
 from tests.support.policy import (
     attach,
     egress_rules_limit_what_a_member_sends,
+    forge_path,
     forged_frames_are_dropped,
     make_net,
     netctl_fails,
+    pair_up,
+    pairs_answer,
     payloads,
     pings,
+    reaches_nothing,
     spoof_cast,
     start_capture,
     stateful_groups_hold,
@@ -137,23 +141,13 @@ def test_tenants_stay_apart_with_overlapping_subnets(
     red = make_net(lab, "sgred", "10.96.0", tenant="sg-red")
     blue = make_net(lab, "sgblue", "10.96.0", tenant="sg-blue")  # the same subnet
     green = make_net(lab, "sggreen", "10.97.0", tenant="sg-blue")
-    for net in (red, blue, green):
-        attach(lab, net, "h1", "one", 11)
-        attach(lab, net, "h2", "two", 12)
-        procs.append(start_server(net.containers["two"], net.name, "tcp/80", "udp/53"))
-    for net in (red, blue):  # same addresses, each answered by its own tenant's container
-        assert wait_until(lambda n=net: probe(n.containers["one"], n.ips["two"], 80) == n.name, 5)  # type: ignore[misc]
-        assert probe(net.containers["one"], net.ips["two"], 53, "udp") == net.name
-        assert pings(lab, net.containers["one"], net.ips["two"])
+    pair_up(lab, (red, blue, green), procs, first=11)
+    # same addresses, each answered by its own tenant's container
+    pairs_answer(lab, (red, blue), converge=5)
     # red -> blue's other network, with a forged route and neighbour entry in the sender
     sender = red.containers["one"]
-    lab.in_container(sender, "ip", "route", "add", f"{green.prefix}.0/24", "dev", "eth0",
-                     check=True)
-    lab.in_container(sender, "ip", "neigh", "replace", green.ips["two"], "lladdr",
-                     green.macs["two"], "dev", "eth0", check=True)
-    assert not pings(lab, sender, green.ips["two"])
-    assert probe(sender, green.ips["two"], 80) is None
-    assert probe(sender, green.ips["two"], 53, "udp") is None
+    forge_path(lab, sender, f"{green.prefix}.0/24", green, "two")
+    reaches_nothing(lab, sender, green.ips["two"])
     # an L2 broadcast from red reaches red's other container and no blue one (blue has
     # the very same subnet and addresses)
     watchers = {n: start_capture(n, tmp_path / f"{n}.pcap", "udp port 7777")

@@ -22,10 +22,14 @@ from netd.lab import Lab, ns_exec, run
 from tests.support.policy import (
     Net,
     attach,
+    forge_path,
     forged_frames_are_dropped,
     make_net,
+    pair_up,
+    pairs_answer,
     payloads,
     pings,
+    reaches_nothing,
     spoof_cast,
     start_capture,
     stateful_groups_hold,
@@ -109,32 +113,20 @@ def test_tenants_never_reach_each_other(lab: Lab, backend: str, tmp_path: Path,
     red = flannel_net(lab, f"sflred{base}", base, backend, tenant=f"sfl-red{base}")
     pink = flannel_net(lab, f"sflpink{base}", base + 1, backend, tenant=f"sfl-red{base}")
     blue = flannel_net(lab, f"sflblue{base}", base + 2, backend, tenant=f"sfl-blue{base}")
-    for net in (red, pink, blue):
-        attach(lab, net, "h1", "one", None)
-        attach(lab, net, "h2", "two", None)
-        procs.append(start_server(net.containers["two"], net.name, "tcp/80", "udp/53"))
-    for net in (red, pink, blue):  # every same-network pair passes
-        one = net.containers["one"]
-        assert wait_until(lambda n=net, o=one: probe(o, n.ips["two"], 80) == n.name, 10)  # type: ignore[misc]
-        assert probe(one, net.ips["two"], 53, "udp") == net.name
-        assert pings(lab, one, net.ips["two"])
+    pair_up(lab, (red, pink, blue), procs, first=None)
+    pairs_answer(lab, (red, pink, blue), converge=10)  # every same-network pair passes
     # within a tenant, routing between its networks works (the gateway forwards)
     assert wait_until(lambda: probe(red.containers["one"], pink.ips["two"], 80) == pink.name, 5)
     for src, dst in ((red, blue), (blue, red), (blue, pink)):
         for host_side, dst_short in (("one", "two"), ("one", "one")):  # remote and local
-            sender, target = src.containers[host_side], dst.ips[dst_short]
-            assert not pings(lab, sender, target), (src.name, dst.name, dst_short)
-            assert probe(sender, target, 80) is None
-            assert probe(sender, target, 53, "udp") is None
+            reaches_nothing(lab, src.containers[host_side], dst.ips[dst_short],
+                            (src.name, dst.name, dst_short))
     # a forged neighbour entry in the sender (blue's MAC for blue's address, on red's
     # link) and an ARP for it: nothing crosses
     sender = red.containers["one"]
     watch = start_capture(blue.containers["one"], tmp_path / "blue.pcap", "arp or udp port 7777")
     procs.append(watch)
-    lab.in_container(sender, "ip", "route", "add", f"{blue.prefix}.0.0/16", "dev", "eth0",
-                     check=True)
-    lab.in_container(sender, "ip", "neigh", "replace", blue.ips["one"], "lladdr",
-                     blue.macs["one"], "dev", "eth0", check=True)
+    forge_path(lab, sender, f"{blue.prefix}.0.0/16", blue, "one")
     assert not pings(lab, sender, blue.ips["one"])
     send_frames(sender, [
         {"kind": "arp", "src_mac": red.macs["one"], "hwsrc": red.macs["one"],

@@ -25,10 +25,14 @@ from tests.support.policy import (
     Net,
     attach,
     egress_rules_limit_what_a_member_sends,
+    forge_path,
     forged_frames_are_dropped,
     make_net,
+    pair_up,
+    pairs_answer,
     payloads,
     pings,
+    reaches_nothing,
     spoof_cast,
     start_capture,
     stateful_groups_hold,
@@ -134,28 +138,17 @@ def test_tenants_stay_apart_with_overlapping_subnets(
     red = make_net(lab, "sofred", "10.73.0", "sof-red", *OPENFLOW)
     blue = make_net(lab, "sofblue", "10.73.0", "sof-blue", *OPENFLOW)  # the same subnet
     green = make_net(lab, "sofgreen", "10.74.0", "sof-blue", *OPENFLOW)
-    for net in (red, blue, green):
-        attach(lab, net, "h1", "one", 11)
-        attach(lab, net, "h2", "two", 12)
-        procs.append(start_server(net.containers["two"], net.name, "tcp/80", "udp/53"))
-    for net in (red, blue, green):  # same addresses, each answered by its own tenant's
-        one = net.containers["one"]
-        assert wait_until(lambda n=net, o=one: probe(o, n.ips["two"], 80) == n.name, 10)  # type: ignore[misc]
-        assert probe(one, net.ips["two"], 53, "udp") == net.name
-        assert pings(lab, one, net.ips["two"])
+    pair_up(lab, (red, blue, green), procs, first=11)
+    # same addresses, each answered by its own tenant's
+    pairs_answer(lab, (red, blue, green), converge=10)
     sender = red.containers["one"]
     watchers = {n: start_capture(n, tmp_path / f"{n}.pcap", "arp or udp port 7777")
                 for n in (red.containers["two"], blue.containers["one"],
                           blue.containers["two"], green.containers["two"])}
     procs.extend(watchers.values())
     # red -> blue's other network, with a forged route and neighbour entry in the sender
-    lab.in_container(sender, "ip", "route", "add", f"{green.prefix}.0/24", "dev", "eth0",
-                     check=True)
-    lab.in_container(sender, "ip", "neigh", "replace", green.ips["two"], "lladdr",
-                     green.macs["two"], "dev", "eth0", check=True)
-    assert not pings(lab, sender, green.ips["two"])
-    assert probe(sender, green.ips["two"], 80) is None
-    assert probe(sender, green.ips["two"], 53, "udp") is None
+    forge_path(lab, sender, f"{green.prefix}.0/24", green, "two")
+    reaches_nothing(lab, sender, green.ips["two"])
     # ARP from red for green's address, an L2 broadcast, and a frame to blue's MAC
     # (blue has the very same subnet and addresses): none leaves red
     send_frames(sender, [

@@ -103,6 +103,13 @@ def numbered(first: int | None, index: int) -> int | None:
     return None if first is None else first + index
 
 
+def open_to_members(lab: Lab, group: str, port: int) -> None:
+    """A group (made on h1) whose one rule lets its own members reach tcp/`port`."""
+    lab.netctl("h1", "sg", "create", group)
+    lab.netctl("h1", "sg", "rule", "add", group, "--ingress", "--proto", "tcp",
+               "--port", str(port), "--group", group)
+
+
 @dataclass
 class StatefulCast:
     """S (h2) and A (h1) in `web`, whose only rule lets web members reach tcp/8080; B (h1)
@@ -120,9 +127,7 @@ def stateful_groups_hold(lab: Lab, net: Net, web: str, procs: list[subprocess.Po
                          first: int | None, converge: float) -> StatefulCast:
     """Build the cast on `net` (addresses from `.first`, or any) and check the allowed port
     passes within `converge` seconds while everything else is dropped, statefully."""
-    lab.netctl("h1", "sg", "create", web)
-    lab.netctl("h1", "sg", "rule", "add", web, "--ingress", "--proto", "tcp",
-               "--port", "8080", "--group", web)
+    open_to_members(lab, web, 8080)
     s = attach(lab, net, "h2", "s", numbered(first, 0), web)
     a = attach(lab, net, "h1", "a", numbered(first, 1), web)
     b = attach(lab, net, "h1", "b", numbered(first, 2))
@@ -209,9 +214,7 @@ class SpoofCast:
 
 def spoof_cast(lab: Lab, net: Net, group: str, procs: list[subprocess.Popen[str]],
                first: int | None, target_host: str, converge: float) -> SpoofCast:
-    lab.netctl("h1", "sg", "create", group)
-    lab.netctl("h1", "sg", "rule", "add", group, "--ingress", "--proto", "tcp",
-               "--port", "8080", "--group", group)
+    open_to_members(lab, group, 8080)
     victim = attach(lab, net, "h2", "v", numbered(first, 0), group)
     member = attach(lab, net, "h1", "m", numbered(first, 1), group)
     spoofer = attach(lab, net, "h1", "x", numbered(first, 2))
@@ -260,3 +263,37 @@ def forged_frames_are_dropped(lab: Lab, cast: SpoofCast, pcap: Path,
     # taking a member's address on the interface gets nothing into the group
     lab.in_container(spoofer, "ip", "addr", "add", f"{ip['m']}/32", "dev", "eth0", check=True)
     assert probe(spoofer, ip["v"], 8080, source=ip["m"]) is None
+
+
+def pair_up(lab: Lab, nets: tuple[Net, ...], procs: list[subprocess.Popen[str]],
+            first: int | None) -> None:
+    """On each network, container `one` on h1 and `two` on h2 (addresses `.first` and
+    `.first+1`, or any); `two` answers tcp/80 and udp/53 with its network's name."""
+    for net in nets:
+        attach(lab, net, "h1", "one", numbered(first, 0))
+        attach(lab, net, "h2", "two", numbered(first, 1))
+        procs.append(start_server(net.containers["two"], net.name, "tcp/80", "udp/53"))
+
+
+def pairs_answer(lab: Lab, nets: tuple[Net, ...], converge: float) -> None:
+    """`one` reaches its own network's `two` (tcp, udp, ICMP), answered by that network."""
+    for net in nets:
+        one = net.containers["one"]
+        assert wait_until(lambda n=net, o=one: probe(o, n.ips["two"], 80) == n.name, converge)  # type: ignore[misc]
+        assert probe(one, net.ips["two"], 53, "udp") == net.name
+        assert pings(lab, one, net.ips["two"])
+
+
+def forge_path(lab: Lab, sender: str, cidr: str, net: Net, short: str) -> None:
+    """A route to `cidr` and a neighbour entry (the real MAC of `net`'s `short`) on the
+    sender's own link, as a container would forge them to reach another network."""
+    lab.in_container(sender, "ip", "route", "add", cidr, "dev", "eth0", check=True)
+    lab.in_container(sender, "ip", "neigh", "replace", net.ips[short], "lladdr",
+                     net.macs[short], "dev", "eth0", check=True)
+
+
+def reaches_nothing(lab: Lab, sender: str, address: str, why: object = None) -> None:
+    """Neither ICMP nor tcp/80 nor udp/53 from `sender` gets an answer from `address`."""
+    assert not pings(lab, sender, address), why
+    assert probe(sender, address, 80) is None, why
+    assert probe(sender, address, 53, "udp") is None, why
