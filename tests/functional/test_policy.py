@@ -23,19 +23,21 @@ from tests.support.policy import (
     egress_rules_limit_what_a_member_sends,
     forge_path,
     forged_frames_are_dropped,
+    icmp_open_server,
     make_net,
     netctl_fails,
     pair_up,
     pairs_answer,
     payloads,
     pings,
+    policy_kept_through,
     reaches_nothing,
     spoof_cast,
     start_capture,
     stateful_groups_hold,
     stateful_rules_and_membership_follow,
 )
-from tests.support.probes import PROBE_LOOP, PYTHON, probe, send_frames, start_server
+from tests.support.probes import probe, send_frames
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
@@ -166,37 +168,19 @@ def test_tenants_stay_apart_with_overlapping_subnets(
 def test_kill_and_restart_keeps_rules_and_foreign_tables(
         lab: Lab, procs: list[subprocess.Popen[str]]) -> None:
     net = make_net(lab, "sgrestart", "10.98.0")
-    lab.netctl("h1", "sg", "create", "sgr-web")
-    lab.netctl("h1", "sg", "rule", "add", "sgr-web", "--ingress", "--proto", "icmp",
-               "--cidr", f"{net.prefix}.0/24")
-    server = attach(lab, net, "h2", "s", 10, "sgr-web")
-    client = attach(lab, net, "h1", "c", 11)
-    procs.append(start_server(server, "S", "tcp/8081"))
-    assert wait_until(lambda: pings(lab, client, net.ips["s"]), 5)
+    cidr = f"{net.prefix}.0/24"
+    _, client = icmp_open_server(lab, net, "sgr-web", cidr, procs, first=10, converge=5)
     h2 = lab.hosts["h2"].netns
     foreign = "table inet sgforeign {\n chain c {\n  type filter hook forward priority 10; " \
               "policy accept;\n  ip saddr 192.0.2.1 drop\n }\n}\n"
     subprocess.run(ns_exec(h2, "nft", "-f", "-"), input=foreign, text=True, check=True)
     before = run(ns_exec(h2, "nft", "-j", "list", "table", "inet", "sgforeign")).stdout
-    flow = subprocess.Popen(ns_exec(client, "ping", "-n", "-i", "0.05", "-c", "120",
-                                    net.ips["s"]), stdout=subprocess.PIPE, text=True)
-    procs.append(flow)
-    denied = subprocess.Popen(ns_exec(client, PYTHON, "-c", PROBE_LOOP, net.ips["s"], "8081",
-                                      "0.05"), stdout=subprocess.PIPE, text=True)
-    procs.append(denied)
-    time.sleep(1.0)
-    lab.stop_netd("h2", kill=True)
-    assert ("bridge", "netd") in nft_tables(lab, "h2") and ("ip", "netd") in nft_tables(lab, "h2")
-    time.sleep(1.0)
-    lab.start_netd("h2")
-    # a rule change after the restart makes the new daemon apply
-    lab.netctl("h2", "sg", "rule", "add", "sgr-web", "--ingress", "--proto", "udp",
-               "--port", "53", "--cidr", f"{net.prefix}.0/24")
-    out, _ = flow.communicate(timeout=30)
-    denied.kill()
-    probes = denied.communicate()[0].split()
-    assert " 0% packet loss" in out, out
-    assert probes and "ok" not in probes, probes.count("ok")
+    with policy_kept_through(lab, net, client, "sgr-web", cidr, procs):
+        lab.stop_netd("h2", kill=True)
+        assert (("bridge", "netd") in nft_tables(lab, "h2")
+                and ("ip", "netd") in nft_tables(lab, "h2"))
+        time.sleep(1.0)
+        lab.start_netd("h2")
     after = run(ns_exec(h2, "nft", "-j", "list", "table", "inet", "sgforeign")).stdout
     assert after == before
     ruleset = json.loads(run(ns_exec(h2, "nft", "-j", "list", "ruleset")).stdout)["nftables"]

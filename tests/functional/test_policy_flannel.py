@@ -21,21 +21,22 @@ import pytest
 from netd.lab import Lab, ns_exec, run
 from tests.support.policy import (
     Net,
-    attach,
     forge_path,
     forged_frames_are_dropped,
+    icmp_open_server,
     make_net,
     pair_up,
     pairs_answer,
     payloads,
     pings,
+    policy_kept_through,
     reaches_nothing,
     spoof_cast,
     start_capture,
     stateful_groups_hold,
     stateful_rules_and_membership_follow,
 )
-from tests.support.probes import PROBE_LOOP, PYTHON, probe, send_frames, start_server
+from tests.support.probes import probe, send_frames
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
@@ -146,27 +147,9 @@ def test_tenants_never_reach_each_other(lab: Lab, backend: str, tmp_path: Path,
 # --- restart -------------------------------------------------------------------------------
 def test_kill_and_restart_keeps_rules(lab: Lab, procs: list[subprocess.Popen[str]]) -> None:
     net = flannel_net(lab, "sflrestart", 70)
-    lab.netctl("h1", "sg", "create", "sflr-web")
-    lab.netctl("h1", "sg", "rule", "add", "sflr-web", "--ingress", "--proto", "icmp",
-               "--cidr", subnet(net))
-    server = attach(lab, net, "h2", "s", None, "sflr-web")
-    client = attach(lab, net, "h1", "c", None)
-    procs.append(start_server(server, "S", "tcp/8081"))
-    assert wait_until(lambda: pings(lab, client, net.ips["s"]), 10)
-    flow = subprocess.Popen(ns_exec(client, "ping", "-n", "-i", "0.05", "-c", "120", "-W", "3",
-                                    net.ips["s"]), stdout=subprocess.PIPE, text=True)
-    procs.append(flow)
-    denied = subprocess.Popen(ns_exec(client, PYTHON, "-c", PROBE_LOOP, net.ips["s"], "8081",
-                                      "0.05"), stdout=subprocess.PIPE, text=True)
-    procs.append(denied)
-    time.sleep(1.0)
-    lab.stop_netd("h2", kill=True)
-    time.sleep(1.0)
-    lab.start_netd("h2")
-    lab.netctl("h2", "sg", "rule", "add", "sflr-web", "--ingress", "--proto", "udp",
-               "--port", "53", "--cidr", subnet(net))
-    out, _ = flow.communicate(timeout=30)
-    denied.kill()
-    probes = denied.communicate()[0].split()
-    assert " 0% packet loss" in out, out
-    assert probes and "ok" not in probes, probes.count("ok")
+    _, client = icmp_open_server(lab, net, "sflr-web", subnet(net), procs, first=None,
+                                 converge=10)
+    with policy_kept_through(lab, net, client, "sflr-web", subnet(net), procs, "-W", "3"):
+        lab.stop_netd("h2", kill=True)
+        time.sleep(1.0)
+        lab.start_netd("h2")

@@ -17,28 +17,28 @@ from pathlib import Path
 
 import pytest
 
-from netd.lab import ns_exec
 from plugins.openflow.names import INTEGRATION_BRIDGE, host_veth_name
 from plugins.openflow.pipeline import EGRESS_RULES, INGRESS_RULES
 from tests.support.ovs import OvsLab, ovs_available
 from tests.support.policy import (
     Net,
-    attach,
     egress_rules_limit_what_a_member_sends,
     forge_path,
     forged_frames_are_dropped,
+    icmp_open_server,
     make_net,
     pair_up,
     pairs_answer,
     payloads,
     pings,
+    policy_kept_through,
     reaches_nothing,
     spoof_cast,
     start_capture,
     stateful_groups_hold,
     stateful_rules_and_membership_follow,
 )
-from tests.support.probes import PROBE_LOOP, PYTHON, probe, send_frames, start_server
+from tests.support.probes import probe, send_frames
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd,
@@ -172,32 +172,13 @@ def test_tenants_stay_apart_with_overlapping_subnets(
 def test_kill_and_restart_keeps_policy_flows(
         lab: OvsLab, procs: list[subprocess.Popen[str]]) -> None:
     net = make_net(lab, "sofrestart", "10.76.0", "default", *OPENFLOW)
-    lab.netctl("h1", "sg", "create", "sofr-web")
-    lab.netctl("h1", "sg", "rule", "add", "sofr-web", "--ingress", "--proto", "icmp",
-               "--cidr", f"{net.prefix}.0/24")
-    server = attach(lab, net, "h2", "s", 10, "sofr-web")
-    client = attach(lab, net, "h1", "c", 11)
-    procs.append(start_server(server, "S", "tcp/8081"))
-    assert wait_until(lambda: pings(lab, client, net.ips["s"]), 10)
+    cidr = f"{net.prefix}.0/24"
+    _, client = icmp_open_server(lab, net, "sofr-web", cidr, procs, first=10, converge=10)
     before = flows(lab, "h2")
-    flow = subprocess.Popen(ns_exec(client, "ping", "-n", "-i", "0.05", "-c", "120", "-W", "3",
-                                    net.ips["s"]), stdout=subprocess.PIPE, text=True)
-    procs.append(flow)
-    denied = subprocess.Popen(ns_exec(client, PYTHON, "-c", PROBE_LOOP, net.ips["s"], "8081",
-                                      "0.05"), stdout=subprocess.PIPE, text=True)
-    procs.append(denied)
-    time.sleep(1.0)
-    lab.stop_netd("h2", kill=True)
-    time.sleep(1.0)
-    lab.start_netd("h2")
-    assert wait_until(lambda: lab.netctl_json("h2", "status")["workers"]["openflow"]
-                      ["syncs"] >= 1, 15)
-    assert flows(lab, "h2") == before  # adopted as they were: nothing flushed or rewritten
-    # a rule change after the restart makes the new daemon apply
-    lab.netctl("h2", "sg", "rule", "add", "sofr-web", "--ingress", "--proto", "udp",
-               "--port", "53", "--cidr", f"{net.prefix}.0/24")
-    out, _ = flow.communicate(timeout=30)
-    denied.kill()
-    probes = denied.communicate()[0].split()
-    assert " 0% packet loss" in out, out
-    assert probes and "ok" not in probes, probes.count("ok")
+    with policy_kept_through(lab, net, client, "sofr-web", cidr, procs, "-W", "3"):
+        lab.stop_netd("h2", kill=True)
+        time.sleep(1.0)
+        lab.start_netd("h2")
+        assert wait_until(lambda: lab.netctl_json("h2", "status")["workers"]["openflow"]
+                          ["syncs"] >= 1, 15)
+        assert flows(lab, "h2") == before  # adopted as they were: nothing flushed or rewritten

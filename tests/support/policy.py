@@ -10,12 +10,12 @@ import contextlib
 import json
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from netd.lab import Lab, ns_exec, run
-from tests.support.probes import probe, send_frames, start_server
+from tests.support.probes import PROBE_LOOP, PYTHON, probe, send_frames, start_server
 from tests.support.waiting import wait_until
 
 
@@ -297,3 +297,45 @@ def reaches_nothing(lab: Lab, sender: str, address: str, why: object = None) -> 
     assert not pings(lab, sender, address), why
     assert probe(sender, address, 80) is None, why
     assert probe(sender, address, 53, "udp") is None, why
+
+
+def icmp_open_server(lab: Lab, net: Net, group: str, cidr: str,
+                     procs: list[subprocess.Popen[str]], first: int | None,
+                     converge: float) -> tuple[str, str]:
+    """Server `s` (h2) in `group`, whose one rule admits ICMP from `cidr`, listening on
+    tcp/8081 (which no rule admits); client `c` (h1) in no group, pinging it within
+    `converge` seconds. Returns (server, client)."""
+    lab.netctl("h1", "sg", "create", group)
+    lab.netctl("h1", "sg", "rule", "add", group, "--ingress", "--proto", "icmp",
+               "--cidr", cidr)
+    server = attach(lab, net, "h2", "s", numbered(first, 0), group)
+    client = attach(lab, net, "h1", "c", numbered(first, 1))
+    procs.append(start_server(server, "S", "tcp/8081"))
+    assert wait_until(lambda: pings(lab, client, net.ips["s"]), converge)
+    return server, client
+
+
+@contextlib.contextmanager
+def policy_kept_through(lab: Lab, net: Net, client: str, group: str, cidr: str,
+                        procs: list[subprocess.Popen[str]],
+                        *ping_options: str) -> Iterator[None]:
+    """While the body kills and restarts h2's netd, the client pings the server (with
+    `ping_options`) and probes its closed tcp/8081 every 50 ms. Afterwards a rule change
+    makes the new daemon apply; not one ping was lost and not one probe got through."""
+    flow = subprocess.Popen(ns_exec(client, "ping", "-n", "-i", "0.05", "-c", "120",
+                                    *ping_options, net.ips["s"]),
+                            stdout=subprocess.PIPE, text=True)
+    procs.append(flow)
+    denied = subprocess.Popen(ns_exec(client, PYTHON, "-c", PROBE_LOOP, net.ips["s"], "8081",
+                                      "0.05"), stdout=subprocess.PIPE, text=True)
+    procs.append(denied)
+    time.sleep(1.0)
+    yield
+    # a rule change after the restart makes the new daemon apply
+    lab.netctl("h2", "sg", "rule", "add", group, "--ingress", "--proto", "udp",
+               "--port", "53", "--cidr", cidr)
+    out, _ = flow.communicate(timeout=30)
+    denied.kill()
+    probes = denied.communicate()[0].split()
+    assert " 0% packet loss" in out, out
+    assert probes and "ok" not in probes, probes.count("ok")
