@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from netd.lab import Lab, ns_exec, run
+from tests.support.netctl import netctl_fails
 from tests.support.policy import (
     attach,
     egress_rules_limit_what_a_member_sends,
@@ -25,7 +26,6 @@ from tests.support.policy import (
     forged_frames_are_dropped,
     icmp_open_server,
     make_net,
-    netctl_fails,
     pair_up,
     pairs_answer,
     payloads,

@@ -61,14 +61,6 @@ def pings(lab: Lab, netns: str, ip: str) -> bool:
     return lab.ping(netns, ip, wait=0.5).returncode == 0
 
 
-def netctl_fails(lab: Lab, host: str, *args: str) -> str:
-    r = lab.netctl(host, *args, check=False)
-    assert r.returncode != 0, f"netctl {' '.join(args)} should fail: {r.stdout}"
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    return lines[0]
-
-
 def log_tail(lab: Lab, host: str, lines: int = 15) -> str:
     return "\n".join(lab.hosts[host].log.read_text().splitlines()[-lines:])
 
