@@ -10,29 +10,18 @@ every foreign object is exactly as planted, and the wanted datapath still forwar
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 
 import pytest
 
 from netd.lab import Lab, ns_exec, run
 from plugins.weave.names import bridge_name, vxlan_name
 from tests.support.netdapi import synced
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.root]
 
 GHOST_MAC = "0e:de:ad:00:00:02"
 FOREIGN_MAC = "0e:de:ad:00:00:03"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 def test_first_sync_sweeps_owned_leftovers_and_leaves_foreign_objects() -> None:

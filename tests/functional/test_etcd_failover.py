@@ -13,29 +13,19 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
 
 from netd.lab import Lab, ns_exec, run
 from plugins.weave.names import vxlan_name
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
 HOSTS = ("h1", "h2", "h3")
 STALL = 20.0  # seconds: no request may take longer
 DOWN = 4.0  # seconds each member stays dead
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 @dataclass

@@ -13,28 +13,19 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from netd.lab import ETCD_ADDRESS, Lab, ns_exec, run
 from plugins.weave.names import vxlan_name
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
 CONVERGE = 5.0  # seconds the acceptance allows after the trigger
 NFT_TABLE = "netd_test_drop"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 class Scene:

@@ -14,13 +14,14 @@ import json
 import secrets
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 import pytest
 
 from netd.lab import Lab, ns_exec, run
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
@@ -36,16 +37,6 @@ def lab() -> Iterator[Lab]:
 
 
 # --- helpers ---------------------------------------------------------------------------
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
 def host_cmd(lab: Lab, host: str, *cmd: str) -> str:
     return run(ns_exec(lab.hosts[host].netns, *cmd), check=False).stdout
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -22,7 +22,9 @@ from tests.support.gateway import (
     start_peer_echo,
     unroute,
 )
+from tests.support.netctl import netctl_fails
 from tests.support.probes import probe, start_server
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +48,6 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
         proc.wait()
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
 def attach(lab: Lab, network: str, host: str, short: str, ip: str, *args: str) -> str:
     netns = lab.add_container(host, short)
     lab.netctl(host, "attach", netns, "--network", network, "--ip", ip, *args)
@@ -63,14 +56,6 @@ def attach(lab: Lab, network: str, host: str, short: str, ip: str, *args: str) -
 
 def pings(lab: Lab, netns: str, ip: str) -> bool:
     return lab.ping(netns, ip, count=1, wait=1.0).returncode == 0
-
-
-def fails(lab: Lab, host: str, *args: str) -> str:
-    r = lab.netctl(host, *args, check=False)
-    assert r.returncode != 0, f"netctl {args} should have failed: {r.stdout}"
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    return lines[0]
 
 
 def test_egress_reaches_own_host_and_outside_and_can_be_turned_off(
@@ -102,7 +87,7 @@ def test_egress_reaches_own_host_and_outside_and_can_be_turned_off(
     captured = dump.communicate(timeout=10)[0]
     assert "10.61.0.1," not in captured and "10.61.0.1 " not in captured, captured
 
-    bad = fails(lab, "h1", "network", "create", "eg-bad", "--subnet", "10.62.0.0/24",
+    bad = netctl_fails(lab, "h1", "network", "create", "eg-bad", "--subnet", "10.62.0.0/24",
                 "-o", "egress=maybe")
     assert "egress" in bad
     lab.netctl("h1", "network", "create", "noeg", "--subnet", "10.62.0.0/24",
@@ -159,7 +144,7 @@ def test_expose_reaches_containers_on_every_host_and_hide_stops_it(
             "10.63.0.12": (True, c2, c2), "10.63.0.13": (True, c3, c3)}
 
         assert "hidden" in lab.netctl("h1", "hide", "ex").stdout
-        assert "not exposed by host h1" in fails(lab, "h1", "hide", "ex")
+        assert "not exposed by host h1" in netctl_fails(lab, "h1", "hide", "ex")
         assert reaches(lab, outside, ips) == {
             "10.63.0.12": (False, None, None), "10.63.0.13": (False, None, None)}
         lab.netctl("h2", "hide", "ex")
@@ -191,13 +176,13 @@ def test_publish_tcp_and_udp_from_outside_and_loopback(
     assert {(p["host_port"], p["protocol"]) for p in status} == {(18080, "tcp"), (15353, "udp")}
 
     # refusals: one line, nothing changes
-    busy = fails(lab, "h2", "publish", other, "--network", "pub", "--port", "18080:80")
+    busy = netctl_fails(lab, "h2", "publish", other, "--network", "pub", "--port", "18080:80")
     assert "host port 18080/tcp is already published on host h2" in busy
-    assert "on host h2" in fails(lab, "h1", "publish", c, "--network", "pub",
+    assert "on host h2" in netctl_fails(lab, "h1", "publish", c, "--network", "pub",
                                  "--port", "18081:8080")
-    assert "HOSTPORT:PORT" in fails(lab, "h2", "publish", c, "--network", "pub",
+    assert "HOSTPORT:PORT" in netctl_fails(lab, "h2", "publish", c, "--network", "pub",
                                     "--port", "8080")
-    assert "ports are 1..65535" in fails(lab, "h2", "publish", c, "--network", "pub",
+    assert "ports are 1..65535" in netctl_fails(lab, "h2", "publish", c, "--network", "pub",
                                          "--port", "70000:80")
     assert probe(outside, h2.underlay_ip, 18080, "tcp") == c
     assert lab.netctl("h2", "publish", c, "--network", "pub",
@@ -208,7 +193,7 @@ def test_publish_tcp_and_udp_from_outside_and_loopback(
     assert probe(outside, h2.underlay_ip, 15353, "udp") == c
     lab.netctl("h2", "unpublish", c, "--network", "pub")
     assert probe(outside, h2.underlay_ip, 15353, "udp") is None
-    assert "no published ports" in fails(lab, "h2", "unpublish", c, "--network", "pub")
+    assert "no published ports" in netctl_fails(lab, "h2", "unpublish", c, "--network", "pub")
 
 
 def test_another_tenants_overlapping_network_stays_unreachable(
@@ -222,7 +207,7 @@ def test_another_tenants_overlapping_network_stays_unreachable(
     for netns in (a, b, b13, b1):
         procs.append(start_server(netns, netns, "tcp/8080"))
     lab.netctl("h1", "expose", "ta")
-    refused = fails(lab, "h1", "expose", "tb")
+    refused = netctl_fails(lab, "h1", "expose", "tb")
     assert "already exposes network ta" in refused and "overlaps tb" in refused
     route_via(outside, "10.65.0.0/24", lab.hosts["h1"].underlay_ip)
     try:

@@ -48,6 +48,16 @@ def hosts(lab: Lab, on: str = "h1") -> dict[str, dict[str, Any]]:
     return {h["name"]: h for h in lab.netctl_json(on, "host", "ls")}
 
 
+def wait_flagged(lab: Lab, peer: str, text: str, timeout: float) -> dict[str, Any] | None:
+    """h1's row of `peer` once one of its flags mentions `text`; None after `timeout`."""
+    def flagged() -> dict[str, Any] | None:
+        row = hosts(lab)[peer]
+        return row if any(text in flag for flag in row["flags"]) else None
+
+    result: dict[str, Any] | None = wait_for(flagged, timeout)
+    return result
+
+
 def test_healthy_peers_show_rtt_and_path_mtu(lab: Lab) -> None:
     def healthy() -> dict[str, dict[str, Any]] | None:
         rows = hosts(lab)
@@ -82,11 +92,7 @@ def test_a_peer_whose_underlay_carries_less_than_the_network_mtu_is_flagged(lab:
     netns = lab.hosts["h3"].netns
     run(ns_exec(netns, "ip", "link", "set", "ul0", "mtu", "1400"))
     try:
-        def flagged() -> dict[str, Any] | None:
-            row = hosts(lab)["h3"]
-            return row if any("network hn" in f for f in row["flags"]) else None
-
-        row = wait_for(flagged, 40)
+        row = wait_flagged(lab, "h3", "network hn", 40)
         assert row, f"h3 not flagged: {hosts(lab)['h3']}"
         assert row["health"] == "degraded"
         path = row["paths"]["hn"]
@@ -108,11 +114,7 @@ def test_a_broken_tunnel_is_seen_while_the_underlay_answers(lab: Lab) -> None:
     flood = ["00:00:00:00:00:00", "dev", vxlan_name(vni), "dst", h2]
     run(ns_exec(netns, "bridge", "fdb", "del", *flood))
     try:
-        def flagged() -> dict[str, Any] | None:
-            row = hosts(lab)["h2"]
-            return row if any("inside network hn" in f for f in row["flags"]) else None
-
-        row = wait_for(flagged, 20)
+        row = wait_flagged(lab, "h2", "inside network hn", 20)
         assert row, f"h2 not flagged: {hosts(lab)['h2']}"
         assert row["health"] == "degraded"
         assert row["paths"]["hn"]["loss"] > 0.2 and row["paths"]["underlay"]["loss"] == 0

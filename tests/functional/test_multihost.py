@@ -16,7 +16,7 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import pytest
 from netd.lab import Lab, ns_exec, run
 from netd.store.keys import Keys
 from plugins.weave.names import vxlan_name
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
@@ -53,16 +54,6 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
 
 
 # --- helpers ---------------------------------------------------------------------------
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
 def host_cmd(lab: Lab, host: str, *cmd: str) -> str:
     return run(ns_exec(lab.hosts[host].netns, *cmd), check=False).stdout
 

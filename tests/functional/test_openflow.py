@@ -14,7 +14,7 @@ import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +29,7 @@ from plugins.openflow.names import (
     tunnel_port_name,
 )
 from tests.support.ovs import OvsLab, ovs_available
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd,
               pytest.mark.skipif(not ovs_available(), reason="Open vSwitch is not installed")]
@@ -79,15 +80,6 @@ def site(request: pytest.FixtureRequest) -> Iterator[Site]:
     with OvsLab(hosts=3, store="etcd", host_ttl=20,
                 prefix=f"of{secrets.token_hex(2)}") as lab:
         yield Site(lab, request.param)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
 
 
 class Capture:

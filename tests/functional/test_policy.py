@@ -18,17 +18,27 @@ from pathlib import Path
 import pytest
 
 from netd.lab import Lab, ns_exec, run
+from tests.support.netctl import netctl_fails
 from tests.support.policy import (
     attach,
-    log_tail,
+    egress_rules_limit_what_a_member_sends,
+    forge_path,
+    forged_frames_are_dropped,
+    icmp_open_server,
     make_net,
-    netctl_fails,
+    pair_up,
+    pairs_answer,
     payloads,
     pings,
+    policy_kept_through,
+    reaches_nothing,
+    spoof_cast,
     start_capture,
-    wait_until,
+    stateful_groups_hold,
+    stateful_rules_and_membership_follow,
 )
-from tests.support.probes import PROBE_LOOP, PYTHON, probe, send_frames, start_server
+from tests.support.probes import probe, send_frames
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
@@ -104,114 +114,27 @@ def test_stateful_groups_on_weave(lab: Lab, procs: list[subprocess.Popen[str]]) 
     """S (h2) and A (h1) in web, whose only rule lets web members reach tcp/8080; B (h1)
     and C (h2) in no group."""
     net = make_net(lab, "sgstate", "10.91.0")
-    lab.netctl("h1", "sg", "create", "sgs-web")
-    lab.netctl("h1", "sg", "rule", "add", "sgs-web", "--ingress", "--proto", "tcp",
-               "--port", "8080", "--group", "sgs-web")
-    s = attach(lab, net, "h2", "s", 10, "sgs-web")
-    a = attach(lab, net, "h1", "a", 11, "sgs-web")
-    b = attach(lab, net, "h1", "b", 12)
-    c = attach(lab, net, "h2", "c", 13)
-    ip = net.ips
-    procs.append(start_server(s, "S", "tcp/8080", "tcp/8081", "udp/8080", "tcp/9090"))
-    procs.append(start_server(b, "B", "tcp/8080", "tcp/8081"))
-    # the allowed port from the peer group passes, replies included, across hosts
-    assert wait_until(lambda: probe(a, ip["s"], 8080) == "S", 5)
-    # other ports, other protocols, ICMP, non-members (remote and on the same host): no
-    assert probe(a, ip["s"], 8081) is None
-    assert probe(a, ip["s"], 8080, "udp") is None
-    assert not pings(lab, a, ip["s"])
-    assert probe(b, ip["s"], 8080) is None
-    assert probe(c, ip["s"], 8080) is None
-    # S may open connections to an open endpoint, and its replies come back (stateful)
-    assert pings(lab, s, ip["b"])
-    assert probe(s, ip["b"], 8081) == "B"
-    assert not pings(lab, s, ip["a"])  # A is a member: its ingress is closed to ICMP
-    # ICMP only once allowed; a remote-CIDR rule
-    lab.netctl("h1", "sg", "rule", "add", "sgs-web", "--ingress", "--proto", "icmp",
-               "--cidr", f"{net.prefix}.0/24")
-    assert wait_until(lambda: pings(lab, a, ip["s"]), 3)
-    lab.netctl("h1", "sg", "rule", "add", "sgs-web", "--ingress", "--proto", "tcp",
-               "--port", "9090", "--cidr", f"{ip['b']}/32")
-    assert wait_until(lambda: probe(b, ip["s"], 9090) == "S", 3)
-    assert probe(a, ip["s"], 9090) is None
-    # membership: B joins web (on h1) -> S's host h2 has it in the group's set within 1 s
-    # of the change (measured from the command's return: the CLI's own start-up on this
-    # shared machine is not netd's latency; bench/policy.py times it from the API call)
-    lab.netctl("h1", "endpoint", "update", b, "--network", net.name, "--sg", "sgs-web")
-    started = time.monotonic()
-    assert wait_until(lambda: ip["b"] in member_sets(lab, "h2"), 3)
-    joined = time.monotonic() - started
-    assert joined < 1.0, (f"membership reached the other host after {joined:.2f} s\n"
-                          + log_tail(lab, "h2"))
-    assert wait_until(lambda: probe(b, ip["s"], 8080) == "S", 3)
-    lab.netctl("h1", "endpoint", "update", b, "--network", net.name)
-    started = time.monotonic()
-    assert wait_until(lambda: ip["b"] not in member_sets(lab, "h2"), 3)
-    left = time.monotonic() - started
-    assert left < 1.0, f"leaving took {left:.2f} s"
-    assert probe(b, ip["s"], 8080) is None
+    cast = stateful_groups_hold(lab, net, "sgs-web", procs, first=10, converge=5)
+    stateful_rules_and_membership_follow(lab, cast, f"{net.prefix}.0/24",
+                                         lambda address: address in member_sets(lab, "h2"))
 
 
 def test_egress_rules_limit_what_a_member_sends(lab: Lab,
                                                 procs: list[subprocess.Popen[str]]) -> None:
     net = make_net(lab, "sgegress", "10.94.0")
-    lab.netctl("h2", "sg", "create", "sge-locked")
-    lab.netctl("h2", "sg", "rule", "add", "sge-locked", "--egress", "--proto", "tcp",
-               "--port", "8080", "--cidr", f"{net.prefix}.0/24")
-    locked = attach(lab, net, "h2", "l", 10, "sge-locked")
-    open_ = attach(lab, net, "h1", "o", 11)
-    procs.append(start_server(open_, "O", "tcp/8080", "tcp/8081", "udp/8080"))
-    assert wait_until(lambda: probe(locked, net.ips["o"], 8080) == "O", 5)
-    assert probe(locked, net.ips["o"], 8081) is None
-    assert probe(locked, net.ips["o"], 8080, "udp") is None
-    assert not pings(lab, locked, net.ips["o"])
-    assert not pings(lab, open_, net.ips["l"])  # a member without ingress rules: closed
+    egress_rules_limit_what_a_member_sends(lab, net, "sge-locked", procs, converge=5)
 
 
 # --- (3) anti-spoofing ---------------------------------------------------------------------
 def test_spoofed_frames_and_arp_are_dropped(lab: Lab, tmp_path: Path,
                                             procs: list[subprocess.Popen[str]]) -> None:
     net = make_net(lab, "sgspoof", "10.95.0")
-    lab.netctl("h1", "sg", "create", "sgp-web")
-    lab.netctl("h1", "sg", "rule", "add", "sgp-web", "--ingress", "--proto", "tcp",
-               "--port", "8080", "--group", "sgp-web")
-    victim = attach(lab, net, "h2", "v", 10, "sgp-web")  # a group member
-    member = attach(lab, net, "h1", "m", 11, "sgp-web")
-    spoofer = attach(lab, net, "h1", "x", 12)
-    target = attach(lab, net, "h2", "t", 13)  # open, captures what reaches it
-    ip, mac = net.ips, net.macs
-    procs.append(start_server(victim, "V", "tcp/8080"))
-    assert wait_until(lambda: probe(member, ip["v"], 8080) == "V", 5)
-    pcap = tmp_path / "target.pcap"
-    dump = start_capture(target, pcap, "arp or udp port 7777 or udp port 68")
-    procs.append(dump)
-    udp = {"kind": "udp", "dst_mac": mac["t"], "dst_ip": ip["t"], "port": 7777}
-    send_frames(spoofer, [
-        {**udp, "src_mac": mac["x"], "src_ip": ip["x"], "payload": "legit"},
-        {**udp, "src_mac": mac["x"], "src_ip": ip["m"], "payload": "spoof-ip"},
-        {**udp, "src_mac": mac["m"], "src_ip": ip["x"], "payload": "spoof-mac"},
-        {**udp, "src_mac": mac["m"], "src_ip": ip["m"], "payload": "spoof-both"},
-        {"kind": "udp", "src_mac": mac["x"], "src_ip": ip["x"], "dst_mac": mac["t"],
-         "dst_ip": ip["t"], "sport": 67, "port": 68, "payload": "dhcp-offer"},
-        {"kind": "udp", "src_mac": mac["x"], "src_ip": ip["x"], "dst_mac": mac["t"],
-         "dst_ip": ip["t"], "sport": 40000, "port": 68, "payload": "to-port-68"},
-        {"kind": "arp", "src_mac": mac["x"], "hwsrc": mac["x"], "psrc": ip["v"],
-         "pdst": ip["t"]},  # "the victim's address is at my MAC"
-        {"kind": "arp", "src_mac": mac["x"], "hwsrc": mac["m"], "psrc": ip["m"],
-         "pdst": ip["t"]},
-        {"kind": "arp", "src_mac": mac["x"], "hwsrc": mac["x"], "psrc": ip["x"],
-         "pdst": ip["t"], "op": 1},  # an honest request: passes
-    ])
-    shown = payloads(dump, pcap)
-    assert "legit" in shown and "to-port-68" in shown, shown
-    for forged in ("spoof-ip", "spoof-mac", "spoof-both", "dhcp-offer", ip["v"], ip["m"]):
-        assert forged not in shown, f"{forged} reached the target:\n{shown}"
-    assert ip["x"] in shown  # the honest ARP request
-    # taking a member's address on the interface gets nothing into the group
-    lab.in_container(spoofer, "ip", "addr", "add", f"{ip['m']}/32", "dev", "eth0", check=True)
-    assert probe(spoofer, ip["v"], 8080, source=ip["m"]) is None
-    neigh = lab.in_container(target, "ip", "neigh", "show", ip["v"]).stdout
-    assert mac["x"] not in neigh
+    cast = spoof_cast(lab, net, "sgp-web", procs, first=10, target_host="h2", converge=5)
+    forged_frames_are_dropped(lab, cast, tmp_path / "target.pcap", procs,
+                              "arp or udp port 7777 or udp port 68", claimed="v",
+                              honest_arp_request=True)
+    neigh = lab.in_container(cast.target, "ip", "neigh", "show", net.ips["v"]).stdout
+    assert net.macs["x"] not in neigh
 
 
 # --- (4) tenants ---------------------------------------------------------------------------
@@ -220,23 +143,13 @@ def test_tenants_stay_apart_with_overlapping_subnets(
     red = make_net(lab, "sgred", "10.96.0", tenant="sg-red")
     blue = make_net(lab, "sgblue", "10.96.0", tenant="sg-blue")  # the same subnet
     green = make_net(lab, "sggreen", "10.97.0", tenant="sg-blue")
-    for net in (red, blue, green):
-        attach(lab, net, "h1", "one", 11)
-        attach(lab, net, "h2", "two", 12)
-        procs.append(start_server(net.containers["two"], net.name, "tcp/80", "udp/53"))
-    for net in (red, blue):  # same addresses, each answered by its own tenant's container
-        assert wait_until(lambda n=net: probe(n.containers["one"], n.ips["two"], 80) == n.name, 5)  # type: ignore[misc]
-        assert probe(net.containers["one"], net.ips["two"], 53, "udp") == net.name
-        assert pings(lab, net.containers["one"], net.ips["two"])
+    pair_up(lab, (red, blue, green), procs, first=11)
+    # same addresses, each answered by its own tenant's container
+    pairs_answer(lab, (red, blue), converge=5)
     # red -> blue's other network, with a forged route and neighbour entry in the sender
     sender = red.containers["one"]
-    lab.in_container(sender, "ip", "route", "add", f"{green.prefix}.0/24", "dev", "eth0",
-                     check=True)
-    lab.in_container(sender, "ip", "neigh", "replace", green.ips["two"], "lladdr",
-                     green.macs["two"], "dev", "eth0", check=True)
-    assert not pings(lab, sender, green.ips["two"])
-    assert probe(sender, green.ips["two"], 80) is None
-    assert probe(sender, green.ips["two"], 53, "udp") is None
+    forge_path(lab, sender, f"{green.prefix}.0/24", green, "two")
+    reaches_nothing(lab, sender, green.ips["two"])
     # an L2 broadcast from red reaches red's other container and no blue one (blue has
     # the very same subnet and addresses)
     watchers = {n: start_capture(n, tmp_path / f"{n}.pcap", "udp port 7777")
@@ -255,37 +168,19 @@ def test_tenants_stay_apart_with_overlapping_subnets(
 def test_kill_and_restart_keeps_rules_and_foreign_tables(
         lab: Lab, procs: list[subprocess.Popen[str]]) -> None:
     net = make_net(lab, "sgrestart", "10.98.0")
-    lab.netctl("h1", "sg", "create", "sgr-web")
-    lab.netctl("h1", "sg", "rule", "add", "sgr-web", "--ingress", "--proto", "icmp",
-               "--cidr", f"{net.prefix}.0/24")
-    server = attach(lab, net, "h2", "s", 10, "sgr-web")
-    client = attach(lab, net, "h1", "c", 11)
-    procs.append(start_server(server, "S", "tcp/8081"))
-    assert wait_until(lambda: pings(lab, client, net.ips["s"]), 5)
+    cidr = f"{net.prefix}.0/24"
+    _, client = icmp_open_server(lab, net, "sgr-web", cidr, procs, first=10, converge=5)
     h2 = lab.hosts["h2"].netns
     foreign = "table inet sgforeign {\n chain c {\n  type filter hook forward priority 10; " \
               "policy accept;\n  ip saddr 192.0.2.1 drop\n }\n}\n"
     subprocess.run(ns_exec(h2, "nft", "-f", "-"), input=foreign, text=True, check=True)
     before = run(ns_exec(h2, "nft", "-j", "list", "table", "inet", "sgforeign")).stdout
-    flow = subprocess.Popen(ns_exec(client, "ping", "-n", "-i", "0.05", "-c", "120",
-                                    net.ips["s"]), stdout=subprocess.PIPE, text=True)
-    procs.append(flow)
-    denied = subprocess.Popen(ns_exec(client, PYTHON, "-c", PROBE_LOOP, net.ips["s"], "8081",
-                                      "0.05"), stdout=subprocess.PIPE, text=True)
-    procs.append(denied)
-    time.sleep(1.0)
-    lab.stop_netd("h2", kill=True)
-    assert ("bridge", "netd") in nft_tables(lab, "h2") and ("ip", "netd") in nft_tables(lab, "h2")
-    time.sleep(1.0)
-    lab.start_netd("h2")
-    # a rule change after the restart makes the new daemon apply
-    lab.netctl("h2", "sg", "rule", "add", "sgr-web", "--ingress", "--proto", "udp",
-               "--port", "53", "--cidr", f"{net.prefix}.0/24")
-    out, _ = flow.communicate(timeout=30)
-    denied.kill()
-    probes = denied.communicate()[0].split()
-    assert " 0% packet loss" in out, out
-    assert probes and "ok" not in probes, probes.count("ok")
+    with policy_kept_through(lab, net, client, "sgr-web", cidr, procs):
+        lab.stop_netd("h2", kill=True)
+        assert (("bridge", "netd") in nft_tables(lab, "h2")
+                and ("ip", "netd") in nft_tables(lab, "h2"))
+        time.sleep(1.0)
+        lab.start_netd("h2")
     after = run(ns_exec(h2, "nft", "-j", "list", "table", "inet", "sgforeign")).stdout
     assert after == before
     ruleset = json.loads(run(ns_exec(h2, "nft", "-j", "list", "ruleset")).stdout)["nftables"]

@@ -23,6 +23,7 @@ import pytest
 from netd.lab import ETCD_ADDRESS, Lab, ns_exec, run
 from plugins.weave.names import vxlan_name
 from tests.support.leaks import store_problems, store_records
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
@@ -31,16 +32,6 @@ OUTAGE = 14.0  # seconds; longer than SHORT_TTL, so every lease lapses meanwhile
 SHORT_TTL = 4
 DETECT = 6.0  # the store found away within this
 NFT_TABLE = "netd_test_cut"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 def cut_off(netns: str, address: str) -> None:
@@ -56,6 +47,22 @@ def cut_off(netns: str, address: str) -> None:
 
 def reconnect(netns: str) -> None:
     run(ns_exec(netns, "nft", "delete", "table", "inet", NFT_TABLE), check=False)
+
+
+def signal_first_member(lab: Lab, signum: signal.Signals) -> None:
+    member = lab.etcd_members[0]
+    assert member.proc is not None
+    member.proc.send_signal(signum)
+
+
+# fault -> (how it begins, how it ends); "partitioned" cuts h1 alone off from the store
+FAULTS: dict[str, tuple[Callable[[Lab], None], Callable[[Lab], None]]] = {
+    "stopped": (lambda lab: lab.stop_etcd("m1"), lambda lab: lab.start_etcd("m1")),
+    "frozen": (lambda lab: signal_first_member(lab, signal.SIGSTOP),
+               lambda lab: signal_first_member(lab, signal.SIGCONT)),
+    "partitioned": (lambda lab: cut_off(lab.hosts["h1"].netns, ETCD_ADDRESS),
+                    lambda lab: reconnect(lab.hosts["h1"].netns)),
+}
 
 
 class Scene:
@@ -124,26 +131,20 @@ def lab() -> Iterator[Lab]:
         yield made
 
 
-@pytest.mark.parametrize("fault", ["stopped", "frozen", "partitioned"])
+@pytest.mark.parametrize("fault", list(FAULTS))
 def test_store_away_forwarding_reads_writes_and_convergence(lab: Lab, fault: str) -> None:
     scene = Scene(lab)
     # the partitioned host is h1; with the whole store away, h1 stands for every host
     before = scene.reads("h1")
     records = store_records(lab)
     assert not store_problems(records)
-    member = lab.etcd_members[0]
+    begin_fault, end_fault = FAULTS[fault]
     pinger = scene.pinger(OUTAGE + 8)
     time.sleep(1.0)
     began = time.time()
     late = scene.new_container("h1")
     try:
-        if fault == "stopped":
-            lab.stop_etcd("m1")
-        elif fault == "frozen":
-            assert member.proc is not None
-            member.proc.send_signal(signal.SIGSTOP)
-        else:
-            cut_off(lab.hosts["h1"].netns, ETCD_ADDRESS)
+        begin_fault(lab)
         # a write sent as the store goes away ends within seconds, one way or the other
         result = lab.netctl("h1", "attach", late, "--network", "out", check=False, timeout=30)
         assert time.time() - began < 13, f"attach hung {time.time() - began:.1f} s"
@@ -186,13 +187,7 @@ def test_store_away_forwarding_reads_writes_and_convergence(lab: Lab, fault: str
         time.sleep(max(0.0, OUTAGE - (time.time() - began)))  # beyond every host's TTL
         assert scene.has_neighbour("h2", scene.ips[scene.c1]), "h2 dropped h1's endpoint"
     finally:
-        if fault == "stopped":
-            lab.start_etcd("m1")
-        elif fault == "frozen":
-            assert member.proc is not None
-            member.proc.send_signal(signal.SIGCONT)
-        else:
-            reconnect(lab.hosts["h1"].netns)
+        end_fault(lab)
     back = time.monotonic()
     out, _ = pinger.communicate(timeout=OUTAGE + 30)
     assert " 0% packet loss" in out, out
