@@ -221,7 +221,10 @@ class Lab:
 
     def start(self) -> Lab:
         self._add_netns(self.switch)
-        run(ns_exec(self.switch, "ip", "link", "add", "sw", "type", "bridge"))
+        # an address of its own: a bridge without one takes its lowest port's, so adding a
+        # host could change the MAC the hosts have cached for etcd's address on it
+        run(ns_exec(self.switch, "ip", "link", "add", "sw", "address", "02:00:0a:fa:00:fe",
+                    "type", "bridge"))
         run(ns_exec(self.switch, "ip", "link", "set", "sw", "mtu", str(self.underlay_mtu), "up"))
         run(ns_exec(self.switch, "ip", "link", "set", "lo", "up"))
         if self.store_kind == "etcd":

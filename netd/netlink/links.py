@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -222,13 +223,17 @@ class Links(Sockets):
             )
 
     def ensure_bridge(self, name: str, mtu: int) -> int:
+        """A bridge with an address of its own (set, so the kernel never swaps it for the
+        lowest port's: containers that cached the gateway's MAC on it would lose it when
+        that port goes)."""
         changed = 0
         link = self.get_link(name)
         if link is None:
             ipr = self._ipr()
             changed += tolerant(
                 f"create bridge {name}",
-                lambda: ipr.link("add", ifname=name, kind="bridge", mtu=mtu),
+                lambda: ipr.link("add", ifname=name, kind="bridge", mtu=mtu,
+                                 address=bridge_mac(name)),
             )
             link = self._need(name)
         else:
@@ -403,3 +408,9 @@ class Links(Sockets):
             f"interface {peer_name} already exists in netns {netns} and is not "
             f"netd's: choose another --ifname"
         )
+
+
+def bridge_mac(name: str) -> str:
+    """A stable, locally administered unicast MAC for netd's bridge `name`."""
+    digest = hashlib.sha256(f"netd-bridge:{name}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
